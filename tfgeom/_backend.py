@@ -5,7 +5,10 @@ import sys
 from tfgeom.errors import BackendError
 
 
-def _require_tensorflow_backend():
+def _require_tensorflow_backend()
+# TensorFlow's C++ INFO/WARNING lines (CUDA probing, CPU features) drown the
+# output of a command-line tool; keep errors. A value the user set wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2"):
     requested = os.environ.get("KERAS_BACKEND")
     if requested is None:
         if "keras" in sys.modules:  # imported before tfgeom: ask it.
@@ -23,3 +26,6 @@ def _require_tensorflow_backend():
 
 
 _require_tensorflow_backend()
+# TensorFlow's C++ INFO/WARNING lines (CUDA probing, CPU features) drown the
+# output of a command-line tool; keep errors. A value the user set wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

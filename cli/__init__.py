@@ -1,0 +1,1 @@
+"""The tfgeom command line (installed as `tfgeom.cli`, console script `tfgeom`)."""

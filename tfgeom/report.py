@@ -1,0 +1,171 @@
+"""Run registered analyses and write `report.json` and a self-contained `report.html`.
+
+Each analysis' section is written as soon as it finishes (atomically), so an
+interrupted run loses at most the analysis in progress; `resume=True` skips
+the sections already done for the same model, data and settings.
+"""
+import base64
+import datetime
+import hashlib
+import html
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from tfgeom.analyses import REGISTRY, Context
+from tfgeom.errors import InputError
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    return value
+
+
+def _write_atomic(path, text):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def file_digest(path):
+    """SHA-256 of a file (identifies the model in a resumable report)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def select(only):
+    """Names of the analyses to run (`only=None`: all registered)."""
+    if not only:
+        return list(REGISTRY)
+    unknown = [name for name in only if name not in REGISTRY]
+    if unknown:
+        raise InputError(f"unknown analysis {unknown}; available: {list(REGISTRY)}")
+    return list(only)
+
+
+def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, identity=None, progress=None):
+    """Run analyses on `dataset` and write the report into `out_dir`.
+
+    Args:
+        gm: the `GeometryModel`.
+        dataset: a validated `tfgeom.data.Dataset`, already cut to the examples to analyse.
+        out_dir: folder for `report.json`, `report.html` and figures (created).
+        only: names of analyses to run. Defaults to `None`: all registered.
+        seed: seed for randomness. Defaults to `0`.
+        resume: keep sections already done by an earlier run with the same
+            `identity`. Defaults to `False`.
+        identity: JSON-ready dict identifying model, data and settings; a
+            resumed run must match it.
+        progress: `progress(description, done, total)` or None.
+
+    Returns:
+        The report as a dict (what `report.json` holds).
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.json"
+    identity = _jsonable(dict(identity or {}, seed=seed))
+    report = {
+        "tfgeom": _version(),
+        "identity": identity,
+        "model": _jsonable(gm.info()),
+        "sections": {},
+    }
+    if resume and path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, OSError) as err:
+            raise InputError(f"cannot resume: {path} is unreadable ({err}); run without --resume") from None
+        if previous.get("identity") != identity:
+            raise InputError(
+                f"cannot resume: {path} was written for other model/data/settings; "
+                "use a new --out folder or run without --resume"
+            )
+        report["sections"] = previous.get("sections", {})
+    names = select(only)
+    context = Context(gm, dataset, out, seed, progress)
+    for name in names:
+        if report["sections"].get(name, {}).get("status") == "done":
+            continue
+        analysis = REGISTRY[name]
+        start = time.perf_counter()
+        section = analysis.run(context)
+        section = dict(section, title=analysis.title, status="done", seconds=round(time.perf_counter() - start, 2))
+        report["sections"][name] = _jsonable(section)
+        report["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        _write_atomic(path, json.dumps(report, indent=2))
+        _write_atomic(out / "report.html", render_html(report, out))
+    _write_atomic(path, json.dumps(report, indent=2))
+    _write_atomic(out / "report.html", render_html(report, out))
+    return report
+
+
+def _version():
+    from tfgeom import __version__
+
+    return __version__
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape("" if value is None else str(value))
+
+
+def _embed(out, name):
+    file = out / name
+    if not file.exists():
+        return f"<p><em>missing figure {html.escape(name)}</em></p>"
+    data = base64.b64encode(file.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+
+def _table(columns, rows):
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(report, out):
+    """A self-contained HTML page (figures embedded as data URIs)."""
+    out = pathlib.Path(out)
+    model = report["model"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>tfgeom report</title><style>",
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}",
+        "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}",
+        "</style></head><body>",
+        f"<h1>tfgeom report</h1><p>tfgeom {html.escape(str(report.get('tfgeom')))}, "
+        f"written {html.escape(str(report.get('written', '')))}</p>",
+        "<h2>Model</h2>",
+        _table(["property", "value"], [[k, v] for k, v in model.items()]),
+    ]
+    for name, section in report["sections"].items():
+        parts.append(f"<h2>{html.escape(section.get('title', name))}</h2>")
+        summary = section.get("summary", {})
+        if summary:
+            parts.append(_table(["measure", "value"], list(summary.items())))
+        for table in section.get("tables", []):
+            parts.append(f"<h3>{html.escape(table['title'])}</h3>")
+            parts.append(_table(table["columns"], table["rows"]))
+        for figure in section.get("figures", []):
+            parts.append(f"<h3>{html.escape(figure['title'])}</h3>{_embed(out, figure['file'])}")
+        parts.append(f"<p><small>{section.get('seconds', '?')} s</small></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
