@@ -4,7 +4,7 @@ Decision-boundary distances (DeepFool), and, built on them, curvature,
 connectivity, feature-space regions and certificates.
 """
 from tfgeom import _backend  # noqa: F401  (must run before keras is imported)
-from tfgeom import data
+from tfgeom import data, zoo
 from tfgeom.deepfool import DeepFoolResult
 from tfgeom.errors import BackendError, InputError, ModelError, TfgeomError
 from tfgeom.model import GeometryModel
@@ -19,4 +19,5 @@ __all__ = [
     "ModelError",
     "TfgeomError",
     "data",
+    "zoo",
 ]

@@ -5,10 +5,7 @@ import sys
 from tfgeom.errors import BackendError
 
 
-def _require_tensorflow_backend()
-# TensorFlow's C++ INFO/WARNING lines (CUDA probing, CPU features) drown the
-# output of a command-line tool; keep errors. A value the user set wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2"):
+def _require_tensorflow_backend():
     requested = os.environ.get("KERAS_BACKEND")
     if requested is None:
         if "keras" in sys.modules:  # imported before tfgeom: ask it.
@@ -25,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2"):
         )
 
 
-_require_tensorflow_backend()
 # TensorFlow's C++ INFO/WARNING lines (CUDA probing, CPU features) drown the
 # output of a command-line tool; keep errors. A value the user set wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_require_tensorflow_backend()

@@ -185,7 +185,7 @@ def deepfool_program(logits_fn, bounds, norm, targeted, box_aware=False):
                 z_go = tf.boolean_mask(z, keep)
                 is_target = tf.one_hot(cands[:, 0], tf.shape(z)[1]) > 0
                 source = tf.argmax(
-                    tf.where(is_target, tf.constant(-np.inf, z.dtype), z), axis=1, output_type=tf.int32
+                    tf.where(is_target, tf.constant(-np.inf, z.dtype), z_go), axis=1, output_type=tf.int32
                 )
             else:
                 source = tf.gather(labels, go)

@@ -93,7 +93,7 @@ def _strip_softmax(model):
         if act not in _PROBABILITY_ACTIVATIONS + _LOG_PROBABILITY_ACTIVATIONS + ("linear",):
             break
         if act != "linear":
-            note = f" (input of {type(layer).__name__} layer '{layer.name}')"
+            note = f" ({act} stripped: input of {type(layer).__name__} layer '{layer.name}')"
         tensor = inputs[0]
         layer, inputs = _producer(tensor)
     return tensor, layer, inputs, note

@@ -1,0 +1,106 @@
+"""The command line: exit codes, files written, JSON output, one-line errors."""
+import json
+
+import keras
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tfgeom.cli.main import app
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_info_json(small_cnn_path):
+    """`info --json` prints parseable JSON with the model's classes and feature layer."""
+    result = _run("info", small_cnn_path, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["classes"] == 10 and info["input_shape"] == [8, 8, 1] and info["feature_dim"] == 32
+
+
+def test_deepfool_writes_npz_and_json(small_cnn_path, digits_npz, tmp_path):
+    """`deepfool --json --out` succeeds, reports norms and writes the arrays."""
+    out = tmp_path / "adv.npz"
+    result = _run("deepfool", small_cnn_path, "--data", digits_npz, "--norm", "linf", "--limit", 12, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["examples"] == 12 and summary["norm"] == "linf" and summary["success_rate"] == 1.0
+    with np.load(out) as arrays:
+        assert arrays["x_adv"].shape == (12, 8, 8, 1)
+        np.testing.assert_allclose(np.abs(arrays["x_adv"] - arrays["x"]).reshape(12, -1).max(1), arrays["norms"])
+
+
+def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path):
+    """`analyze` writes report.json/html and plots; `--resume` keeps finished sections."""
+    out = tmp_path / "report"
+    result = _run("analyze", small_cnn_path, "--data", digits_npz, "--out", out, "--limit", 20)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    section = report["sections"]["deepfool"]
+    assert section["status"] == "done" and section["l2"]["success_rate"] == 1.0
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "Per predicted class" in html
+    assert (out / "deepfool_l2_hist.png").exists()
+    # Mark the finished section; a resumed run must keep it rather than recompute it.
+    section["marker"] = "kept"
+    (out / "report.json").write_text(json.dumps(report))
+    again = _run("analyze", small_cnn_path, "--data", digits_npz, "--out", out, "--limit", 20, "--resume")
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "report.json").read_text())["sections"]["deepfool"]["marker"] == "kept"
+    fresh = _run("analyze", small_cnn_path, "--data", digits_npz, "--out", out, "--limit", 20)
+    assert fresh.exit_code == 0 and "marker" not in json.loads((out / "report.json").read_text())["sections"]["deepfool"]
+    other = _run("analyze", small_cnn_path, "--data", digits_npz, "--out", out, "--limit", 21, "--resume")
+    assert other.exit_code == 2 and "cannot resume" in other.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["info", "missing.keras"], "does not exist"),
+        (["deepfool", "{model}", "--data", "nope.npz"], "neither a file nor a built-in"),
+        (["deepfool", "{model}", "--data", "mnist-sample"], "shape"),
+        (["analyze", "{model}", "--data", "{data}", "--only", "bogus"], "unknown analysis"),
+    ],
+    ids=["missing-model", "missing-data", "wrong-shape", "unknown-analysis"],
+)
+def test_errors_exit_2_with_one_line(small_cnn_path, digits_npz, tmp_path, args, message):
+    """Bad input: exit code 2, one line on stderr naming the problem, no traceback."""
+    args = [a.format(model=small_cnn_path, data=digits_npz) for a in args]
+    result = _run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) <= 3  # one message, wrapped at most by the terminal width
+
+
+def test_unsafe_flag_is_needed_for_lambda_models(tmp_path, digits_npz):
+    """A Lambda model is refused (exit 2) and loads with --unsafe."""
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: t * 1.0), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    refused = _run("info", path)
+    assert refused.exit_code == 2 and "--unsafe" in refused.output
+    assert _run("info", path, "--unsafe").exit_code == 0
+
+
+def test_debug_shows_traceback():
+    """`--debug` lets the exception through instead of the one-line message."""
+    result = _run("--debug", "info", "missing.keras")
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """`demo` trains on built-in MNIST, saves model and data, and writes the report."""
+    result = _run("demo", "--out", tmp_path, "--epochs", 1, "--limit", 10)
+    assert result.exit_code == 0, result.output
+    for name in ("model.keras", "data.npz", "report.json", "report.html"):
+        assert (tmp_path / name).exists()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["sections"]["deepfool"]["summary"]["examples"] == 10

@@ -1,0 +1,180 @@
+"""GeometryModel: logits, softmax stripping, feature split, compilation, loading."""
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfgeom
+from tfgeom import GeometryModel, ModelError
+
+from conftest import linear_model
+
+
+def _pair(final):
+    """Two models with the same weights: one ending in `final`, one in plain logits."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(16, activation="tanh")(inputs)
+    logits = keras.layers.Dense(4, name="head")(hidden)
+    plain = keras.Model(inputs, logits)
+    if final == "dense_softmax":
+        out = keras.layers.Dense(4, activation="softmax", name="head2")(hidden)
+        wrapped = keras.Model(inputs, out)
+        wrapped.get_layer("head2").set_weights(plain.get_layer("head").get_weights())
+    elif final == "softmax_layer":
+        wrapped = keras.Model(inputs, keras.layers.Softmax()(logits))
+    else:
+        wrapped = keras.Model(inputs, keras.layers.Activation("softmax")(logits))
+    return plain, wrapped
+
+
+@pytest.mark.parametrize("final", ["dense_softmax", "softmax_layer", "activation_softmax"])
+def test_softmax_is_stripped_to_the_logits_of_the_same_model_without_softmax(final):
+    """Analyses see pre-softmax scores equal to a model built without softmax."""
+    plain, wrapped = _pair(final)
+    x = np.random.default_rng(0).uniform(size=(9, 6)).astype(np.float32)
+    gm = GeometryModel(wrapped)
+    np.testing.assert_allclose(gm.logits(x), plain.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    assert "softmax" in gm.logits_source
+
+
+def test_subclassed_softmax_model_keeps_logit_differences():
+    """A subclassed softmax model yields log-probabilities whose differences equal the logits'."""
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(8, activation="tanh")
+            self.out = keras.layers.Dense(3, activation="softmax")
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    net = Net()
+    x = np.random.default_rng(1).uniform(size=(5, 4)).astype(np.float32)
+    net(x)
+    gm = GeometryModel(net)
+    w, b = net.out.get_weights()
+    z = np.tanh(x @ net.hidden.get_weights()[0] + net.hidden.get_weights()[1]) @ w + b
+    got = gm.logits(x)
+    np.testing.assert_allclose(got - got[:, :1], z - z[:, :1], atol=1e-4)
+    with pytest.raises(ModelError, match="subclassed"):
+        gm.features(x)
+
+
+def test_features_times_head_equals_logits(small_cnn, digits):
+    """The feature/head split reproduces the logits: features @ W + b."""
+    gm = GeometryModel(small_cnn)
+    w, b = gm.head
+    feats = gm.features(digits.x[:20])
+    assert feats.shape == (20, 32)
+    np.testing.assert_allclose(feats @ w + b, gm.logits(digits.x[:20]), rtol=1e-4, atol=1e-4)
+    assert gm.info()["feature_dim"] == 32
+
+
+def test_inference_mode_is_used(small_cnn, digits):
+    """Dropout and BatchNorm run in inference mode: logits are deterministic and match predict()."""
+    gm = GeometryModel(small_cnn)
+    x = digits.x[:16]
+    a, b = gm.logits(x), gm.logits(x)
+    np.testing.assert_array_equal(a, b)
+    probs = small_cnn.predict(x, verbose=0)
+    np.testing.assert_allclose(tf.nn.softmax(a).numpy(), probs, atol=1e-5)
+
+
+def test_compiled_functions_do_not_retrace_for_new_batch_sizes(small_cnn, digits):
+    """Batch sizes 1, 7 and 64 reuse one trace of logits, gradient and DeepFool."""
+    gm = GeometryModel(small_cnn)
+    for n in (1, 7, 64):
+        gm.compiled_logits(tf.constant(digits.x[:n]))
+        gm.compiled_gradient(tf.constant(digits.x[:n]), tf.ones([n, 10]))
+        gm.deepfool(digits.x[:n], max_iter=3)
+    assert gm.compiled_logits.experimental_get_tracing_count() == 1
+    assert gm.compiled_gradient.experimental_get_tracing_count() == 1
+    for program in gm._programs.values():
+        assert program.experimental_get_tracing_count() == 1
+
+
+def test_gradient_matches_closed_form_on_linear_model():
+    """The gradient of sum_l c_l f_l for f = xW + b is W c."""
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(5, 3)), rng.normal(size=3)
+    gm = GeometryModel(linear_model(w, b), bounds=(-10, 10))
+    x = rng.uniform(-1, 1, size=(4, 5)).astype(np.float32)
+    c = rng.normal(size=(4, 3)).astype(np.float32)
+    z, g = gm.gradient(x, c)
+    np.testing.assert_allclose(z, x @ w + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g, c @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_safe_mode_refuses_lambda_model_and_unsafe_loads_it(tmp_path):
+    """A .keras file with a Lambda layer is refused unless safe_mode=False."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2.0), keras.layers.Dense(2)])
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(ModelError, match="safe_mode=False"):
+        GeometryModel(path)
+    assert GeometryModel(path, safe_mode=False).num_classes == 2
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda i: keras.Model(i, [keras.layers.Dense(3)(i), keras.layers.Dense(3)(i)]), "outputs"),
+        (lambda i: keras.Model(i, keras.layers.Reshape((2, 2))(keras.layers.Dense(4)(i))), r"\[batch, classes\]"),
+        (lambda i: keras.Model(i, keras.layers.Dense(1)(i)), "at least 2 classes"),
+        (lambda i: keras.Model(i, keras.layers.Dense(3, activation="sigmoid")(i)), "sigmoid"),
+    ],
+    ids=["two-outputs", "rank-3-output", "one-class", "sigmoid"],
+)
+def test_non_classifier_models_are_refused_with_the_problem_named(build, message):
+    """Several outputs, non-[N, L] outputs, one class and non-softmax activations are refused."""
+    with pytest.raises(ModelError, match=message):
+        GeometryModel(build(keras.Input((4,))))
+
+
+def test_feature_layer_override_and_bad_names(small_cnn):
+    """feature_layer must name the layer feeding the final Dense; others are refused."""
+    names = [layer.name for layer in small_cnn.layers]
+    dense_hidden = [n for n in names if n.startswith("dense")][0]
+    assert GeometryModel(small_cnn, feature_layer=dense_hidden).feature_layer == dense_hidden
+    with pytest.raises(ModelError, match="not a layer"):
+        GeometryModel(small_cnn, feature_layer="nope")
+    conv = [n for n in names if n.startswith("conv")][0]
+    with pytest.raises(ModelError, match="does not feed"):
+        GeometryModel(small_cnn, feature_layer=conv)
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    """Missing, mis-named and corrupt files get a ModelError naming the file."""
+    with pytest.raises(ModelError, match="does not exist"):
+        GeometryModel(tmp_path / "none.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match="corrupt"):
+        GeometryModel(bad)
+    other = tmp_path / "model.txt"
+    other.write_text("x")
+    with pytest.raises(ModelError, match="extension"):
+        GeometryModel(other)
+
+
+def test_other_keras_backend_is_refused():
+    """Importing tfgeom with KERAS_BACKEND=jax stops with a message naming the variable."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import tfgeom"],
+        env={"KERAS_BACKEND": "jax", "PATH": "", "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "KERAS_BACKEND" in proc.stderr and "BackendError" in proc.stderr
+
+
+def test_backend_is_tensorflow():
+    """tfgeom runs Keras on TensorFlow."""
+    assert keras.backend.backend() == "tensorflow"
+    assert tfgeom.__version__
