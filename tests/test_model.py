@@ -178,3 +178,21 @@ def test_backend_is_tensorflow():
     """tfgeom runs Keras on TensorFlow."""
     assert keras.backend.backend() == "tensorflow"
     assert tfgeom.__version__
+
+
+def test_residual_functional_model_without_dense_head():
+    """A functional model with Conv, BatchNorm, residual Add and pooled logits: DeepFool works, no feature split."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Add()([h, keras.layers.Conv2D(4, 3, padding="same")(h)])
+    h = keras.layers.Conv2D(3, 1)(h)
+    logits = keras.layers.GlobalAveragePooling2D()(h)
+    gm = GeometryModel(keras.Model(inputs, keras.layers.Softmax()(logits)), bounds=(-5.0, 5.0))
+    x = np.random.default_rng(0).uniform(size=(6, 8, 8, 1)).astype(np.float32)
+    r = gm.deepfool(x)
+    assert r.success.all()
+    assert (gm.predict(r.x_adv) != gm.predict(x)).all()
+    with pytest.raises(ModelError, match="not Dense"):
+        gm.features(x)

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom import boundary, deepfool
-from tfgeom.errors import ModelError
+from tfgeom.errors import InputError, ModelError
 from tfgeom.heads import resolve_head
 from tfgeom.loading import load_model
 from tfgeom.validation import (
@@ -192,7 +192,7 @@ class GeometryModel:
         x = self.check(x)
         coeffs = np.asarray(coeffs, np.float32)
         if coeffs.shape != (len(x), self.num_classes):
-            raise ModelError(f"coeffs must have shape ({len(x)}, {self.num_classes}); got {coeffs.shape}")
+            raise InputError(f"coeffs must have shape ({len(x)}, {self.num_classes}); got {coeffs.shape}")
         out = [self.compiled_gradient(x[s], coeffs[s]) for s in self._batches(len(x), batch_size)]
         return np.concatenate([o[0].numpy() for o in out]), np.concatenate([o[1].numpy() for o in out])
 
@@ -240,8 +240,8 @@ class GeometryModel:
         x = self.check(x)
         max_iter = check_positive_int("max_iter", max_iter)
         candidates = min(check_positive_int("candidates", candidates, 2), self.num_classes)
-        if not (np.isfinite(overshoot) and overshoot >= 0):
-            raise ModelError(f"overshoot must be a finite number >= 0; got {overshoot!r}")
+        if not (isinstance(overshoot, (int, float, np.floating)) and np.isfinite(overshoot) and overshoot >= 0):
+            raise InputError(f"overshoot must be a finite number >= 0; got {overshoot!r}")
         targeted = targets is not None
         if targeted:
             targets = check_labels(targets, self.num_classes, len(x), name="targets")
