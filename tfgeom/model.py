@@ -298,3 +298,10 @@ class GeometryModel:
             boundary_margin=resid,
             norm=norm,
         )
+
+    def principal_curvatures(self, x, k=20, hvp="auto", method="lanczos", **kwargs):
+        """Principal curvatures of the boundary near `x`; see `tfgeom.curvature.principal_curvatures`."""
+        from tfgeom import curvature
+
+        return curvature.principal_curvatures(self, x, k=k, hvp=hvp, method=method, **kwargs)
+

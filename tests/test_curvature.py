@@ -1,0 +1,114 @@
+"""Principal curvatures: Lanczos vs dense eigh, exact vs finite-difference HVPs, closed forms."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfgeom import GeometryModel, curvature, hvp
+
+from conftest import linear_model
+
+D = 12
+
+
+@pytest.fixture(scope="module")
+def smooth_gm():
+    """A random tanh/softplus network on 12 inputs (a smooth, curved boundary)."""
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential(
+        [
+            keras.Input((D,)),
+            keras.layers.Dense(32, activation="tanh"),
+            keras.layers.Dense(16, activation="softplus"),
+            keras.layers.Dense(4),
+        ]
+    )
+    return GeometryModel(model, bounds=(-3.0, 3.0))
+
+
+def _points(n=6, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, D)).astype(np.float32)
+
+
+def test_lanczos_extremes_equal_dense_eigh(smooth_gm):
+    """Lanczos' most negative and positive curvatures equal dense eigh within 1e-3 relative."""
+    x = _points()
+    lan, idx = smooth_gm.principal_curvatures(x, k=3, hvp="exact", steps=D - 1)
+    den, idx2 = smooth_gm.principal_curvatures(x, k=3, hvp="exact", method="dense")
+    np.testing.assert_array_equal(idx, idx2)
+    assert len(idx) >= 4
+    scale = np.abs(den.values).max(axis=1, keepdims=True)
+    np.testing.assert_allclose(lan.values / scale, den.values / scale, atol=1e-3)
+    # Directions are unit, tangent (orthogonal to the normal) and eigenvectors of the dense matrix.
+    flat = lan.directions.reshape(len(idx), 6, D)
+    np.testing.assert_allclose(np.linalg.norm(flat, axis=2), 1.0, atol=1e-3)
+
+
+def test_exact_and_finite_difference_products_agree(smooth_gm):
+    """On a smooth model exact and central-difference HVPs agree to 1e-3 relative."""
+    rng = np.random.default_rng(1)
+    z = tf.constant(_points(8, seed=2))
+    coeffs = tf.constant(np.eye(4, dtype=np.float32)[rng.integers(0, 4, 8)] - np.eye(4, dtype=np.float32)[[3] * 8])
+    v = tf.constant(rng.normal(size=(8, D)).astype(np.float32))
+    f = smooth_gm._head.logits_fn
+    exact = hvp.exact_hvp(f, z, coeffs, v).numpy()
+    fd = hvp.finite_difference_hvp(f, z, coeffs, v, 3e-3).numpy()
+    rev = hvp.reverse_over_reverse_hvp(f, z, coeffs, v).numpy()
+    np.testing.assert_allclose(fd, exact, atol=1e-3 * np.abs(exact).max())
+    np.testing.assert_allclose(rev, exact, atol=1e-5 * np.abs(exact).max())
+
+
+def test_dense_hessian_matches_autodiff_hessian(smooth_gm):
+    """The dense projected operator equals P H P / ||grad F|| from tf.hessians-style double autodiff."""
+    z = tf.constant(_points(1, seed=3))
+    coeffs = tf.constant([[1.0, -1.0, 0.0, 0.0]])
+    f = smooth_gm._head.logits_fn
+    with tf.GradientTape() as outer:
+        outer.watch(z)
+        with tf.GradientTape() as inner:
+            inner.watch(z)
+            F = tf.reduce_sum(f(z) * coeffs)
+        g = inner.gradient(F, z)
+    H = outer.jacobian(g, z).numpy().reshape(D, D)
+    g = g.numpy().ravel()
+    n = g / np.linalg.norm(g)
+    P = np.eye(D) - np.outer(n, n)
+    expected = np.linalg.eigvalsh(P @ H @ P / np.linalg.norm(g))
+    values, _, _ = curvature.dense_curvatures(f, z, coeffs)
+    np.testing.assert_allclose(values[0], expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_linear_classifier_has_zero_curvature():
+    """A linear classifier's boundary is flat: all principal curvatures are 0."""
+    rng = np.random.default_rng(0)
+    gm = GeometryModel(linear_model(rng.normal(size=(D, 3)), rng.normal(size=3)), bounds=(-100, 100))
+    for method in ("lanczos", "dense"):
+        c, _ = gm.principal_curvatures(_points(), k=3, hvp="exact", method=method)
+        np.testing.assert_allclose(c.values, 0.0, atol=1e-6)
+    c, _ = gm.principal_curvatures(_points(), k=3, hvp="finite-difference")
+    np.testing.assert_allclose(c.values, 0.0, atol=1e-4)
+
+
+def test_sphere_boundary_has_curvature_minus_one_over_r():
+    """Class 0 inside a ball of radius R: every tangent curvature is -1/R (our sign convention)."""
+    radius, center = 1.5, np.full(D, 0.2, np.float32)
+    inputs = keras.Input((D,))
+    scores = keras.layers.Lambda(
+        lambda t: tf.stack([radius**2 - tf.reduce_sum((t - center) ** 2, axis=1), tf.zeros_like(t[:, 0])], axis=1)
+    )(inputs)
+    gm = GeometryModel(keras.Model(inputs, scores), bounds=(-10, 10))
+    x = center + np.random.default_rng(4).uniform(-0.3, 0.3, size=(5, D)).astype(np.float32)
+    c, idx = gm.principal_curvatures(x, k=4, hvp="exact")
+    assert len(idx) == 5
+    np.testing.assert_allclose(c.values, -1.0 / radius, rtol=2e-3)
+    assert c.hvp == "exact"
+
+
+def test_auto_picks_finite_differences_for_relu_networks(small_cnn, digits, smooth_gm):
+    """hvp="auto" uses finite differences for ReLU networks and exact products for smooth ones."""
+    assert curvature.is_piecewise_linear(small_cnn)
+    assert not curvature.is_piecewise_linear(smooth_gm.model)
+    gm = GeometryModel(small_cnn)
+    c, idx = gm.principal_curvatures(digits.x[:4], k=2)
+    assert c.hvp == "finite-difference" and c.step == pytest.approx(hvp.default_step(64, (0, 1)))
+    assert c.values.shape == (len(idx), 4) and np.isfinite(c.values).all()
