@@ -199,6 +199,59 @@ def deepfool(
     out_console.print(table)
 
 
+class Hvp(str, enum.Enum):
+    auto = "auto"
+    exact = "exact"
+    finite_difference = "finite-difference"
+
+
+@app.command()
+@cli_errors
+def curvature(
+    model: ModelArg,
+    data: DataOpt,
+    limit: LimitOpt = 100,
+    k: Annotated[int, typer.Option(min=1, help="Curvatures computed at each end of the spectrum.")] = 20,
+    hvp: Annotated[Hvp, typer.Option(help="Hessian-vector products (auto: finite differences for ReLU nets).")] = (
+        Hvp.auto
+    ),
+    out: Annotated[Optional[pathlib.Path], typer.Option(help="Write curvatures and directions to this .npz.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the Lanczos start vectors.")] = 0,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+):
+    """Principal curvatures of the decision boundary at DeepFool boundary points (the profile)."""
+    import numpy as np
+
+    gm = _load(model, bounds, unsafe, batch_size)
+    dataset = _load_data(data, gm, limit)
+    profile, curv, index = gm.curvature_profile(dataset.x, k=k, hvp=hvp.value, seed=seed)
+    if out is not None:
+        np.savez_compressed(out, index=index, values=curv.values, directions=curv.directions)
+    summary = {
+        "points": int(len(index)),
+        "hvp": profile.hvp,
+        "step": profile.step,
+        "mean_flat_fraction": float(np.mean(profile.flat_fraction)) if len(index) else None,
+        "flat_fraction_is_upper_bound": bool(profile.saturated.any()),
+        "mean_most_negative": float(profile.mean_negative[0]) if len(index) else None,
+        "mean_most_positive": float(profile.mean_positive[-1]) if len(index) else None,
+        "asymmetry": profile.asymmetry,
+        "mean_negative": profile.mean_negative.tolist(),
+        "mean_positive": profile.mean_positive.tolist(),
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"Principal curvatures on {dataset.name}", show_header=False)
+    for key, value in summary.items():
+        if not isinstance(value, list):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
 def _analyze(gm, dataset, out, only, seed, resume, identity):
     from tfgeom.report import run_analyses
 

@@ -43,6 +43,9 @@ def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path)
     report = json.loads((out / "report.json").read_text())
     section = report["sections"]["deepfool"]
     assert section["status"] == "done" and section["l2"]["success_rate"] == 1.0
+    assert report["sections"]["curvature"]["status"] == "done"
+    assert [r[0] for r in report["sections"]["subspace"]["tables"][0]["rows"]] == [5, 10, 20]  # 2m <= d - 1 = 63
+    assert (out / "curvature_profile.png").exists() and (out / "subspace.png").exists()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Per predicted class" in html
     assert (out / "deepfool_l2_hist.png").exists()
@@ -104,3 +107,14 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / name).exists()
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["sections"]["deepfool"]["summary"]["examples"] == 10
+
+
+def test_curvature_json(small_cnn_path, digits_npz, tmp_path):
+    """`curvature --json` reports the profile with finite differences for the ReLU CNN."""
+    out = tmp_path / "curv.npz"
+    result = _run("curvature", small_cnn_path, "--data", digits_npz, "--limit", 6, "--k", 3, "--json", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["hvp"] == "finite-difference" and len(summary["mean_negative"]) == 3
+    with np.load(out) as arrays:
+        assert arrays["values"].shape == (summary["points"], 6)

@@ -112,3 +112,71 @@ def test_auto_picks_finite_differences_for_relu_networks(small_cnn, digits, smoo
     c, idx = gm.principal_curvatures(digits.x[:4], k=2)
     assert c.hvp == "finite-difference" and c.step == pytest.approx(hvp.default_step(64, (0, 1)))
     assert c.values.shape == (len(idx), 4) and np.isfinite(c.values).all()
+
+
+def _sphere_gm(radius=1.5, center_value=0.2):
+    center = np.full(D, center_value, np.float32)
+    inputs = keras.Input((D,))
+    scores = keras.layers.Lambda(
+        lambda t: tf.stack([radius**2 - tf.reduce_sum((t - center) ** 2, axis=1), tf.zeros_like(t[:, 0])], axis=1)
+    )(inputs)
+    return GeometryModel(keras.Model(inputs, scores), bounds=(-10, 10)), center
+
+
+def test_section_of_a_sphere_follows_the_closed_form():
+    """Along a tangent u at a point of the sphere, F(z + b u) = -b^2 exactly; along the normal F is monotone."""
+    gm, center = _sphere_gm()
+    x = center + np.random.default_rng(5).uniform(-0.3, 0.3, size=(2, D)).astype(np.float32)
+    secs = gm.boundary_sections(x, direction="random", radius=0.5, resolution=21, hvp="exact", k=2)
+    assert len(secs) == 2
+    for sec in secs:
+        mid = len(sec.offsets) // 2
+        np.testing.assert_allclose(sec.margin[mid], -sec.offsets**2, atol=2e-3)
+        column = sec.margin[:, mid]
+        assert np.all(np.diff(column) > 0)  # F grows along the normal, into the region of class 0
+        assert abs(float(np.dot(sec.direction.ravel(), sec.normal.ravel()))) < 1e-5
+
+
+def test_curved_subspace_finds_planted_directions():
+    """A boundary curved only along e1, e2, e3: the 3-dimensional S_c spans exactly those."""
+    planted = {1: 3.0, 2: -2.0, 3: 1.5}
+    weights = np.zeros(D, np.float32)
+    for i, c in planted.items():
+        weights[i] = c
+    inputs = keras.Input((D,))
+    score = keras.layers.Lambda(
+        lambda t: tf.stack([t[:, 0] - 0.5 + tf.reduce_sum(weights * t**2, axis=1), tf.zeros_like(t[:, 0])], axis=1)
+    )(inputs)
+    gm = GeometryModel(keras.Model(inputs, score), bounds=(-5, 5))
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-0.1, 0.1, size=(40, D)).astype(np.float32)
+    x[:, 0] = rng.uniform(0.8, 1.2, size=40)
+    sub = gm.curved_subspace(x, dim=3, hvp="exact")
+    inside = np.linalg.norm(sub.basis[:, [1, 2, 3]], axis=1)
+    np.testing.assert_allclose(inside, 1.0, atol=1e-2)  # normals tilt slightly off e0, mixing a little
+    # Sorted by |eigenvalue|: the direction with c = 3 first.
+    assert np.argmax(np.abs(sub.basis[0])) == 1
+
+
+def test_random_subspace_energy_is_about_sqrt_m_over_d(small_cnn, digits):
+    """Baseline of experiment (a): DeepFool perturbations hold about sqrt(m/d) of their norm in a random subspace."""
+    from tfgeom.subspace import vulnerability
+
+    gm = GeometryModel(small_cnn)
+    sub = gm.curved_subspace(digits.x[:40], dim=10)
+    res = vulnerability(gm, digits.x[40:140], digits.y[40:140], sub, dims=(5, 10))
+    for row in res["rows"]:
+        assert abs(row["energy_random"] / row["sqrt_m_over_d"] - 1) < 0.2
+        assert 0 <= row["fooling_curved"] <= 1 and 0 <= row["accuracy_removed"] <= 1
+    assert sub.basis.shape == (10, 64)
+    np.testing.assert_allclose(sub.basis @ sub.basis.T, np.eye(10), atol=1e-4)
+
+
+def test_profile_counts_flat_directions(smooth_gm):
+    """Profile fields agree with the per-point curvatures they summarise."""
+    prof, curv, idx = smooth_gm.curvature_profile(_points(), k=3, hvp="exact", steps=D - 1)
+    np.testing.assert_allclose(prof.mean_negative, curv.values[:, :3].mean(0))
+    top = np.abs(curv.values).max(1, keepdims=True)
+    expected = 1 - (np.abs(curv.values) > 0.1 * top).sum(1) / (D - 1)
+    np.testing.assert_allclose(prof.flat_fraction, expected)
+    assert -1 <= prof.asymmetry <= 1

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tfgeom import hvp as hvp_lib
 from tfgeom.errors import InputError
+from tfgeom.lanczos import lanczos_extremes
 
 
 class Curvatures(NamedTuple):
@@ -68,13 +69,6 @@ def _normal(logits_fn, z, coeffs):
     return g / tf.maximum(gnorm, 1e-30)[:, None], gnorm
 
 
-def _orthogonalise(w, basis):
-    """Remove the components of `w [N, d]` along the rows of `basis [N, m, d]` (twice, for stability)."""
-    for _ in range(2):
-        w = w - tf.einsum("nmd,nm->nd", basis, tf.einsum("nmd,nd->nm", basis, w))
-    return w
-
-
 def lanczos_program(logits_fn, steps, k, hvp="exact", step=None):
     """Build `program(z, coeffs, v0) -> (values [N, 2k], directions [N, 2k, d], gnorm [N])`.
 
@@ -89,45 +83,14 @@ def lanczos_program(logits_fn, steps, k, hvp="exact", step=None):
 
     def program(z, coeffs, v0):
         normal, gnorm = _normal(logits_fn, z, coeffs)
-        n, d = tf.shape(normal)[0], tf.shape(normal)[1]
-        q = v0 - tf.reduce_sum(v0 * normal, 1, keepdims=True) * normal
-        q = q / tf.norm(q, axis=1, keepdims=True)
-        basis = tf.zeros([n, steps, d], z.dtype)
-        alphas = tf.TensorArray(z.dtype, size=steps)
-        betas = tf.TensorArray(z.dtype, size=steps)
 
-        def body(j, q, basis, alphas, betas):
-            basis = basis + tf.one_hot(j, steps, dtype=z.dtype)[None, :, None] * q[:, None, :]
-            w = op(z, coeffs, normal, gnorm, q)
-            alpha = tf.reduce_sum(w * q, axis=1)
-            size = tf.norm(w, axis=1)
-            w = _orthogonalise(w, basis)
-            beta = tf.norm(w, axis=1)
-            # Breakdown (invariant subspace found, e.g. a flat or spherical
-            # boundary): restart from a random tangent vector, with beta = 0.
-            broke = beta <= 1e-4 * size + 1e-30
-            fresh = tf.random.stateless_normal(tf.shape(w), seed=[j, 7], dtype=w.dtype)
-            fresh = _orthogonalise(fresh - tf.reduce_sum(fresh * normal, 1, keepdims=True) * normal, basis)
-            q_next = tf.where(
-                broke[:, None],
-                fresh / tf.norm(fresh, axis=1, keepdims=True),
-                w / tf.maximum(beta, 1e-30)[:, None],
-            )
-            beta = tf.where(broke, tf.zeros_like(beta), beta)
-            return j + 1, q_next, basis, alphas.write(j, alpha), betas.write(j, beta)
+        def tangent(v):
+            return v - tf.reduce_sum(v * normal, 1, keepdims=True) * normal
 
-        _, _, basis, alphas, betas = tf.while_loop(
-            lambda j, *_: j < steps, body, (tf.constant(0), q, basis, alphas, betas)
+        values, directions = lanczos_extremes(
+            lambda v: op(z, coeffs, normal, gnorm, v), v0, steps, k, project=tangent
         )
-        a = tf.cast(tf.transpose(alphas.stack()), tf.float64)
-        b = tf.cast(tf.transpose(betas.stack())[:, :-1], tf.float64)
-        tri = tf.linalg.diag(a) + tf.linalg.diag(b, k=1) + tf.linalg.diag(b, k=-1)
-        evals, evecs = tf.linalg.eigh(tri)
-        pick = tf.concat([tf.range(k), tf.range(steps - k, steps)], 0)
-        values = tf.gather(evals, pick, axis=1)
-        vecs = tf.gather(tf.cast(evecs, z.dtype), pick, axis=2)
-        directions = tf.einsum("nmd,nmk->nkd", basis, vecs)
-        return tf.cast(values, z.dtype), directions, gnorm
+        return values, directions, gnorm
 
     return program
 
@@ -188,7 +151,7 @@ def _coeffs(labels, others, num_classes):
 
 
 def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, step=None, at="boundary",
-                         seed=0, batch_size=None):
+                         seed=0, batch_size=None, attack=None):
     """Principal curvatures of the decision boundary near inputs `x`.
 
     Runs DeepFool (L2) on `x`, takes the boundary point `z` on `[x, x_adv]`
@@ -210,6 +173,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         at: `"boundary"` or `"0.8"`. Defaults to `"boundary"`.
         seed: seed of the Lanczos start vectors. Defaults to `0`.
         batch_size: points per compiled call. Defaults to the model's.
+        attack: a `DeepFoolResult` for `x` to reuse. Defaults to `None`: run DeepFool L2.
 
     Returns:
         `(Curvatures, index)`: `index [M]` says which inputs the `M` rows are.
@@ -225,7 +189,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         hvp = "finite-difference" if is_piecewise_linear(gm.model) else "exact"
     if hvp == "finite-difference" and step is None:
         step = hvp_lib.default_step(d, gm.bounds)
-    result = gm.deepfool(x, batch_size=batch_size)
+    result = attack if attack is not None else gm.deepfool(x, batch_size=batch_size)
     index = np.flatnonzero(result.success)
     z = result.boundary_points[index] if at == "boundary" else (gm.check(x) + 0.8 * result.perturbation)[index]
     coeffs = _coeffs(result.labels[index], result.boundary_classes[index], gm.num_classes)
@@ -250,3 +214,83 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         np.zeros((0, 2 * k)), np.zeros((0, 2 * k, d)), np.zeros(0))
     dirs = dirs.reshape(len(z), 2 * k, *gm.input_shape)
     return Curvatures(values, dirs, gnorm, hvp, step, steps), index
+
+
+class Profile(NamedTuple):
+    """Curvature profile over a set of points (PAPERS.md A.3).
+
+    Fields:
+        mean_negative: `[k]` mean over points of the `k` most negative
+            curvatures (ascending: most negative first).
+        mean_positive: `[k]` mean of the `k` most positive (ascending).
+        values: `[M, 2k]` per-point curvatures (as in `Curvatures.values`).
+        flat_fraction: `[M]` fraction of the `d - 1` tangent directions with
+            `|kappa| <= flat_tol * max |kappa|` at that point. Only the `2k`
+            extreme curvatures are computed; the rest are below them in
+            magnitude, so the fraction is exact unless `saturated`.
+        saturated: `[M]` True where all `k` curvatures at one end exceed the
+            threshold (then `flat_fraction` is an upper bound).
+        negative_mass: mean over points of `sum |kappa|` over the computed negative curvatures.
+        positive_mass: the same for positive curvatures.
+        asymmetry: `(negative_mass - positive_mass) / (negative_mass + positive_mass)`.
+        flat_tol: the relative threshold used.
+        input_dim: `d`.
+        hvp: `"exact"` or `"finite-difference"`.
+        step: finite-difference step, or None.
+    """
+
+    mean_negative: np.ndarray
+    mean_positive: np.ndarray
+    values: np.ndarray
+    flat_fraction: np.ndarray
+    saturated: np.ndarray
+    negative_mass: float
+    positive_mass: float
+    asymmetry: float
+    flat_tol: float
+    input_dim: int
+    hvp: str
+    step: object
+
+
+def curvature_profile(gm, x, k=20, flat_tol=0.1, **kwargs):
+    """The curvature profile of the boundary near inputs `x`.
+
+    Args:
+        gm: a `GeometryModel`.
+        x: `[N, ...]` inputs.
+        k: curvatures at each end per point. Defaults to `20`.
+        flat_tol: a direction is near-flat when `|kappa| <= flat_tol * max |kappa|`
+            at its point. Defaults to `0.1`.
+        **kwargs: passed to `principal_curvatures` (`hvp`, `method`, `steps`, `at`, ...).
+
+    Returns:
+        `(Profile, Curvatures, index)`.
+    """
+    curv, index = principal_curvatures(gm, x, k=k, **kwargs)
+    values = curv.values
+    d = int(np.prod(gm.input_shape))
+    kk = values.shape[1] // 2
+    neg, pos = values[:, :kk], values[:, kk:]
+    top = np.maximum(np.abs(values).max(axis=1), 1e-30)
+    curved = np.abs(values) > flat_tol * top[:, None]
+    flat_fraction = 1.0 - curved.sum(axis=1) / max(d - 1, 1)
+    saturated = curved[:, :kk].all(axis=1) | curved[:, kk:].all(axis=1)
+    neg_mass = float(np.mean(np.sum(np.abs(np.minimum(values, 0)), axis=1))) if len(values) else 0.0
+    pos_mass = float(np.mean(np.sum(np.maximum(values, 0), axis=1))) if len(values) else 0.0
+    total = neg_mass + pos_mass
+    profile = Profile(
+        mean_negative=neg.mean(axis=0) if len(values) else np.zeros(kk),
+        mean_positive=pos.mean(axis=0) if len(values) else np.zeros(kk),
+        values=values,
+        flat_fraction=flat_fraction,
+        saturated=saturated,
+        negative_mass=neg_mass,
+        positive_mass=pos_mass,
+        asymmetry=(neg_mass - pos_mass) / total if total > 0 else 0.0,
+        flat_tol=float(flat_tol),
+        input_dim=d,
+        hvp=curv.hvp,
+        step=curv.step,
+    )
+    return profile, curv, index

@@ -307,9 +307,29 @@ class GeometryModel:
             norm=norm,
         )
 
+    # -- geometry of the boundary (thin faces over the functional modules) ---
+
     def principal_curvatures(self, x, k=20, hvp="auto", method="lanczos", **kwargs):
-        """Principal curvatures of the boundary near `x`; see `tfgeom.curvature.principal_curvatures`."""
+        """Principal curvatures near `x`; see `tfgeom.curvature.principal_curvatures`."""
         from tfgeom import curvature
 
         return curvature.principal_curvatures(self, x, k=k, hvp=hvp, method=method, **kwargs)
+
+    def curvature_profile(self, x, k=20, **kwargs):
+        """Curvature profile near `x`; see `tfgeom.curvature.curvature_profile`."""
+        from tfgeom import curvature
+
+        return curvature.curvature_profile(self, x, k=k, **kwargs)
+
+    def boundary_sections(self, x, direction="curved", **kwargs):
+        """2-D boundary sections at `x`; see `tfgeom.sections.boundary_sections`."""
+        from tfgeom import sections
+
+        return sections.boundary_sections(self, x, direction=direction, **kwargs)
+
+    def curved_subspace(self, x, dim=20, **kwargs):
+        """The curved subspace from `x`; see `tfgeom.subspace.curved_subspace`."""
+        from tfgeom import subspace
+
+        return subspace.curved_subspace(self, x, dim=dim, **kwargs)
 

@@ -39,3 +39,75 @@ def image_pairs(originals, perturbed, titles, path, bounds=(0.0, 1.0), cmap="gra
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def curvature_profile(profile, path):
+    """The paper's profile: mean sorted principal curvatures, both ends, flat middle elided."""
+    k = len(profile.mean_negative)
+    d = profile.input_dim
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    left = np.arange(1, k + 1)
+    right = np.arange(2 * k + 6, 3 * k + 6)
+    ax.plot(left, profile.mean_negative, "o-", color="tab:blue", ms=3, label="most negative")
+    ax.plot(right, profile.mean_positive, "o-", color="tab:red", ms=3, label="most positive")
+    ax.plot([k + 1, 2 * k + 5], [0, 0], ":", color="gray")
+    ax.text(1.5 * k + 3, 0, f"{d - 1 - 2 * k} directions\nbetween", ha="center", va="bottom", fontsize=7)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks([1, k, 2 * k + 6, 3 * k + 5])
+    ax.set_xticklabels(["1", str(k), str(d - k), str(d - 1)])
+    ax.set_xlabel("rank of the principal curvature")
+    ax.set_ylabel("mean curvature")
+    flat = float(np.mean(profile.flat_fraction)) if len(profile.flat_fraction) else float("nan")
+    bound = "<= " if profile.saturated.any() else ""
+    ax.set_title(
+        f"Curvature profile ({len(profile.values)} points, {profile.hvp}); "
+        f"near-flat {bound}{100 * flat:.1f}%",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def boundary_sections(sections, path):
+    """One panel per section: classes coloured, the boundary F = 0 traced in black."""
+    n = len(sections)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), dpi=110, squeeze=False)
+    for ax, sec in zip(axes[0], sections):
+        r = float(sec.offsets[-1])
+        ax.imshow(sec.labels, origin="lower", extent=[-r, r, -r, r], cmap="tab10", vmin=0, vmax=9, alpha=0.55)
+        ax.contour(sec.offsets, sec.offsets, sec.margin, levels=[0.0], colors="black", linewidths=1.2)
+        ax.plot(0, 0, "k+", ms=8)
+        kind = f"κ={sec.curvature:.3g}" if sec.curvature is not None else "random"
+        ax.set_title(f"{sec.classes[0]}|{sec.classes[1]}, {kind}", fontsize=8)
+        ax.set_xlabel("tangent", fontsize=7)
+        ax.set_ylabel("normal", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def subspace_experiments(result, path):
+    """Energy of DeepFool perturbations and fooling rates: S_c vs random subspaces, by dimension."""
+    rows = result["rows"]
+    m = [r["dim"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110)
+    a.plot(m, [r["energy_curved"] for r in rows], "o-", label="in S_c")
+    a.plot(m, [r["energy_random"] for r in rows], "s-", label="random subspace")
+    a.plot(m, [r["sqrt_m_over_d"] for r in rows], ":", color="gray", label="sqrt(m/d)")
+    a.set_xlabel("m")
+    a.set_ylabel("‖P r‖ / ‖r‖ (DeepFool r)")
+    a.legend(fontsize=7)
+    b.plot(m, [r["fooling_curved"] for r in rows], "o-", label="noise in S_c")
+    b.plot(m, [r["fooling_random"] for r in rows], "s-", label="noise in random subspace")
+    b.set_xlabel("m")
+    b.set_ylabel(f"fooling rate at ‖v‖={result['eps']:.3g}")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -59,4 +59,6 @@ def rng(context):
     return np.random.default_rng(context.seed)
 
 
-from tfgeom.analyses import deepfool  # noqa: E402,F401  (registers itself)
+# Importing a module registers its analyses; the order here is the report's order.
+from tfgeom.analyses import deepfool  # noqa: E402,F401
+from tfgeom.analyses import curvature  # noqa: E402,F401

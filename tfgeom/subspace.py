@@ -1,0 +1,206 @@
+"""The curved subspace `S_c` and whether it explains vulnerability (PAPERS.md A.4).
+
+`S_c` is spanned by the top eigenvectors (largest `|eigenvalue|`) of the
+projected Hessian operator averaged over many boundary points,
+`v -> mean_i P_i H_i P_i v / ||grad F_i||`, found by Lanczos on that operator
+(each product is a batch of HVPs, chunked by `batch_size`; no `d x d` matrix).
+
+`vulnerability` then measures, on inputs not used to find `S_c`:
+(a) the fraction of each DeepFool perturbation's norm inside `S_c` vs inside a
+random subspace of the same dimension (about `sqrt(m / d)`); (b) the fooling
+rate of random perturbations of a fixed norm drawn inside `S_c` vs inside a
+random subspace; (c) accuracy and median DeepFool norm after removing the
+`S_c` component of the inputs.
+"""
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfgeom import curvature
+from tfgeom.errors import InputError
+from tfgeom.lanczos import lanczos_extremes
+from tfgeom.validation import check_positive_int
+
+
+class CurvedSubspace(NamedTuple):
+    """The curved subspace (NumPy).
+
+    Fields:
+        basis: `[m, d]` orthonormal rows, most curved first.
+        values: `[m]` eigenvalues of the averaged operator (signed curvatures).
+        points: number of boundary points averaged.
+        hvp: `"exact"` or `"finite-difference"`.
+        step: finite-difference step, or None.
+    """
+
+    basis: np.ndarray
+    values: np.ndarray
+    points: int
+    hvp: str
+    step: object
+
+
+def averaged_operator(logits_fn, hvp, step, chunk):
+    """`op(z, coeffs, normals, gnorms, v [1, d]) -> [1, d]`: mean of `P_i H_i P_i v / ||grad F_i||`."""
+    point_op = curvature.projected_operator(logits_fn, hvp, step)
+
+    def op(z, coeffs, normals, gnorms, v):
+        count = tf.shape(z)[0]
+
+        def body(start, total):
+            end = tf.minimum(start + chunk, count)
+            part = point_op(
+                z[start:end], coeffs[start:end], normals[start:end], gnorms[start:end], tf.tile(v, [end - start, 1])
+            )
+            return end, total + tf.reduce_sum(part, axis=0, keepdims=True)
+
+        _, total = tf.while_loop(lambda s, t: s < count, body, (tf.constant(0), tf.zeros_like(v)))
+        return total / tf.cast(count, v.dtype)
+
+    return op
+
+
+def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, batch_size=None, attack=None):
+    """Find `S_c` from the DeepFool boundary points of `x`.
+
+    Args:
+        gm: a `GeometryModel`.
+        x: `[N, ...]` inputs whose boundary points are averaged.
+        dim: dimension `m` of `S_c`. Defaults to `20`.
+        hvp: `"exact"`, `"finite-difference"` or `"auto"`. Defaults to `"auto"`.
+        steps: Lanczos steps. Defaults to `min(d - 1, 2 dim + 40)`.
+        step: finite-difference step. Defaults to `hvp.default_step`.
+        seed: seed of the start vector. Defaults to `0`.
+        batch_size: points per chunk of HVPs. Defaults to the model's.
+        attack: a `DeepFoolResult` for `x` to reuse. Defaults to `None`.
+
+    Returns:
+        A `CurvedSubspace`.
+    """
+    from tfgeom import hvp as hvp_lib
+
+    dim = check_positive_int("dim", dim)
+    d = int(np.prod(gm.input_shape))
+    if 2 * dim > d - 1:
+        raise InputError(f"dim={dim} is too large for inputs of dimension {d}; use dim <= {(d - 1) // 2}")
+    if hvp == "auto":
+        hvp = "finite-difference" if curvature.is_piecewise_linear(gm.model) else "exact"
+    if hvp == "finite-difference" and step is None:
+        step = hvp_lib.default_step(d, gm.bounds)
+    attack = attack if attack is not None else gm.deepfool(x, batch_size=batch_size)
+    index = np.flatnonzero(attack.success)
+    if len(index) == 0:
+        raise InputError("DeepFool found no boundary point for these inputs; cannot average curvature")
+    z = attack.boundary_points[index]
+    coeffs = curvature._coeffs(attack.labels[index], attack.boundary_classes[index], gm.num_classes)
+    _, grads = gm.gradient(z, coeffs, batch_size=batch_size)
+    grads = grads.reshape(len(z), -1)
+    gnorms = np.linalg.norm(grads, axis=1)
+    normals = grads / np.maximum(gnorms, 1e-30)[:, None]
+    steps = check_positive_int("steps", steps) if steps is not None else min(d - 1, 2 * dim + 40)
+    chunk = check_positive_int("batch_size", batch_size or gm.batch_size)
+    op = averaged_operator(gm._head.logits_fn, hvp, step, chunk)
+
+    def build():
+        def program(z, coeffs, normals, gnorms, v0):
+            return lanczos_extremes(lambda v: op(z, coeffs, normals, gnorms, v), v0, steps, dim)
+
+        return program
+
+    program = gm.program(
+        ("subspace", steps, dim, hvp, step, chunk),
+        build,
+        [
+            gm._spec(),
+            tf.TensorSpec([None, gm.num_classes], tf.float32),
+            tf.TensorSpec([None, d], tf.float32),
+            tf.TensorSpec([None], tf.float32),
+            tf.TensorSpec([1, d], tf.float32),
+        ],
+    )
+    v0 = np.random.default_rng(seed).normal(size=(1, d)).astype(np.float32)
+    values, vectors = (t.numpy()[0] for t in program(z, coeffs, normals.astype(np.float32), gnorms.astype(np.float32), v0))
+    order = np.argsort(-np.abs(values))[:dim]
+    basis, _ = np.linalg.qr(vectors[order].T)  # re-orthonormalise, keep the order
+    basis = basis.T * np.sign(np.sum(basis.T * vectors[order], axis=1, keepdims=True))
+    return CurvedSubspace(basis.astype(np.float32), values[order], len(z), hvp, step)
+
+
+def random_subspace(d, m, rng):
+    """`[m, d]` orthonormal rows spanning a uniformly random `m`-dimensional subspace."""
+    q, _ = np.linalg.qr(rng.normal(size=(d, m)))
+    return q.T.astype(np.float32)
+
+
+def _energy(basis, r):
+    return np.linalg.norm(r @ basis.T, axis=1) / np.maximum(np.linalg.norm(r, axis=1), 1e-30)
+
+
+def _fooling_rate(gm, x, labels, basis, eps, draws, rng):
+    n, d = len(x), x[0].size
+    fooled = 0
+    for _ in range(draws):
+        v = rng.normal(size=(n, basis.shape[0])).astype(np.float32) @ basis
+        v *= eps / np.linalg.norm(v, axis=1, keepdims=True)
+        xp = np.clip(x.reshape(n, d) + v, *gm.bounds).reshape(x.shape)
+        fooled += int(np.sum(gm.predict(xp) != labels))
+    return fooled / (n * draws)
+
+
+def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0):
+    """Experiments (a), (b), (c) of the module docstring for each `m` in `dims`.
+
+    Args:
+        gm: a `GeometryModel`.
+        x: `[N, ...]` evaluation inputs (not those used to find `subspace`).
+        y: `[N]` true labels, or None to measure agreement with the clean predictions.
+        subspace: a `CurvedSubspace` with at least `max(dims)` directions.
+        dims: subspace dimensions to sweep. Defaults to `(5, 10, 20)`.
+        eps: L2 norm of the random perturbations in (b). Defaults to the
+            median DeepFool L2 norm on `x`.
+        draws: random perturbations per input in (b). Defaults to `5`.
+        seed: seed. Defaults to `0`.
+
+    Returns:
+        A dict with `eps` and `rows`: one dict per `m` with `energy_curved`,
+        `energy_random`, `sqrt_m_over_d`, `fooling_curved`, `fooling_random`,
+        `accuracy_removed`, `median_norm_removed`; plus `accuracy` and
+        `median_norm` of the original inputs.
+    """
+    rng = np.random.default_rng(seed)
+    dims = [m for m in dims if m <= len(subspace.basis)]
+    if not dims:
+        raise InputError(f"dims must not exceed the subspace dimension {len(subspace.basis)}")
+    n, d = len(x), int(np.prod(gm.input_shape))
+    clean = gm.deepfool(x)
+    labels = clean.labels
+    truth = labels if y is None else np.asarray(y)
+    ok = clean.success
+    r = clean.perturbation.reshape(n, d)[ok]
+    eps = float(np.median(clean.norms_l2[ok])) if eps is None else float(eps)
+    out = {
+        "eps": eps,
+        "accuracy": float(np.mean(labels == truth)),
+        "median_norm": float(np.median(clean.norms_l2[ok])),
+        "rows": [],
+    }
+    for m in dims:
+        basis = subspace.basis[:m]
+        rand = random_subspace(d, m, rng)
+        flat = x.reshape(n, d)
+        removed = np.clip(flat - (flat @ basis.T) @ basis, *gm.bounds).reshape(x.shape)
+        adv = gm.deepfool(removed)
+        out["rows"].append(
+            {
+                "dim": m,
+                "energy_curved": float(np.mean(_energy(basis, r))),
+                "energy_random": float(np.mean(_energy(rand, r))),
+                "sqrt_m_over_d": float(np.sqrt(m / d)),
+                "fooling_curved": _fooling_rate(gm, x, labels, basis, eps, draws, rng),
+                "fooling_random": _fooling_rate(gm, x, labels, rand, eps, draws, rng),
+                "accuracy_removed": float(np.mean(adv.labels == truth)),
+                "median_norm_removed": float(np.median(adv.norms_l2[adv.success])) if adv.success.any() else None,
+            }
+        )
+    return out
