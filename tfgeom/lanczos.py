@@ -51,12 +51,14 @@ def lanczos_extremes(op, v0, steps, k, project=None):
         w = orthogonalise(w, basis)
         beta = tf.norm(w, axis=1)
         broke = beta <= 1e-4 * size + 1e-30
-        fresh = orthogonalise(project(tf.random.stateless_normal([n, d], seed=[j, 7], dtype=dtype)), basis)
-        q_next = tf.where(
-            broke[:, None],
-            fresh / tf.maximum(tf.norm(fresh, axis=1, keepdims=True), 1e-30),
-            w / tf.maximum(beta, 1e-30)[:, None],
-        )
+        q_next = w / tf.maximum(beta, 1e-30)[:, None]
+
+        def restart():
+            fresh = orthogonalise(project(tf.random.stateless_normal([n, d], seed=[j, 7], dtype=dtype)), basis)
+            fresh = fresh / tf.maximum(tf.norm(fresh, axis=1, keepdims=True), 1e-30)
+            return tf.where(broke[:, None], fresh, q_next)
+
+        q_next = tf.cond(tf.reduce_any(broke), restart, lambda: q_next)
         beta = tf.where(broke, tf.zeros_like(beta), beta)
         return j + 1, tf.ensure_shape(q_next, q.shape), basis, alphas.write(j, alpha), betas.write(j, beta)
 

@@ -6,18 +6,21 @@ measure the same models.
 import keras
 
 
-def demo_cnn(input_shape=(28, 28, 1), classes=10):
-    """The demo CNN: two conv/pool blocks, a 128-unit hidden layer, softmax output."""
+def demo_cnn(input_shape=(28, 28, 1), classes=10, activation="relu"):
+    """The demo CNN: two conv/pool blocks, a 128-unit hidden layer, softmax output.
+
+    `activation="softplus"` gives a smooth twin (non-zero exact Hessians).
+    """
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.Conv2D(32, 3, activation=activation),
             keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.Conv2D(64, 3, activation=activation),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
             keras.layers.Dropout(0.3),
-            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(128, activation=activation),
             keras.layers.Dense(classes, activation="softmax"),
         ],
         name="demo_cnn",
