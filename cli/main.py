@@ -205,6 +205,11 @@ class Hvp(str, enum.Enum):
     finite_difference = "finite-difference"
 
 
+class At(str, enum.Enum):
+    boundary = "boundary"
+    before = "0.8"
+
+
 @app.command()
 @cli_errors
 def curvature(
@@ -215,6 +220,7 @@ def curvature(
     hvp: Annotated[Hvp, typer.Option(help="Hessian-vector products (auto: finite differences for ReLU nets).")] = (
         Hvp.auto
     ),
+    at: Annotated[At, typer.Option(help="Boundary points, or x + 0.8 r as in the authors' code.")] = At.boundary,
     out: Annotated[Optional[pathlib.Path], typer.Option(help="Write curvatures and directions to this .npz.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the Lanczos start vectors.")] = 0,
@@ -227,7 +233,7 @@ def curvature(
 
     gm = _load(model, bounds, unsafe, batch_size)
     dataset = _load_data(data, gm, limit)
-    profile, curv, index = gm.curvature_profile(dataset.x, k=k, hvp=hvp.value, seed=seed)
+    profile, curv, index = gm.curvature_profile(dataset.x, k=k, hvp=hvp.value, at=at.value, seed=seed)
     if out is not None:
         np.savez_compressed(out, index=index, values=curv.values, directions=curv.directions)
     summary = {

@@ -148,7 +148,7 @@ def _fooling_rate(gm, x, labels, basis, eps, draws, rng):
     return fooled / (n * draws)
 
 
-def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0):
+def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0, noise_scales=(1.0, 2.0, 4.0)):
     """Experiments (a), (b), (c) of the module docstring for each `m` in `dims`.
 
     Args:
@@ -161,12 +161,15 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
             median DeepFool L2 norm on `x`.
         draws: random perturbations per input in (b). Defaults to `5`.
         seed: seed. Defaults to `0`.
+        noise_scales: for the largest `m`, (b) is repeated at these multiples
+            of `eps`. Defaults to `(1.0, 2.0, 4.0)`.
 
     Returns:
         A dict with `eps` and `rows`: one dict per `m` with `energy_curved`,
         `energy_random`, `sqrt_m_over_d`, `fooling_curved`, `fooling_random`,
         `accuracy_removed`, `median_norm_removed`; plus `accuracy` and
-        `median_norm` of the original inputs.
+        `median_norm` of the original inputs, and `noise_sweep`: for the
+        largest `m`, `{scale, eps, fooling_curved, fooling_random}` per scale.
     """
     rng = np.random.default_rng(seed)
     dims = [m for m in dims if m <= len(subspace.basis)]
@@ -203,4 +206,15 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
                 "median_norm_removed": float(np.median(adv.norms_l2[adv.success])) if adv.success.any() else None,
             }
         )
+    m = dims[-1]
+    rand = random_subspace(d, m, rng)
+    out["noise_sweep"] = [
+        {
+            "scale": float(scale),
+            "eps": scale * eps,
+            "fooling_curved": _fooling_rate(gm, x, labels, subspace.basis[:m], scale * eps, draws, rng),
+            "fooling_random": _fooling_rate(gm, x, labels, rand, scale * eps, draws, rng),
+        }
+        for scale in noise_scales
+    ]
     return out

@@ -115,7 +115,14 @@ def run_subspace(context):
                     "accuracy S_c removed", "median norm S_c removed",
                 ],
                 "rows": rows,
-            }
+            },
+            {
+                "title": f"Fooling rate of random noise vs its norm (m={best['dim']})",
+                "columns": ["noise norm / median DeepFool norm", "noise norm", "fooling S_c", "fooling random"],
+                "rows": [
+                    [r["scale"], r["eps"], r["fooling_curved"], r["fooling_random"]] for r in res["noise_sweep"]
+                ],
+            },
         ],
         "figures": [{"title": "Curved subspace vs random subspaces", "file": fig.name}],
     }
