@@ -16,6 +16,7 @@ setup(
         "keras>=3",
         "tensorflow-probability[tf]>=0.24",
         "numpy>=1.23",
+        "scipy>=1.9",
         "cvxpy>=1.4",
         "typer>=0.12",
         "rich>=13",
