@@ -14,6 +14,8 @@ import numpy as np
 from tfgeom.errors import InputError
 from tfgeom.hull import INSIDE, HullEngine
 
+FLOAT32_TOL = 1e-6  # relative: float32 features of one input vary this much across batch sizes
+
 
 class Regions(NamedTuple):
     """Distances from feature vectors to the boundary of their class polyhedron (NumPy).
@@ -169,18 +171,24 @@ class FeatureSpace:
         q = np.asarray(q, np.float64)
         return self._engine(space, cls).distance(q.reshape(len(q), -1))
 
-    def in_hull(self, q, space="feature", cls=None):
-        """`[m]` bool: the query lies in the hull (distance below the engine's tolerance)."""
-        engine = self._engine(space, cls)
-        return self.hull_distance(q, space, cls).distance <= INSIDE * engine.scale
+    def in_hull(self, q, space="feature", cls=None, tol=FLOAT32_TOL):
+        """`[m]` bool: the query lies in the hull, up to `tol` times the hull's radius.
 
-    def guaranteed(self, x):
+        `tol` defaults to `1e-6`: float32 features of the same input differ at
+        that level between batch sizes, so an exact test would call a training
+        point outside its own hull.
+        """
+        engine = self._engine(space, cls)
+        return self.hull_distance(q, space, cls).distance <= max(tol * engine.radius, INSIDE * engine.scale)
+
+    def guaranteed(self, x, tol=FLOAT32_TOL):
         """Which inputs fall in a guaranteed region: the hull of class-`c` training features.
 
         Returns `(cls [m], inside [m] bool, distance [m])` for the predicted
         class `c` of each input: `inside` means the features are a convex
-        combination of training features classified `c`, so the classification
-        is guaranteed (`P_c` is convex and contains that hull).
+        combination of training features classified `c` (up to `tol`, see
+        `in_hull`), so the classification is guaranteed (`P_c` is convex and
+        contains that hull).
         """
         z = self.gm.features(x).astype(np.float64)
         cls = (z @ self.W + self.b).argmax(axis=1)
@@ -190,5 +198,6 @@ class FeatureSpace:
             rows = np.flatnonzero(cls == c)
             res = self.hull_distance(z[rows], "feature", int(c))
             dist[rows] = res.distance
-            inside[rows] = res.distance <= INSIDE * self._engine("feature", int(c)).scale
+            engine = self._engine("feature", int(c))
+            inside[rows] = res.distance <= max(tol * engine.radius, INSIDE * engine.scale)
         return cls, inside, dist

@@ -78,6 +78,7 @@ class HullEngine:
         self.scale = float(np.abs(points - self.center).max()) or 1.0
         self.points = (points - self.center) / self.scale
         self.sq_norms = np.einsum("nd,nd->n", self.points, self.points)
+        self.radius = float(np.sqrt(self.sq_norms.max())) * self.scale  # largest distance from the centre
         n, dim = self.points.shape
         self.working_size = min(n, working_size or 32)
         self.tol = tol
