@@ -258,6 +258,49 @@ def curvature(
     out_console.print(table)
 
 
+@app.command()
+@cli_errors
+def hull(
+    model: ModelArg,
+    data: DataOpt,
+    limit: LimitOpt = 500,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+):
+    """Distances of test inputs to the convex hulls of training points, in feature and pixel space."""
+    import numpy as np
+
+    from tfgeom.errors import InputError
+
+    gm = _load(model, bounds, unsafe, batch_size)
+    dataset = _load_data(data, gm, limit)
+    if dataset.x_train is None:
+        raise InputError(f"{data!r} has no training split; `hull` needs a .npz with x_train, y_train, x_test, y_test")
+    fs = gm.feature_space(dataset.x_train, dataset.y_train)
+    feat = fs.hull_distance(gm.features(dataset.x))
+    pix = fs.hull_distance(dataset.x, space="pixel")
+    _, guaranteed, class_dist = fs.guaranteed(dataset.x)
+    summary = {
+        "test_inputs": int(len(dataset.x)),
+        "training_points": int(len(fs.features)),
+        "inside_feature_hull": float(np.mean(feat.distance <= 1e-6 * fs._engine("feature", None).radius)),
+        "inside_pixel_hull": float(np.mean(pix.distance <= 1e-6 * fs._engine("pixel", None).radius)),
+        "in_guaranteed_region": float(np.mean(guaranteed)),
+        "median_feature_hull_distance": float(np.median(feat.distance)),
+        "median_pixel_hull_distance": float(np.median(pix.distance)),
+        "median_distance_to_own_class_hull": float(np.median(class_dist)),
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"Convex hulls of {dataset.name}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
 def _analyze(gm, dataset, out, only, seed, resume, identity):
     from tfgeom.report import run_analyses
 

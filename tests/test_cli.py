@@ -46,6 +46,8 @@ def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path)
     assert report["sections"]["curvature"]["status"] == "done"
     assert [r[0] for r in report["sections"]["subspace"]["tables"][0]["rows"]] == [5, 10, 20]  # 2m <= d - 1 = 63
     assert (out / "curvature_profile.png").exists() and (out / "subspace.png").exists()
+    assert report["sections"]["feature_space"]["summary"]["training points"] == 1438
+    assert (out / "feature_pca.png").exists()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Per predicted class" in html
     assert (out / "deepfool_l2_hist.png").exists()
@@ -118,3 +120,15 @@ def test_curvature_json(small_cnn_path, digits_npz, tmp_path):
     assert summary["hvp"] == "finite-difference" and len(summary["mean_negative"]) == 3
     with np.load(out) as arrays:
         assert arrays["values"].shape == (summary["points"], 6)
+
+
+def test_hull_json_and_missing_training_split(small_cnn_path, digits_npz, tmp_path, digits):
+    """`hull --json` reports hull fractions; data without a training split exits 2 naming the fix."""
+    result = _run("hull", small_cnn_path, "--data", digits_npz, "--limit", 8, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["test_inputs"] == 8 and 0 <= summary["in_guaranteed_region"] <= 1
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, x=digits.x[:5], y=digits.y[:5])
+    refused = _run("hull", small_cnn_path, "--data", plain)
+    assert refused.exit_code == 2 and "x_train" in refused.output

@@ -58,3 +58,16 @@ def test_training_points_are_in_their_hull_and_pixel_space_works(space, digits):
     cls, inside, dist = space.guaranteed(space.x_train[:20])
     assert np.all(inside[space.correct[:20]])  # a correctly classified training point is in its class hull
     assert np.all(dist[~inside] > 0)
+
+
+def test_feature_line_between_same_class_ends_never_changes_class(space, digits):
+    """Morphing: the straight feature line between two class-c points stays in class c; ends match."""
+    preds = space.gm.predict(digits.x[:50])
+    a, b = np.flatnonzero(preds == preds[0])[:2]
+    m = space.morph(digits.x[a], digits.x[b], steps=11)
+    assert np.all(m.feature_classes == preds[a])
+    assert m.pixel_classes[0] == m.pixel_classes[-1] == preds[a]
+    np.testing.assert_allclose(m.pixel_path[0], digits.x[a])
+    assert m.feature_hull_distance.shape == (11,)
+    # The feature line is a convex combination of its ends: its hull distance is at most the ends' maximum.
+    assert m.feature_hull_distance.max() <= max(m.feature_hull_distance[[0, -1]]) + 1e-6

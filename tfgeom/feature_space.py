@@ -141,6 +141,10 @@ class FeatureSpace:
             second=dist[np.arange(m), order[:, 1]] if classes > 2 else np.full(m, np.inf),
         )
 
+    def morph(self, x_a, x_b, steps=21):
+        """Pixel-space line vs feature-space line between two inputs; see `morph`."""
+        return morph(self, x_a, x_b, steps)
+
     # -- hulls ---------------------------------------------------------------
 
     def _engine(self, space, cls):
@@ -201,3 +205,49 @@ class FeatureSpace:
             engine = self._engine("feature", int(c))
             inside[rows] = res.distance <= max(tol * engine.radius, INSIDE * engine.scale)
         return cls, inside, dist
+
+
+class Morph(NamedTuple):
+    """A morph between two inputs (NumPy), `T` steps.
+
+    Fields:
+        t: `[T]` positions in `[0, 1]`.
+        pixel_path: `[T, ...]` the inputs `(1 - t) x_a + t x_b`.
+        pixel_classes: `[T]` predicted classes along the pixel path.
+        pixel_hull_distance: `[T]` distance of the path's features to the
+            hull of training features of `x_a`'s class.
+        feature_classes: `[T]` classes along the straight feature line `(1 - t) z_a + t z_b`.
+        feature_hull_distance: `[T]` its distance to the same hull.
+    """
+
+    t: np.ndarray
+    pixel_path: np.ndarray
+    pixel_classes: np.ndarray
+    pixel_hull_distance: np.ndarray
+    feature_classes: np.ndarray
+    feature_hull_distance: np.ndarray
+
+
+def morph(fs, x_a, x_b, steps=21):
+    """Straight line in pixel space, mapped to features, vs the straight line between the features.
+
+    If both ends' features lie in `P_c`, the feature line cannot change class
+    (`P_c` is convex); the pixel line's image is a curve that may leave `P_c`
+    and the class hull.
+    """
+    gm = fs.gm
+    x = gm.check(np.stack([x_a, x_b]))
+    t = np.linspace(0.0, 1.0, steps)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    path = (1 - t).reshape(shape) * x[0] + t.reshape(shape) * x[1]
+    z_path = gm.features(path).astype(np.float64)
+    z_line = (1 - t)[:, None] * z_path[0] + t[:, None] * z_path[-1]
+    cls = int((z_path[0] @ fs.W + fs.b).argmax())
+    return Morph(
+        t=t,
+        pixel_path=path,
+        pixel_classes=(z_path @ fs.W + fs.b).argmax(axis=1),
+        pixel_hull_distance=fs.hull_distance(z_path, cls=cls).distance,
+        feature_classes=(z_line @ fs.W + fs.b).argmax(axis=1),
+        feature_hull_distance=fs.hull_distance(z_line, cls=cls).distance,
+    )

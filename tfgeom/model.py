@@ -333,3 +333,9 @@ class GeometryModel:
 
         return subspace.curved_subspace(self, x, dim=dim, **kwargs)
 
+    def feature_space(self, x_train, y_train, **kwargs):
+        """Training features and the head's exact geometry; see `tfgeom.feature_space.FeatureSpace`."""
+        from tfgeom.feature_space import FeatureSpace
+
+        return FeatureSpace(self, x_train, y_train, **kwargs)
+

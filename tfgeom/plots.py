@@ -111,3 +111,57 @@ def subspace_experiments(result, path):
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def scatter(xs, ys, xlabel, ylabel, path):
+    """A scatter plot with the y = x line; writes `path`."""
+    fig, ax = plt.subplots(figsize=(4.6, 4), dpi=110)
+    ax.scatter(xs, ys, s=6, alpha=0.6)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def feature_pca(train, train_labels, test, test_labels, path):
+    """2-D PCA of training features with each class's hull (in the projection) and test points."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    mean = train.mean(axis=0)
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+    proj, proj_test = (train - mean) @ vt[:2].T, (test - mean) @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for c in np.unique(train_labels):
+        pts = proj[train_labels == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, color=cmap(c % 10), alpha=0.25)
+        try:
+            hull = ConvexHull(pts)
+            loop = np.append(hull.vertices, hull.vertices[0])
+            ax.plot(pts[loop, 0], pts[loop, 1], color=cmap(c % 10), lw=0.8)
+        except (QhullError, ValueError):
+            pass
+    ax.scatter(proj_test[:, 0], proj_test[:, 1], s=8, c=[cmap(c % 10) for c in test_labels], marker="x")
+    ax.set_title("features, first two principal components\n(dots: training, x: test, lines: class hulls)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def morph_strip(morph, path, bounds=(0.0, 1.0)):
+    """Images along a pixel-space morph with the predicted class and distance to the class hull."""
+    n = len(morph.t)
+    fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.8), dpi=110, squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        img = morph.pixel_path[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=bounds[0], vmax=bounds[1])
+        ax.set_title(f"{morph.pixel_classes[i]} d={morph.pixel_hull_distance[i]:.2f}", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
