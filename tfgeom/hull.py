@@ -93,15 +93,26 @@ class HullEngine:
         u, _ = nnls(system, target, maxiter=50 * len(basis))
         total = u.sum()
         if not total > 0:
-            raise TfgeomError("hull subproblem degenerated (zero weights); check the points for duplicates of NaN")
+            raise TfgeomError("hull subproblem degenerated (zero weights); check the points for NaN")
         return u / total
 
-    def distance(self, queries):
-        """Distances, projections and supports for `queries [m, D]`."""
+    def distance(self, queries, chunk=1024):
+        """Distances, projections and supports for `queries [m, D]` (in chunks, bounding memory)."""
         q = np.asarray(queries, np.float64)
-        if q.ndim != 2 or q.shape[1] != self.points.shape[1]:
-            raise InputError(f"queries must have shape [m, {self.points.shape[1]}]; got {q.shape}")
-        q = (q - self.center) / self.scale
+        if q.ndim != 2 or q.shape[1] != self.points.shape[1] or len(q) == 0:
+            raise InputError(f"queries must have shape [m >= 1, {self.points.shape[1]}]; got {q.shape}")
+        if not np.all(np.isfinite(q)):
+            raise InputError("queries contain NaN/Inf; clean them first")
+        parts = [self._distance((q[i : i + chunk] - self.center) / self.scale) for i in range(0, len(q), chunk)]
+        return HullResult(
+            np.concatenate([p.distance for p in parts]),
+            np.concatenate([p.projection for p in parts]),
+            [s for p in parts for s in p.support],
+            [w for p in parts for w in p.weights],
+            np.concatenate([p.rounds for p in parts]),
+        )
+
+    def _distance(self, q):
         m, n = len(q), len(self.points)
         size = self.working_size
         # Start from each query's nearest points.
