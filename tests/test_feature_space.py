@@ -37,6 +37,7 @@ def test_boundary_distances_equal_an_independent_qp(space, digits, nonneg):
         assert logits[reg.nearest[i]] == pytest.approx(logits[c], abs=1e-6 * np.abs(logits).max())
         if nonneg:
             assert reg.flip_point[i].min() >= 0
+    np.testing.assert_array_equal(space.boundary_distance(z, nonneg=nonneg), reg.distance)
 
 
 def test_guaranteed_regions_hold_for_random_convex_combinations(space):

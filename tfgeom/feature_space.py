@@ -141,6 +141,14 @@ class FeatureSpace:
             second=dist[np.arange(m), order[:, 1]] if classes > 2 else np.full(m, np.inf),
         )
 
+    def boundary_distance(self, z, cls=None, nonneg=False):
+        """`[m]` exact distances to the boundary of the class polyhedra (`regions(...).distance`)."""
+        return self.regions(z, cls, nonneg).distance
+
+    def flip_point(self, z, cls=None, nonneg=False):
+        """`[m, D]` closest boundary points (`regions(...).flip_point`)."""
+        return self.regions(z, cls, nonneg).flip_point
+
     def morph(self, x_a, x_b, steps=21):
         """Pixel-space line vs feature-space line between two inputs; see `morph`."""
         return morph(self, x_a, x_b, steps)
