@@ -1,0 +1,87 @@
+"""Connectivity: a ring is connected but not convex; two blobs are never reported connected."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfgeom import GeometryModel, InputError
+from tfgeom.attacks import fgsm, pgd
+from tfgeom.connectivity import connect
+
+
+def _toy(score):
+    """A 2-D classifier with logits [score(x), 0]: class 0 where score > 0."""
+    inputs = keras.Input((2,))
+    out = keras.layers.Lambda(lambda t: tf.stack([score(t), tf.zeros_like(t[:, 0])], axis=1))(inputs)
+    return GeometryModel(keras.Model(inputs, out), bounds=(-4.0, 4.0))
+
+
+def _ring(t):
+    r = tf.norm(t, axis=1)
+    return 0.25 - (r - 1.5) ** 2  # class 0 on the annulus 1 < r < 2
+
+
+def _blobs(t):
+    a = 0.36 - tf.reduce_sum((t - [-2.0, 0.0]) ** 2, axis=1)
+    b = 0.36 - tf.reduce_sum((t - [2.0, 0.0]) ** 2, axis=1)
+    return tf.maximum(a, b)  # class 0 on two discs of radius 0.6
+
+
+def _dense_check(gm, anchors, label, step=1e-3):
+    for u, v in zip(anchors[:-1], anchors[1:]):
+        n = int(np.ceil(np.linalg.norm(v - u) / step)) + 1
+        pts = u + np.linspace(0, 1, n)[:, None] * (v - u)
+        if not np.all(gm.predict(pts) == label):
+            return False
+    return True
+
+
+def test_ring_region_is_connected_by_a_bending_path():
+    """Opposite points of a ring: the segment crosses the hole, the found path bends and stays inside."""
+    gm = _toy(_ring)
+    angles = np.array([0.1, 1.0, 2.0])
+    x1 = 1.5 * np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+    x2 = -x1 * np.array([1.0, 0.97], np.float32)
+    paths = connect(gm, x1, x2, max_anchors=32)
+    assert paths.connected.all()
+    assert not paths.straight.any()  # not convex: the plain segment leaves the region
+    assert np.all(paths.num_anchors >= 1) and np.all(paths.straightness > 1.0)
+    for anchors in paths.anchors:
+        assert _dense_check(gm, anchors, 0)  # verified independently at a much finer spacing
+
+
+def test_two_blobs_are_never_reported_connected():
+    """Points in two disjoint discs: not connected within the budget, never connected."""
+    gm = _toy(_blobs)
+    x1 = np.array([[-2.0, 0.1], [-2.2, -0.1]], np.float32)
+    x2 = np.array([[2.0, -0.1], [2.1, 0.2]], np.float32)
+    paths = connect(gm, x1, x2, max_anchors=8)
+    assert not paths.connected.any()
+
+
+def test_same_blob_pairs_are_straight():
+    """Within one disc (convex) the plain segment is the path."""
+    gm = _toy(_blobs)
+    paths = connect(gm, np.array([[-2.3, 0.0]], np.float32), np.array([[-1.7, 0.1]], np.float32))
+    assert paths.connected.all() and paths.straight.all() and paths.num_anchors[0] == 0
+
+
+def test_pairs_of_different_classes_are_refused():
+    """connect() needs both endpoints in the same predicted class."""
+    gm = _toy(_blobs)
+    with pytest.raises(InputError, match="different predicted classes"):
+        connect(gm, np.array([[-2.0, 0.0]], np.float32), np.array([[0.0, 3.0]], np.float32))
+
+
+def test_attacks_respect_bounds_and_budgets(small_cnn, digits):
+    """FGSM and PGD stay inside the eps-ball and the bounds; PGD fools at least as often as FGSM."""
+    gm = GeometryModel(small_cnn)
+    x = digits.x[:40]
+    for norm, eps in (("linf", 0.1), ("l2", 1.0)):
+        one, labels, adv1 = fgsm(gm, x, eps, norm=norm)
+        many, _, adv2 = pgd(gm, x, eps, norm=norm, steps=10)
+        for xa in (one, many):
+            d = (xa - x).reshape(len(x), -1)
+            size = np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
+            assert np.all(size <= eps * (1 + 1e-5)) and xa.min() >= 0 and xa.max() <= 1
+        assert np.mean(adv2 != labels) >= np.mean(adv1 != labels)
