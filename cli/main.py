@@ -301,6 +301,48 @@ def hull(
     out_console.print(table)
 
 
+@app.command()
+@cli_errors
+def connect(
+    model: ModelArg,
+    data: DataOpt,
+    pairs: Annotated[int, typer.Option(min=1, help="Random same-class pairs.")] = 40,
+    adversarial: Annotated[
+        bool, typer.Option("--adversarial", help="Pair an input pushed into the class from another with a natural one.")
+    ] = False,
+    max_anchors: Annotated[int, typer.Option(min=0, help="Anchors at most per path.")] = 16,
+    limit: LimitOpt = 500,
+    seed: Annotated[int, typer.Option(help="Seed for the choice of pairs.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+):
+    """Paths that never leave a classification region, between pairs of same-class inputs."""
+    import numpy as np
+
+    from tfgeom.analyses.topology import _summary, adversarial_pairs, same_class_pairs
+    from tfgeom.connectivity import connect as find_paths
+
+    gm = _load(model, bounds, unsafe, batch_size)
+    x = _load_data(data, gm, limit).x
+    generator = np.random.default_rng(seed)
+    labels = gm.predict(x)
+    if adversarial:
+        xa, xb = adversarial_pairs(gm, x, labels, pairs, generator)
+    else:
+        idx = same_class_pairs(labels, pairs, generator)
+        xa, xb = x[idx[:, 0]], x[idx[:, 1]]
+    summary = _summary(find_paths(gm, xa, xb, max_anchors=max_anchors)) if len(xa) else {"pairs": 0}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title="Connectivity" + (" (adversarial pairs)" if adversarial else ""), show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
 def _analyze(gm, dataset, out, only, seed, resume, identity):
     from tfgeom.report import run_analyses
 

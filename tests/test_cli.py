@@ -132,3 +132,12 @@ def test_hull_json_and_missing_training_split(small_cnn_path, digits_npz, tmp_pa
     np.savez(plain, x=digits.x[:5], y=digits.y[:5])
     refused = _run("hull", small_cnn_path, "--data", plain)
     assert refused.exit_code == 2 and "x_train" in refused.output
+
+
+def test_connect_json(small_cnn_path, digits_npz):
+    """`connect --json` finds paths between random and adversarial same-class pairs."""
+    for extra in ([], ["--adversarial"]):
+        result = _run("connect", small_cnn_path, "--data", digits_npz, "--pairs", 4, "--limit", 60, "--json", *extra)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["pairs"] >= 1 and 0 <= summary["connected"] <= 1

@@ -165,3 +165,19 @@ def morph_strip(morph, path, bounds=(0.0, 1.0)):
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def path_strip(anchors, labels, path, bounds=(0.0, 1.0)):
+    """Images at the vertices of a path with their predicted class."""
+    n = len(anchors)
+    fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.7), dpi=110, squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        img = anchors[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=bounds[0], vmax=bounds[1])
+        ax.set_title(("end" if i in (0, n - 1) else f"anchor {i}") + f" ({labels[i]})", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -62,4 +62,5 @@ def rng(context):
 # Importing a module registers its analyses; the order here is the report's order.
 from tfgeom.analyses import deepfool  # noqa: E402,F401
 from tfgeom.analyses import curvature  # noqa: E402,F401
+from tfgeom.analyses import topology  # noqa: E402,F401
 from tfgeom.analyses import feature_space  # noqa: E402,F401
