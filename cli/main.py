@@ -343,6 +343,48 @@ def connect(
     out_console.print(table)
 
 
+class Attack(str, enum.Enum):
+    deepfool = "deepfool"
+    deepfool_linf = "deepfool-linf"
+    fgsm = "fgsm"
+    pgd = "pgd"
+
+
+@app.command()
+@cli_errors
+def detect(
+    model: ModelArg,
+    data: DataOpt,
+    attack: Annotated[Attack, typer.Option(help="Perturbations to detect (deepfool = DeepFool L2).")] = Attack.deepfool,
+    calibration: Annotated[int, typer.Option(min=2, help="Clean inputs (the first ones) that set the threshold.")] = 200,
+    fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Target false-positive rate.")] = 0.05,
+    limit: LimitOpt = 400,
+    seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+):
+    """Calibrate the curvature-asymmetry detector on clean inputs and evaluate it on the others."""
+    from tfgeom.detection import CurvatureDetector, evaluate
+    from tfgeom.errors import InputError
+
+    gm = _load(model, bounds, unsafe, batch_size)
+    x = _load_data(data, gm, limit).x
+    if len(x) <= calibration:
+        raise InputError(f"--calibration {calibration} leaves no evaluation inputs out of {len(x)}; lower it or raise --limit")
+    det = CurvatureDetector(gm, fpr=fpr, seed=seed).fit(x[:calibration])
+    name = "deepfool-l2" if attack is Attack.deepfool else attack.value
+    result = {k: v for k, v in evaluate(det, x[calibration:], name).items() if not k.startswith("roc")}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"Curvature-asymmetry detection of {name}", show_header=False)
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
 def _analyze(gm, dataset, out, only, seed, resume, identity):
     from tfgeom.report import run_analyses
 

@@ -48,6 +48,7 @@ def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path)
     assert (out / "curvature_profile.png").exists() and (out / "subspace.png").exists()
     assert report["sections"]["feature_space"]["summary"]["training points"] == 1438
     assert (out / "feature_pca.png").exists()
+    assert report["sections"]["connectivity"]["status"] == "done" and (out / "roc.png").exists()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Per predicted class" in html
     assert (out / "deepfool_l2_hist.png").exists()
@@ -141,3 +142,13 @@ def test_connect_json(small_cnn_path, digits_npz):
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
         assert summary["pairs"] >= 1 and 0 <= summary["connected"] <= 1
+
+
+def test_detect_json(small_cnn_path, digits_npz):
+    """`detect --json` reports AUC and rates on the inputs after the calibration ones."""
+    result = _run("detect", small_cnn_path, "--data", digits_npz, "--limit", 60, "--calibration", 30, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["clean"] == 30 and 0 <= summary["auc"] <= 1
+    refused = _run("detect", small_cnn_path, "--data", digits_npz, "--limit", 20, "--calibration", 30)
+    assert refused.exit_code == 2 and "calibration" in refused.output

@@ -181,3 +181,19 @@ def path_strip(anchors, labels, path, bounds=(0.0, 1.0)):
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def roc(curves, path):
+    """ROC curves `{name: (fpr, tpr, auc)}`; writes `path`."""
+    fig, ax = plt.subplots(figsize=(4.4, 4), dpi=110)
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.axvline(0.05, color="gray", lw=0.5)
+    ax.set_xlabel("false-positive rate (clean)")
+    ax.set_ylabel("true-positive rate (perturbed)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
