@@ -100,6 +100,18 @@ def _callback(progress):
     return update
 
 
+def _show(summary, title, as_json=False):
+    """Print a flat summary as JSON or as a two-column rich table (lists only in JSON)."""
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        if not isinstance(value, list):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
 def _load(model, bounds, unsafe, batch_size=128):
     from tfgeom import GeometryModel
 
@@ -128,13 +140,7 @@ def info(
     """Describe a model: input shape, classes, logits source, feature layer, parameters."""
     gm = _load(model, bounds, unsafe)
     summary = gm.info()
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title=str(model), show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, str(value))
-    out_console.print(table)
+    _show(summary, str(model), as_json)
 
 
 @app.command()
@@ -190,13 +196,7 @@ def deepfool(
         "mean_iterations": float(result.iterations.mean()),
         "out": str(out) if out else None,
     }
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title=f"DeepFool {result.norm} on {dataset.name}", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    out_console.print(table)
+    _show(summary, f"DeepFool {result.norm} on {dataset.name}", as_json)
 
 
 class Hvp(str, enum.Enum):
@@ -248,14 +248,7 @@ def curvature(
         "mean_negative": profile.mean_negative.tolist(),
         "mean_positive": profile.mean_positive.tolist(),
     }
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title=f"Principal curvatures on {dataset.name}", show_header=False)
-    for key, value in summary.items():
-        if not isinstance(value, list):
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    out_console.print(table)
+    _show(summary, f"Principal curvatures on {dataset.name}", as_json)
 
 
 @app.command()
@@ -292,13 +285,7 @@ def hull(
         "median_pixel_hull_distance": float(np.median(pix.distance)),
         "median_distance_to_own_class_hull": float(np.median(class_dist)),
     }
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title=f"Convex hulls of {dataset.name}", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    out_console.print(table)
+    _show(summary, f"Convex hulls of {dataset.name}", as_json)
 
 
 @app.command()
@@ -334,13 +321,7 @@ def connect(
         idx = same_class_pairs(labels, pairs, generator)
         xa, xb = x[idx[:, 0]], x[idx[:, 1]]
     summary = _summary(find_paths(gm, xa, xb, max_anchors=max_anchors)) if len(xa) else {"pairs": 0}
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title="Connectivity" + (" (adversarial pairs)" if adversarial else ""), show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    out_console.print(table)
+    _show(summary, "Connectivity" + (" (adversarial pairs)" if adversarial else ""), as_json)
 
 
 class Attack(str, enum.Enum):
@@ -376,13 +357,7 @@ def detect(
     det = CurvatureDetector(gm, fpr=fpr, seed=seed).fit(x[:calibration])
     name = "deepfool-l2" if attack is Attack.deepfool else attack.value
     result = {k: v for k, v in evaluate(det, x[calibration:], name).items() if not k.startswith("roc")}
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    table = Table(title=f"Curvature-asymmetry detection of {name}", show_header=False)
-    for key, value in result.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    out_console.print(table)
+    _show(result, f"Curvature-asymmetry detection of {name}", as_json)
 
 
 def _analyze(gm, dataset, out, only, seed, resume, identity):
@@ -393,10 +368,7 @@ def _analyze(gm, dataset, out, only, seed, resume, identity):
             gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity, progress=_callback(progress)
         )
     for name, section in report["sections"].items():
-        table = Table(title=section.get("title", name), show_header=False)
-        for key, value in section.get("summary", {}).items():
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-        out_console.print(table)
+        _show(section.get("summary", {}), section.get("title", name))
     out_console.print(f"report: {out / 'report.html'} and {out / 'report.json'}")
     return report
 
