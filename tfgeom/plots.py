@@ -6,6 +6,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def histogram(series, xlabel, title, path, bins=40):
     """Overlaid histograms of `{label: values}`; writes `path` (PNG)."""
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
@@ -17,10 +24,7 @@ def histogram(series, xlabel, title, path, bins=40):
     ax.set_ylabel("examples")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def image_pairs(originals, perturbed, titles, path, bounds=(0.0, 1.0), cmap="gray"):
@@ -35,10 +39,7 @@ def image_pairs(originals, perturbed, titles, path, bounds=(0.0, 1.0), cmap="gra
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0][i].set_title(titles[i], fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def curvature_profile(profile, path):
@@ -65,10 +66,7 @@ def curvature_profile(profile, path):
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def boundary_sections(sections, path):
@@ -85,10 +83,7 @@ def boundary_sections(sections, path):
         ax.set_xlabel("tangent", fontsize=7)
         ax.set_ylabel("normal", fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def subspace_experiments(result, path):
@@ -107,10 +102,7 @@ def subspace_experiments(result, path):
     b.set_xlabel("m")
     b.set_ylabel(f"fooling rate at ‖v‖={result['eps']:.3g}")
     b.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def scatter(xs, ys, xlabel, ylabel, path):
@@ -119,10 +111,7 @@ def scatter(xs, ys, xlabel, ylabel, path):
     ax.scatter(xs, ys, s=6, alpha=0.6)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def feature_pca(train, train_labels, test, test_labels, path):
@@ -145,10 +134,7 @@ def feature_pca(train, train_labels, test, test_labels, path):
             pass
     ax.scatter(proj_test[:, 0], proj_test[:, 1], s=8, c=[cmap(c % 10) for c in test_labels], marker="x")
     ax.set_title("features, first two principal components\n(dots: training, x: test, lines: class hulls)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def morph_strip(morph, path, bounds=(0.0, 1.0)):
@@ -161,10 +147,7 @@ def morph_strip(morph, path, bounds=(0.0, 1.0)):
         ax.set_title(f"{morph.pixel_classes[i]} d={morph.pixel_hull_distance[i]:.2f}", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def path_strip(anchors, labels, path, bounds=(0.0, 1.0)):
@@ -177,10 +160,7 @@ def path_strip(anchors, labels, path, bounds=(0.0, 1.0)):
         ax.set_title(("end" if i in (0, n - 1) else f"anchor {i}") + f" ({labels[i]})", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def roc(curves, path):
@@ -193,7 +173,4 @@ def roc(curves, path):
     ax.set_xlabel("false-positive rate (clean)")
     ax.set_ylabel("true-positive rate (perturbed)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
