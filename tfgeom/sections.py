@@ -106,7 +106,10 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
         raise InputError(f"direction={direction!r} is not one of ['curved', 'random']")
     kwargs.setdefault("k", 5)
     df = gm.deepfool(x)
-    curv, index = principal_curvatures(gm, x, attack=df, **kwargs)
+    if direction == "curved":
+        curv, index = principal_curvatures(gm, x, attack=df, **kwargs)
+    else:  # a random direction needs no curvature computation
+        index = np.flatnonzero(df.success)
     if radius is None:
         radius = float(np.median(df.norms_l2[df.success])) if df.success.any() else 1.0
     rng = np.random.default_rng(seed)
