@@ -272,9 +272,10 @@ def hull(
     if dataset.x_train is None:
         raise InputError(f"{data!r} has no training split; `hull` needs a .npz with x_train, y_train, x_test, y_test")
     fs = gm.feature_space(dataset.x_train, dataset.y_train)
-    feat = fs.hull_distance(gm.features(dataset.x))
+    z = gm.features(dataset.x)
+    feat = fs.hull_distance(z)
     pix = fs.hull_distance(dataset.x, space="pixel")
-    _, guaranteed, class_dist = fs.guaranteed(dataset.x)
+    _, guaranteed, class_dist = fs.guaranteed(dataset.x, features=z)
     summary = {
         "test_inputs": int(len(dataset.x)),
         "training_points": int(len(fs.features)),

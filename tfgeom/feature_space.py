@@ -193,16 +193,17 @@ class FeatureSpace:
         engine = self._engine(space, cls)
         return self.hull_distance(q, space, cls).distance <= max(tol * engine.radius, INSIDE * engine.scale)
 
-    def guaranteed(self, x, tol=FLOAT32_TOL):
+    def guaranteed(self, x, tol=FLOAT32_TOL, features=None):
         """Which inputs fall in a guaranteed region: the hull of class-`c` training features.
 
         Returns `(cls [m], inside [m] bool, distance [m])` for the predicted
         class `c` of each input: `inside` means the features are a convex
         combination of training features classified `c` (up to `tol`, see
         `in_hull`), so the classification is guaranteed (`P_c` is convex and
-        contains that hull).
+        contains that hull). Pass `features` (the features of `x`) when
+        they are already computed.
         """
-        z = self.gm.features(x).astype(np.float64)
+        z = (self.gm.features(x) if features is None else np.asarray(features)).astype(np.float64)
         cls = (z @ self.W + self.b).argmax(axis=1)
         dist = np.zeros(len(z))
         inside = np.zeros(len(z), bool)

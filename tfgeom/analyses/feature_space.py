@@ -39,7 +39,7 @@ def run(context):
 
     feat = fs.hull_distance(z)
     pix = fs.hull_distance(x, space="pixel")
-    cls, guaranteed, class_dist = fs.guaranteed(x)
+    cls, guaranteed, class_dist = fs.guaranteed(x, features=z)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     confidence = (probs / probs.sum(1, keepdims=True)).max(1)
     correct = pred == truth
