@@ -133,7 +133,9 @@ class CurvatureDetector:
     def recover(self, x):
         """`[N]` the most likely label before perturbation (largest oriented `rho_j`)."""
         self._require_fit()
-        _, cands, rho = self.curvatures(x)
+        return self._recovered(*self.curvatures(x)[1:])
+
+    def _recovered(self, cands, rho):
         return cands[np.arange(len(cands)), np.argmax(self.orientation * rho, axis=1)]
 
 
@@ -177,14 +179,17 @@ def evaluate(detector, x_eval, attack, eps=None):
     xa, labels = xa[ok], labels[ok]
     if len(xa) == 0:
         raise InputError(f"{attack} produced no successful perturbation; nothing to detect")
-    clean, dirty = detector.score(x_eval), detector.score(xa)
+    detector._require_fit()
+    _, cands, rho = detector.curvatures(xa)  # once: scores and recovery both come from it
+    clean, dirty = detector.score(x_eval), detector.orientation * rho[:, 0]
     y = np.r_[np.zeros(len(clean)), np.ones(len(dirty))]
     s = np.r_[clean, dirty]
     fpr, tpr, _ = roc_curve(y, s)
-    z_clean, z_dirty = np.sort(gm.logits(x_eval), 1), np.sort(gm.logits(xa), 1)
+    logits_dirty = gm.logits(xa)
+    z_clean, z_dirty = np.sort(gm.logits(x_eval), 1), np.sort(logits_dirty, 1)
     margin = np.r_[z_clean[:, -1] - z_clean[:, -2], z_dirty[:, -1] - z_dirty[:, -2]]
     flagged = dirty > detector.threshold
-    recovered = detector.recover(xa[flagged]) if flagged.any() else np.zeros(0, int)
+    recovered = detector._recovered(cands[flagged], rho[flagged])
     return {
         "attack": attack,
         "clean": int(len(clean)),
@@ -194,7 +199,7 @@ def evaluate(detector, x_eval, attack, eps=None):
         "fpr": float(np.mean(clean > detector.threshold)),
         "tpr_at_5_fpr": float(np.interp(0.05, fpr, tpr)),
         "recovery": float(np.mean(recovered == labels[flagged])) if flagged.any() else None,
-        "recovery_runner_up": float(np.mean(np.argsort(-gm.logits(xa), 1)[:, 1] == labels)),
+        "recovery_runner_up": float(np.mean(np.argsort(-logits_dirty, 1)[:, 1] == labels)),
         # Baseline, not curvature: a small top-2 logit margin flags points near the boundary.
         "auc_margin_baseline": float(roc_auc_score(y, -margin)),
         "roc_fpr": fpr.tolist(),
