@@ -45,6 +45,7 @@ UnsafeOpt = Annotated[
 ]
 LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Analyse only the first N examples.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per compiled batch.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _fail(message):
@@ -135,7 +136,7 @@ def info(
     model: ModelArg,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
 ):
     """Describe a model: input shape, classes, logits source, feature layer, parameters."""
     gm = _load(model, bounds, unsafe)
@@ -151,7 +152,7 @@ def deepfool(
     norm: Annotated[Norm, typer.Option(help="Norm of the perturbation.")] = Norm.l2,
     limit: LimitOpt = None,
     out: Annotated[Optional[pathlib.Path], typer.Option(help="Write x, x_adv, labels... to this .npz.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
     max_iter: Annotated[int, typer.Option(min=1, help="DeepFool steps at most.")] = 50,
     candidates: Annotated[int, typer.Option(min=2, help="Top classes linearised per step.")] = 10,
     overshoot: Annotated[float, typer.Option(min=0.0, help="Overshoot of the final step.")] = 0.02,
@@ -222,7 +223,7 @@ def curvature(
     ),
     at: Annotated[At, typer.Option(help="Boundary points, or x + 0.8 r as in the authors' code.")] = At.boundary,
     out: Annotated[Optional[pathlib.Path], typer.Option(help="Write curvatures and directions to this .npz.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
     seed: Annotated[int, typer.Option(help="Seed of the Lanczos start vectors.")] = 0,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
@@ -257,7 +258,7 @@ def hull(
     model: ModelArg,
     data: DataOpt,
     limit: LimitOpt = 500,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
@@ -301,7 +302,7 @@ def connect(
     max_anchors: Annotated[int, typer.Option(min=0, help="Anchors at most per path.")] = 16,
     limit: LimitOpt = 500,
     seed: Annotated[int, typer.Option(help="Seed for the choice of pairs.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
@@ -342,7 +343,7 @@ def detect(
     fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Target false-positive rate.")] = 0.05,
     limit: LimitOpt = 400,
     seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
