@@ -1,0 +1,421 @@
+"""The feature extractor of a Keras model as a graph of affine maps and activations.
+
+Bound propagation (`tfgeom.bounds`) and the exact MILP (`tfgeom.milp`) do not
+run Keras layers; they need each layer as one of four kinds of node:
+
+- `affine`: `y = L(x) + c` with `L` linear (Dense, Conv1D/2D/3D,
+  BatchNormalization in inference mode, average pooling, Flatten, Reshape,
+  ZeroPadding, Rescaling). Each node carries `L`, `|L|` (the same map with
+  absolute weights, for interval arithmetic), `L^T` and the bias map `c`.
+- `act`: an element-wise monotone activation: ReLU, LeakyReLU, tanh, sigmoid.
+- `maxpool`: a maximum over windows (MaxPooling1D/2D, GlobalMaxPooling1D/2D),
+  stored as an index table `[outputs, window]` into the flattened input.
+- `add`: the sum of several nodes (residual `Add`).
+
+Dropout-like layers are the identity in inference mode and produce no node.
+Node 0 is the input; nodes are in topological order; the last node is the
+feature tensor (the input of the model's final Dense layer).
+"""
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfgeom.errors import ModelError
+from tfgeom.heads import _is_functional, _producer, _strip_softmax
+
+SENTINEL = -1e30  # value of padded positions in max-pooling windows
+
+_IDENTITY = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+)
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_AVERAGE = (
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Permute,
+)
+_MAXPOOL = (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+)
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
+SUPPORTED = (
+    "Dense, Conv1D/2D/3D, BatchNormalization, Average/Max pooling (1D/2D, global), Flatten, "
+    "Reshape, Permute, ZeroPadding, Rescaling, Dropout-like layers, Add, and the activations "
+    "relu, leaky_relu, tanh, sigmoid, linear"
+)
+
+
+class Node(NamedTuple):
+    """One operation of the feature extractor (see the module docstring).
+
+    Fields:
+        kind: `"input"`, `"affine"`, `"act"`, `"maxpool"` or `"add"`.
+        inputs: indices of the nodes this one reads.
+        shape: output shape without the batch dimension.
+        name: the Keras layer it comes from.
+        linear: `x -> L(x)` (affine nodes).
+        abs_linear: `r -> |L|(r)` (affine nodes).
+        transpose: `a [M, *shape] -> L^T a [M, *input_shape]` (affine nodes).
+        bias: `c` with shape `shape` (affine nodes).
+        activation: `"relu"`, `"leaky_relu"`, `"tanh"` or `"sigmoid"` (act nodes).
+        slope: negative slope of a leaky ReLU (act nodes).
+        window: `[outputs, k]` int32 indices into the flattened input; padded
+            positions point at the extra entry `size` (maxpool nodes).
+    """
+
+    kind: str
+    inputs: Tuple[int, ...]
+    shape: Tuple[int, ...]
+    name: str
+    linear: Optional[Callable] = None
+    abs_linear: Optional[Callable] = None
+    transpose: Optional[Callable] = None
+    bias: Optional[tf.Tensor] = None
+    activation: Optional[str] = None
+    slope: float = 0.0
+    window: Optional[tf.Tensor] = None
+    diagonal: bool = False  # affine node that scales or reshapes element-wise
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
+
+class LayerGraph(NamedTuple):
+    """Nodes in topological order (node 0 the input, the last one the features)."""
+
+    nodes: Tuple[Node, ...]
+
+    @property
+    def input_shape(self):
+        return self.nodes[0].shape
+
+    def counts(self):
+        """`{kind: number of units}` over activation and max-pool nodes."""
+        out = {}
+        for node in self.nodes:
+            if node.kind in ("act", "maxpool"):
+                key = node.activation or "maxpool"
+                out[key] = out.get(key, 0) + node.size
+        return out
+
+    def piecewise_linear(self):
+        return all(n.activation in (None, "relu", "leaky_relu") for n in self.nodes)
+
+
+def _vjp_transpose(linear, in_shape):
+    """`L^T` of a linear map by reverse-mode autodiff (its value does not depend on the point)."""
+
+    def transpose(a):
+        z = tf.zeros([tf.shape(a)[0], *in_shape], a.dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            y = linear(z)
+        return tape.gradient(y, z, output_gradients=a)
+
+    return transpose
+
+
+def _affine(name, inputs, in_shape, linear, abs_linear, bias=None, transpose=None, diagonal=False):
+    zero = tf.zeros([1, *in_shape])
+    out_shape = tuple(int(d) for d in linear(zero).shape[1:])
+    bias_map = tf.zeros(out_shape) if bias is None else tf.broadcast_to(bias, out_shape)
+    return Node(
+        "affine",
+        inputs,
+        out_shape,
+        name,
+        linear=linear,
+        abs_linear=abs_linear,
+        transpose=transpose or _vjp_transpose(linear, in_shape),
+        bias=tf.cast(bias_map, tf.float32),
+        diagonal=diagonal,
+    )
+
+
+def _activation_spec(layer, fn):
+    """`(name, slope)` of a Keras activation function, or raise naming the layer."""
+    name = getattr(fn, "__name__", str(fn))
+    if name in ("linear", "identity"):
+        return None, 0.0
+    if name == "relu":
+        return "relu", 0.0
+    if name == "leaky_relu":
+        return "leaky_relu", 0.2  # keras.activations.leaky_relu's default
+    if name in ("tanh", "sigmoid"):
+        return name, 0.0
+    raise ModelError(
+        f"layer '{layer.name}' uses activation {name!r}, which bound propagation does not support; "
+        f"supported: {', '.join(ACTIVATIONS)}, linear"
+    )
+
+
+def _standalone_activation(layer):
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return "leaky_relu", float(layer.negative_slope)
+    if isinstance(layer, keras.layers.ReLU):
+        if layer.max_value is not None or float(layer.threshold) != 0.0:
+            raise ModelError(
+                f"ReLU layer '{layer.name}' has max_value/threshold set; bound propagation supports "
+                "the plain ReLU and negative_slope only"
+            )
+        slope = float(layer.negative_slope)
+        return ("leaky_relu", slope) if slope else ("relu", 0.0)
+    return _activation_spec(layer, layer.activation)
+
+
+def _window_table(in_shape, pool, strides, padding):
+    """`[outputs, k]` indices of each max-pooling window into the flattened channels-last input."""
+    spatial, channels = in_shape[:-1], in_shape[-1]
+    starts = []
+    for size, p, s in zip(spatial, pool, strides):
+        if padding == "valid":
+            out = (size - p) // s + 1
+            before = 0
+        else:
+            out = -(-size // s)
+            before = max((out - 1) * s + p - size, 0) // 2
+        starts.append([o * s - before for o in range(out)])
+    grids = np.stack(np.meshgrid(*[np.array(st) for st in starts], indexing="ij"), -1).reshape(-1, len(spatial))
+    offsets = np.stack(np.meshgrid(*[np.arange(p) for p in pool], indexing="ij"), -1).reshape(-1, len(spatial))
+    pos = grids[:, None, :] + offsets[None, :, :]  # [windows, k, dims]
+    valid = np.all((pos >= 0) & (pos < np.array(spatial)), axis=-1)
+    flat_spatial = np.ravel_multi_index(tuple(np.clip(pos, 0, np.array(spatial) - 1).transpose(2, 0, 1)), spatial)
+    size = int(np.prod(in_shape))
+    table = flat_spatial[:, None, :] * channels + np.arange(channels)[None, :, None]  # [windows, C, k]
+    table = np.where(valid[:, None, :], table, size)
+    out_shape = tuple(len(st) for st in starts) + (channels,)
+    return table.reshape(-1, pos.shape[1]).astype(np.int32), out_shape
+
+
+def _maxpool(layer, inputs, in_shape):
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise ModelError(f"max pooling layer '{layer.name}' uses channels_first; certification needs channels_last")
+    dims = len(in_shape) - 1
+    if isinstance(layer, (keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D)):
+        table, out_shape = _window_table(in_shape, in_shape[:-1], in_shape[:-1], "valid")
+        if layer.keepdims:
+            out_shape = (1,) * dims + (in_shape[-1],)
+        else:
+            out_shape = (in_shape[-1],)
+    else:
+        pool = tuple(np.broadcast_to(layer.pool_size, dims))
+        strides = tuple(np.broadcast_to(layer.strides, dims))
+        table, out_shape = _window_table(in_shape, pool, strides, layer.padding)
+    return Node("maxpool", inputs, out_shape, layer.name, window=tf.constant(table))
+
+
+def _layer_nodes(layer, inputs, in_shapes):
+    """Nodes for one Keras layer reading nodes `inputs`; returns a list (the last one is its output)."""
+    name = layer.name
+    in_shape = in_shapes[0] if in_shapes else None
+    if type(layer).__name__ == "Add" and len(inputs) >= 2:
+        if any(s != in_shapes[0] for s in in_shapes):
+            raise ModelError(f"Add '{name}' broadcasts inputs of shapes {in_shapes}; certification needs equal shapes")
+        return [Node("add", tuple(inputs), in_shapes[0], name)]
+    if len(inputs) != 1:
+        raise ModelError(
+            f"layer '{name}' ({type(layer).__name__}) has {len(inputs)} tensor inputs; "
+            f"bound propagation supports {SUPPORTED}"
+        )
+    nodes = []
+    act = None
+    if isinstance(layer, keras.layers.Dense):
+        kernel = tf.convert_to_tensor(layer.kernel)
+        bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+        last = len(in_shape)
+        nodes.append(
+            _affine(
+                name, tuple(inputs), in_shape,
+                lambda x: tf.tensordot(x, kernel, [[last], [0]]),
+                lambda r: tf.tensordot(r, tf.abs(kernel), [[last], [0]]),
+                bias,
+                lambda a: tf.tensordot(a, kernel, [[last], [1]]),
+            )
+        )
+        act = _activation_spec(layer, layer.activation)
+    elif isinstance(layer, _CONV):
+        if layer.data_format != "channels_last":
+            raise ModelError(f"Conv layer '{name}' uses channels_first; certification needs channels_last")
+        kernel = tf.convert_to_tensor(layer.kernel)
+        bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+        nodes.append(
+            _affine(
+                name, tuple(inputs), in_shape,
+                lambda x: layer.convolution_op(x, kernel),
+                lambda r: layer.convolution_op(r, tf.abs(kernel)),
+                bias,
+            )
+        )
+        act = _activation_spec(layer, layer.activation)
+    elif isinstance(layer, keras.layers.BatchNormalization):
+        axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+        shape = [1] * (len(in_shape) + 1)
+        for ax in axes:
+            shape[ax] = in_shape[ax - 1 if ax > 0 else ax]
+        var = tf.convert_to_tensor(layer.moving_variance)
+        scale = tf.math.rsqrt(var + layer.epsilon)
+        if layer.scale:
+            scale = scale * tf.convert_to_tensor(layer.gamma)
+        shift = -tf.convert_to_tensor(layer.moving_mean) * scale
+        if layer.center:
+            shift = shift + tf.convert_to_tensor(layer.beta)
+        scale, shift = tf.reshape(scale, shape), tf.reshape(shift, shape)
+        nodes.append(
+            _affine(name, tuple(inputs), in_shape, lambda x: x * scale, lambda r: r * tf.abs(scale),
+                    shift[0], lambda a: a * scale, diagonal=True)
+        )
+    elif isinstance(layer, keras.layers.Rescaling):
+        scale = tf.cast(layer.scale, tf.float32)
+        offset = tf.cast(layer.offset, tf.float32)
+        nodes.append(
+            _affine(name, tuple(inputs), in_shape, lambda x: x * scale, lambda r: r * tf.abs(scale),
+                    offset, lambda a: a * scale, diagonal=True)
+        )
+    elif isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
+        out_shape = tuple(int(d) for d in layer.compute_output_shape((None, *in_shape))[1:])
+
+        def reshape(x, shape=out_shape):
+            return tf.reshape(x, [-1, *shape])
+
+        nodes.append(
+            _affine(name, tuple(inputs), in_shape, reshape, reshape, None,
+                    lambda a: tf.reshape(a, [-1, *in_shape]), diagonal=True)
+        )
+    elif isinstance(layer, _AVERAGE):
+        call = lambda x: layer(x)  # noqa: E731  (linear, non-negative weights)
+        nodes.append(_affine(name, tuple(inputs), in_shape, call, call))
+    elif isinstance(layer, _MAXPOOL):
+        nodes.append(_maxpool(layer, tuple(inputs), in_shape))
+    elif isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.Activation)):
+        act = _standalone_activation(layer)
+        if act[0] is None:
+            return [("alias", inputs[0])]
+        return [Node("act", tuple(inputs), in_shape, name, activation=act[0], slope=act[1])]
+    else:
+        raise ModelError(
+            f"layer '{name}' ({type(layer).__name__}) is not supported by certification; supported: {SUPPORTED}"
+        )
+    if act is not None and act[0] is not None:
+        nodes.append(Node("act", (-1,), nodes[-1].shape, name, activation=act[0], slope=act[1]))
+    return nodes
+
+
+def build(model):
+    """The `LayerGraph` of a functional or Sequential model's feature extractor.
+
+    Raises:
+        ModelError: subclassed models, unsupported layers (the message names
+            the layer and lists what is supported).
+    """
+    if not _is_functional(model):
+        raise ModelError(
+            "certification needs a Sequential or functional model (a layer graph); this is a subclassed "
+            "model: rebuild it with keras.Input"
+        )
+    _, head, inputs, _ = _strip_softmax(model)
+    if not isinstance(head, keras.layers.Dense):
+        raise ModelError(
+            f"the logits come from '{head.name}' ({type(head).__name__}), not a Dense layer; certification "
+            "needs an affine final layer"
+        )
+    nodes = []
+    index = {}
+
+    def shape_of(tensor):
+        return tuple(int(d) for d in tensor.shape[1:])
+
+    def visit(tensor, bindings):
+        key = id(tensor)
+        if key in bindings:
+            return bindings[key]
+        if key in index:
+            return index[key]
+        layer, parents = _producer(tensor)
+        if isinstance(layer, keras.layers.InputLayer):
+            if nodes:
+                raise ModelError("certification needs a model with a single input")
+            nodes.append(Node("input", (), shape_of(tensor), layer.name))
+            index[key] = 0
+            return 0
+        if isinstance(layer, keras.Model) and _is_functional(layer):
+            inner_inputs = [visit(p, bindings) for p in parents]
+            inner = dict(zip([id(t) for t in layer.inputs], inner_inputs))
+            if len(layer.outputs) != 1:
+                raise ModelError(f"nested model '{layer.name}' has several outputs; certification needs one")
+            index[key] = visit(layer.outputs[0], inner)
+            return index[key]
+        parent_ids = [visit(p, bindings) for p in parents]
+        if isinstance(layer, _IDENTITY):
+            index[key] = parent_ids[0]
+            return parent_ids[0]
+        made = _layer_nodes(layer, parent_ids, [nodes[i].shape for i in parent_ids])
+        for item in made:
+            if isinstance(item, tuple) and item and item[0] == "alias":
+                index[key] = item[1]
+                return item[1]
+            if item.inputs == (-1,):
+                item = item._replace(inputs=(len(nodes) - 1,))
+            nodes.append(item)
+        index[key] = len(nodes) - 1
+        return index[key]
+
+    last = visit(inputs[0], {})
+    if last != len(nodes) - 1 or not nodes or nodes[0].kind != "input":
+        raise ModelError("could not order the feature extractor's layers; certification needs a plain layer graph")
+    if len(nodes[-1].shape) != 1:
+        raise ModelError(f"features have shape {nodes[-1].shape}; certification needs flat features")
+    return LayerGraph(tuple(nodes))
+
+
+def run(graph, x):
+    """Evaluate the graph on `x` (a check that it matches the Keras model)."""
+    values = [tf.convert_to_tensor(x, tf.float32)]
+    for node in graph.nodes[1:]:
+        ins = [values[i] for i in node.inputs]
+        if node.kind == "affine":
+            values.append(node.linear(ins[0]) + node.bias)
+        elif node.kind == "add":
+            values.append(tf.add_n(ins))
+        elif node.kind == "act":
+            values.append(activate(node, ins[0]))
+        else:
+            values.append(pool_max(node, ins[0]))
+    return values[-1]
+
+
+def activate(node, x):
+    if node.activation == "relu":
+        return tf.nn.relu(x)
+    if node.activation == "leaky_relu":
+        return tf.where(x >= 0, x, node.slope * x)
+    if node.activation == "tanh":
+        return tf.tanh(x)
+    return tf.sigmoid(x)
+
+
+def windows(node, x, fill=SENTINEL):
+    """`[N, outputs, k]` window values of a maxpool node's input `x` (padding = `fill`)."""
+    flat = tf.reshape(x, [tf.shape(x)[0], -1])
+    flat = tf.concat([flat, tf.fill([tf.shape(x)[0], 1], tf.cast(fill, x.dtype))], 1)
+    return tf.gather(flat, node.window, axis=1)
+
+
+def pool_max(node, x):
+    return tf.reshape(tf.reduce_max(windows(node, x), -1), [-1, *node.shape])
