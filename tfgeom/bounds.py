@@ -230,7 +230,7 @@ def compiled_backward(graph, target, kind):
         _COMPILED[key] = tf.function(
             lambda a, const, bounds, input_set: backward(graph, target, a, const, bounds, input_set),
             jit_compile=JIT,
-            reduce_retracing=True,
+            autograph=False,
         )
     return _COMPILED[key]
 

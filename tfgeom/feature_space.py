@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tfgeom import regions
+
 from tfgeom.errors import InputError
 from tfgeom.hull import INSIDE, HullEngine
 
@@ -192,6 +194,17 @@ class FeatureSpace:
         """
         engine = self._engine(space, cls)
         return self.hull_distance(q, space, cls).distance <= max(tol * engine.radius, INSIDE * engine.scale)
+
+    def class_hull(self, cls, nonneg=False):
+        """The convex hull of the training features the model classifies correctly as `cls` (a `Polytope`)."""
+        rows = np.flatnonzero(self.correct & (self.y_train == cls))
+        if len(rows) == 0:
+            raise InputError(f"no correctly classified training example of class {cls}")
+        return regions.hull(self.features[rows], nonneg)
+
+    def certify_region(self, region, cls):
+        """Certify a convex feature set for class `cls`; see `tfgeom.regions.certify_region`."""
+        return regions.certify_region(self.W, self.b, region, cls)
 
     def guaranteed(self, x, tol=FLOAT32_TOL, features=None):
         """Which inputs fall in a guaranteed region: the hull of class-`c` training features.

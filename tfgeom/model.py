@@ -339,3 +339,33 @@ class GeometryModel:
 
         return FeatureSpace(self, x_train, y_train, **kwargs)
 
+
+    # -- certificates ------------------------------------------------------------
+
+    @property
+    def layer_graph(self):
+        """The feature extractor as a `tfgeom.layer_graph.LayerGraph` (built once; for certification)."""
+        self._require_split()
+        if "layer_graph" not in self._programs:
+            from tfgeom import layer_graph
+
+            self._programs["layer_graph"] = layer_graph.build(self.model)
+        return self._programs["layer_graph"]
+
+    def certify(self, x, eps, norm="linf", method="crown", **kwargs):
+        """Certify balls around `x`; see `tfgeom.certification.certify`."""
+        from tfgeom import certification
+
+        return certification.certify(self, x, eps, norm=norm, method=method, **kwargs)
+
+    def certify_segment(self, x_a, x_b, method="crown", **kwargs):
+        """Certify segments `[x_a, x_b]`; see `tfgeom.certification.certify_segment`."""
+        from tfgeom import certification
+
+        return certification.certify_segment(self, x_a, x_b, method=method, **kwargs)
+
+    def certified_radius(self, x, norm="linf", method="crown", **kwargs):
+        """Certified radii around `x` by bisection; see `tfgeom.certification.certified_radius`."""
+        from tfgeom import certification
+
+        return certification.certified_radius(self, x, norm=norm, method=method, **kwargs)

@@ -1,0 +1,281 @@
+"""Certificates: sound (no attack finds a counterexample), ordered (MILP >= CROWN >= IBP), exact on closed forms."""
+import cvxpy as cp
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfgeom
+from tfgeom import attacks, bounds, layer_graph, regions
+from tfgeom.errors import InputError, ModelError
+
+from conftest import linear_model
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(24, activation="relu"),
+         keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10)]
+    )
+    return tfgeom.GeometryModel(tfgeom.zoo.train(model, digits.x_train, digits.y_train, epochs=15, seed=3))
+
+
+@pytest.fixture(scope="module")
+def residual(digits):
+    """Functional net with BatchNorm, LeakyReLU, tanh, residual Add, same-padded max and average pooling."""
+    keras.utils.set_random_seed(4)
+    i = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same")(i)
+    a = keras.layers.BatchNormalization()(a)
+    a = keras.layers.LeakyReLU(0.1)(a)
+    b = keras.layers.Conv2D(4, 3, padding="same", activation="tanh")(a)
+    c = keras.layers.Add()([a, b])
+    c = keras.layers.MaxPooling2D(3, strides=2, padding="same")(c)
+    c = keras.layers.AveragePooling2D(2)(c)
+    c = keras.layers.Flatten()(c)
+    c = keras.layers.Dense(24, activation="sigmoid")(c)
+    model = keras.Model(i, keras.layers.Dense(10, activation="softmax")(c))
+    return tfgeom.GeometryModel(tfgeom.zoo.train(model, digits.x_train, digits.y_train, epochs=30, seed=4))
+
+
+@pytest.fixture(scope="module")
+def cnn(small_cnn):
+    return tfgeom.GeometryModel(small_cnn)
+
+
+def _all(request):
+    return [request.getfixturevalue(name) for name in ("mlp", "cnn", "residual")]
+
+
+def test_layer_graph_reproduces_the_features(request, digits):
+    for gm in _all(request):
+        graph = gm.layer_graph
+        np.testing.assert_allclose(layer_graph.run(graph, digits.x[:16]).numpy(), gm.features(digits.x[:16]),
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_feature_bounds_contain_attacked_features(request, digits, norm):
+    """IBP and CROWN intervals contain the features of random and PGD points of the set; CROWN is tighter."""
+    rng = np.random.default_rng(0)
+    x = digits.x[:24]
+    eps = 0.03 if norm == "linf" else 0.3
+    for gm in _all(request):
+        graph = gm.layer_graph
+        s = bounds.ball(x, np.full(len(x), eps, np.float32), norm, gm.bounds)
+        ibp = bounds.interval_bounds(graph, s)[-1]
+        crown = bounds.crown_bounds(graph, s)[-1]
+        adv, _, _ = attacks.pgd(gm, x, eps, norm=norm, steps=20)
+        points = [adv]
+        for _ in range(10):
+            d = rng.uniform(-1, 1, x.shape)
+            if norm == "l2":
+                d *= eps * rng.uniform() / np.linalg.norm(d.reshape(len(x), -1), axis=1)[:, None, None, None]
+            else:
+                d *= eps
+            points.append(np.clip(x + d, 0, 1).astype(np.float32))
+        for p in points:
+            z = gm.features(p)
+            for low, high in (ibp, crown):
+                assert np.all(z >= low.numpy() - 1e-4) and np.all(z <= high.numpy() + 1e-4)
+        assert np.mean(crown[1] - crown[0]) < np.mean(ibp[1] - ibp[0])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_no_attack_breaks_a_certificate(request, digits, norm):
+    """Hundreds of certified balls: PGD (with restarts) and DeepFool never leave the class inside them."""
+    x, y = digits.x[:120], digits.y[:120]
+    budgets = (0.02, 0.05) if norm == "linf" else (0.1, 0.25)
+    certified_total = 0
+    for gm in _all(request):
+        df = gm.deepfool(x, norm=norm)
+        for eps in budgets:
+            for method in ("ibp", "crown"):
+                cert = gm.certify(x, eps, norm=norm, method=method, cls=y)
+                certified_total += int(cert.certified.sum())
+                # DeepFool found an adversarial example within eps: never certified
+                inside = df.success & (df.norms <= eps) & (df.adv_labels != y)
+                assert not np.any(cert.certified & inside)
+                for seed in range(3):
+                    start = x
+                    if seed:
+                        noise = np.random.default_rng(seed).uniform(-eps, eps, x.shape) if norm == "linf" else 0
+                        start = np.clip(x + noise, 0, 1).astype(np.float32)
+                    adv, _, adv_labels = attacks.pgd(gm, start, eps, norm=norm, steps=30)
+                    delta = (adv - x).reshape(len(x), -1)
+                    size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+                    inside = size <= eps * (1 + 1e-5)
+                    assert not np.any(cert.certified & inside & (adv_labels != y))
+                    # the bound is a bound: margins at the PGD points inside the set are at least it
+                    logits = gm.logits(adv)
+                    true = logits[np.arange(len(x)), y][:, None] - logits
+                    true[np.arange(len(x)), y] = np.inf
+                    assert np.all(true[inside] + 1e-4 >= cert.margins[inside])
+    assert certified_total > 200
+
+
+def test_milp_is_exact_and_orders_the_bounds(mlp, cnn, digits):
+    """On every point: MILP's exact margin >= CROWN's bound >= IBP's bound; the MILP minimiser is attained."""
+    for gm, eps, n in ((mlp, 0.03, 12), (cnn, 0.005, 3)):
+        x, y = digits.x[:n], digits.y[:n]
+        exact = gm.certify(x, eps, method="milp", cls=y)
+        crown = gm.certify(x, eps, method="crown", cls=y)
+        ibp = gm.certify(x, eps, method="ibp", cls=y)
+        assert all(s == "optimal" for s in exact.status)
+        finite = np.isfinite(exact.margins)
+        assert np.all(exact.margins[finite] >= crown.margins[finite] - 1e-4)
+        assert np.all(crown.margins[finite] >= ibp.margins[finite] - 1e-6)
+        # exact means attained: PGD on the weakest margin cannot go below it
+        adv, _, _ = attacks.pgd(gm, x, eps, steps=40)
+        logits = gm.logits(adv)
+        true = logits[np.arange(n), y][:, None] - logits
+        assert np.all(true[finite] >= exact.margins[finite] - 1e-4)
+        assert np.mean(exact.margins[finite] - crown.margins[finite]) < np.mean(exact.margins[finite] - ibp.margins[finite])
+
+
+def test_milp_segment_and_radius(mlp, digits):
+    x_a, x_b = digits.x[:6], digits.x[6:12]
+    exact = mlp.certify_segment(x_a, x_b, method="milp")
+    crown = mlp.certify_segment(x_a, x_b, method="crown")
+    finite = np.isfinite(exact.margins)
+    assert np.all(exact.margins[finite] >= crown.margins[finite] - 1e-4)
+    # exact minimum along the segment equals a dense scan's minimum (up to the scan's resolution)
+    t = np.linspace(0, 1, 401, dtype=np.float32)
+    for i in range(len(x_a)):
+        line = x_a[i][None] + t[:, None, None, None] * (x_b[i] - x_a[i])[None]
+        logits = mlp.logits(line)
+        c = exact.cls[i]
+        scan = (logits[:, c][:, None] - logits).min(0)
+        scan[c] = np.inf
+        keep = np.arange(len(scan)) != c
+        assert np.all(exact.margins[i][keep] <= scan[keep] + 1e-4)
+        assert np.all(scan[keep] - exact.margins[i][keep] < 0.05 * (1 + np.abs(scan[keep])))
+    r_crown = mlp.certified_radius(digits.x[:4], method="crown", cls=digits.y[:4])
+    r_milp = mlp.certified_radius(digits.x[:4], method="milp", cls=digits.y[:4], steps=6)
+    assert np.all(r_milp.radius >= r_crown.radius - 1e-6)
+
+
+def test_crown_radius_at_least_ibp_radius(request, digits):
+    x, y = digits.x[:40], digits.y[:40]
+    for gm in _all(request):
+        r_ibp = gm.certified_radius(x, method="ibp", cls=y)
+        r_crown = gm.certified_radius(x, method="crown", cls=y)
+        assert np.all(r_crown.radius >= r_ibp.radius - 1e-6)
+        assert np.all(r_crown.radius <= r_crown.upper)
+        right = gm.predict(x) == y
+        assert right.mean() > 0.7
+        assert np.median(r_crown.radius[right]) > np.median(r_ibp.radius[right])
+        assert np.all(r_crown.radius[~right] == 0)
+
+
+def test_linear_model_radius_is_the_closed_form():
+    """For f(x) = W^T x + b the radius is closed-form: Linf min_j m_j / ||w_c - w_j||_1 (L2: ||.||_2)."""
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(size=(6, 3)), rng.normal(size=3)
+    gm = tfgeom.GeometryModel(linear_model(w, b), bounds=(-100.0, 100.0))
+    x = rng.normal(size=(20, 6)).astype(np.float32)
+    c = gm.predict(x)
+    logits = x.astype(np.float64) @ w + b
+    margins = logits[np.arange(len(x)), c][:, None] - logits  # [N, L]
+    rows = w[:, c].T[:, :, None] - w[None]  # [N, D, L]: w_c - w_j
+    closed = {}
+    for norm, size in (("linf", np.abs(rows).sum(1)), ("l2", np.sqrt((rows**2).sum(1)))):
+        ratio = margins / np.where(size > 0, size, 1.0)
+        ratio[np.arange(len(x)), c] = np.inf
+        closed[norm] = ratio.min(1)
+    # IBP bounds an L2 ball by its bounding box, so its L2 radius is the Linf one
+    for norm, method, want in (("linf", "ibp", "linf"), ("linf", "crown", "linf"), ("l2", "crown", "l2"),
+                               ("l2", "ibp", "linf")):
+        r = gm.certified_radius(x, norm=norm, method=method, upper=np.full(len(x), 50.0), steps=40, rtol=1e-4)
+        np.testing.assert_allclose(r.radius, closed[want], rtol=2e-3, atol=1e-4)
+
+
+def test_unsupported_models_are_refused(digits):
+    i = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2DTranspose(2, 3)(i)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(i, keras.layers.Dense(10)(keras.layers.Dense(4)(h)))
+    gm = tfgeom.GeometryModel(model)
+    with pytest.raises(ModelError, match="conv2d_transpose.*Conv2DTranspose"):
+        gm.certify(digits.x[:2], 0.01)
+
+
+def test_milp_refusals(mlp, residual, digits):
+    with pytest.raises(InputError, match="L2 ball"):
+        mlp.certify(digits.x[:2], 0.1, norm="l2", method="milp")
+    with pytest.raises(ModelError, match="above the limit of 10"):
+        mlp.certify(digits.x[:2], 0.01, method="milp", max_units=10)
+    with pytest.raises(ModelError, match="piecewise-linear"):
+        residual.certify(digits.x[:2], 0.01, method="milp")
+    with pytest.raises(InputError, match="eps"):
+        mlp.certify(digits.x[:2], -1.0)
+
+
+# -- feature space -------------------------------------------------------------
+
+
+def _direct(a, region):
+    z = cp.Variable(len(a))
+    if isinstance(region, regions.Ball):
+        cons = [cp.norm(z - region.center, 2) <= region.radius]
+    elif isinstance(region, regions.Box):
+        cons = [z >= region.low, z <= region.high]
+    else:
+        lam = cp.Variable(len(region.vertices), nonneg=True)
+        cons = [z == region.vertices.T @ lam, cp.sum(lam) == 1]
+    if region.nonneg:
+        cons.append(z >= 0)
+    prob = cp.Problem(cp.Minimize(a @ z), cons)
+    prob.solve(solver=cp.CLARABEL)
+    return prob.value
+
+
+def test_region_margins_match_direct_solves():
+    rng = np.random.default_rng(7)
+    w, b = rng.normal(size=(5, 4)), rng.normal(size=4)
+    centre = np.abs(rng.normal(size=5))
+    sets = []
+    for nonneg in (False, True):
+        sets += [
+            regions.Ball(centre, 0.7, nonneg),
+            regions.Box(centre - 0.5, centre + 0.3, nonneg),
+            regions.hull(centre + 0.4 * rng.normal(size=(30, 5)), nonneg),
+        ]
+    for region in sets:
+        cert = regions.certify_region(w, b, region, 1)
+        assert cert.status == "optimal"
+        for j in (0, 2, 3):
+            a = w[:, 1] - w[:, j]
+            want = _direct(a, region) + b[1] - b[j]
+            assert abs(cert.margins[j] - want) < 1e-5 * (1 + abs(want))
+        weakest = int(np.argmin(cert.margins))
+        point_margin = (w[:, 1] - w[:, weakest]) @ cert.point + b[1] - b[weakest]
+        assert abs(point_margin - cert.margins[weakest]) < 1e-5 * (1 + abs(point_margin))
+        assert cert.certified == bool(np.all(cert.margins > 0))
+
+
+def test_region_failures_are_reported_not_certified():
+    w, b = np.eye(3), np.array([5.0, 0.0, 0.0])  # class 0 has a large margin everywhere near 0
+    far = -10 * np.ones(3)
+    ball = regions.certify_region(w, b, regions.Ball(far, 1.0, nonneg=True), 0)
+    assert not ball.certified and ball.status == "infeasible"
+    box = regions.certify_region(w, b, regions.Box(far - 1, far + 1, nonneg=True), 0)
+    assert not box.certified and box.status.startswith("infeasible")
+    with pytest.raises(InputError, match="dimension"):
+        regions.certify_region(w, b, regions.Ball(np.zeros(4), 1.0), 0)
+
+
+def test_class_hulls_are_certified(cnn, digits):
+    """Paper B.3: the hull of the training features classified c lies in P_c."""
+    fs = cnn.feature_space(digits.x_train, digits.y_train)
+    for c in range(3):
+        cert = fs.certify_region(fs.class_hull(c), c)
+        assert cert.certified and cert.status == "optimal"
+    # a ball around a feature vector is certified exactly up to the boundary distance
+    z = fs.features[:1]
+    c = int(fs.predicted[0])
+    d = float(fs.boundary_distance(z, np.array([c]))[0])
+    assert fs.certify_region(regions.Ball(z[0], 0.99 * d), c).certified
+    assert not fs.certify_region(regions.Ball(z[0], 1.01 * d), c).certified

@@ -1,0 +1,217 @@
+"""Certify that every input of a set gets one class: balls, segments, certified radii.
+
+A set `S` of inputs is certified for class `c` when a lower bound of every
+margin `f_c(x) - f_j(x) = (w_c - w_j)^T phi(x) + b_c - b_j` over `S` is
+positive. The margins are bounded directly (not each logit): for `"ibp"` over
+the interval bounds of the features `phi(S)` in closed form; for `"crown"` by
+a backward pass that starts from the margin rows `C W^T`; for `"milp"` exactly
+(small ReLU networks). See `tfgeom.bounds` and `tfgeom.milp`.
+
+Bounds are computed in float32; a set counts as certified only when the
+bound exceeds `1e-5` times the logit scale, so rounding cannot make a
+certificate wrong.
+"""
+from typing import NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfgeom import bounds as bd
+from tfgeom import milp
+from tfgeom.errors import InputError
+from tfgeom.validation import check_choice, check_labels
+
+METHODS = ("ibp", "crown", "milp")
+NORMS = ("linf", "l2")
+ROUNDING = 1e-5
+
+
+class Certificate(NamedTuple):
+    """Result of certifying a batch of input sets (NumPy).
+
+    Fields:
+        certified: `[N]` every margin's lower bound is positive.
+        margins: `[N, L]` lower bounds of `f_c - f_j` over the set (`+inf` at `j = c`;
+            exact minima for `"milp"`, `-inf` where a solve failed).
+        cls: `[N]` the class certified.
+        eps: `[N]` the radius (`0` for segments).
+        method: `"ibp"`, `"crown"` or `"milp"`.
+        norm: `"linf"`, `"l2"` or `"segment"`.
+        status: `[N]` solver status for `"milp"` (`"optimal"` or why not), else None.
+    """
+
+    certified: np.ndarray
+    margins: np.ndarray
+    cls: np.ndarray
+    eps: np.ndarray
+    method: str
+    norm: str
+    status: Optional[list] = None
+
+    @property
+    def min_margin(self):
+        """`[N]` the smallest margin bound (the certificate's slack; negative = not certified)."""
+        return self.margins.min(axis=1)
+
+
+def _margin_rows(weights, bias, cls):
+    """`(coeffs [N, L, D], const [N, L])` of the margins `f_c - f_j` (row `c` is zero)."""
+    w = tf.constant(weights, tf.float32)
+    b = tf.constant(bias, tf.float32)
+    wc = tf.gather(tf.transpose(w), cls)  # [N, D]
+    coeffs = wc[:, None, :] - tf.transpose(w)[None]
+    const = tf.gather(b, cls)[:, None] - b[None]
+    return coeffs, const
+
+
+def _check_cls(gm, x, cls):
+    if cls is None:
+        return gm.predict(x)
+    return check_labels(cls, gm.num_classes, len(x), name="cls")
+
+
+def _bound(gm, input_set, cls, method, max_units=milp.MAX_UNITS):
+    """Margin lower bounds `[N, L]` (+inf at c) and statuses for one batch of input sets."""
+    weights, bias = gm.head
+    graph = gm.layer_graph
+    status = None
+    if method == "milp":
+        margins, status, _ = milp.exact_margins(graph, weights, bias, input_set, cls, max_units)
+    else:
+        coeffs, const = _margin_rows(weights, bias, cls)
+        lower, _ = bd.margin_lower_bounds(graph, input_set, coeffs, const, method)
+        margins = lower.numpy().astype(np.float64)
+    margins[np.arange(len(cls)), cls] = np.inf
+    return margins, status
+
+
+def _bucket(n):
+    """The next power of two: compiled (XLA) bound programs see few batch shapes."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _certified(margins, scale):
+    return margins.min(axis=1) > ROUNDING * np.maximum(1.0, scale)
+
+
+def _eps_array(eps, n):
+    eps = np.broadcast_to(np.asarray(eps, np.float32), (n,)).copy()
+    if not np.all(np.isfinite(eps)) or np.any(eps < 0):
+        raise InputError(f"eps must be finite and >= 0; got {eps[~(np.isfinite(eps) & (eps >= 0))][0]}")
+    return eps
+
+
+def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, max_units=milp.MAX_UNITS):
+    """Certify the `norm`-balls of radius `eps` around `x` (intersected with the bounds).
+
+    Args:
+        gm: a `GeometryModel` (Sequential or functional, affine head).
+        x: `[N, ...]` centres.
+        eps: radius, a scalar or `[N]`.
+        norm: `"linf"` or `"l2"`. Defaults to `"linf"`.
+        method: `"ibp"`, `"crown"` or `"milp"`. Defaults to `"crown"`.
+        cls: `[N]` classes to certify. Defaults to the predicted classes.
+        batch_size: examples per bound computation. Defaults to the model's
+            (CROWN's memory is also bounded per chunk of neurons).
+        max_units: the MILP's size limit (see `tfgeom.milp`).
+
+    Returns:
+        A `Certificate`.
+    """
+    norm = check_choice("norm", norm, NORMS)
+    method = check_choice("method", method, METHODS)
+    x = gm.check(x)
+    cls = _check_cls(gm, x, cls)
+    eps = _eps_array(eps, len(x))
+    scale = np.abs(gm.logits(x)).max(axis=1)
+    margins, statuses = [], []
+    for s in gm._batches(len(x), batch_size):
+        size = len(x[s])
+        pad = _bucket(size) if method != "milp" else size
+        take = np.minimum(np.arange(pad), size - 1)  # repeat the last example: few distinct shapes
+        input_set = bd.ball(x[s][take], eps[s][take], norm, gm.bounds)
+        m, status = _bound(gm, input_set, cls[s][take], method, max_units)
+        margins.append(m[:size])
+        statuses += status or []
+    margins = np.concatenate(margins)
+    return Certificate(_certified(margins, scale), margins, cls, eps, method, norm,
+                       statuses if method == "milp" else None)
+
+
+def certify_segment(gm, x_a, x_b, method="crown", cls=None, batch_size=None, max_units=milp.MAX_UNITS):
+    """Certify the segments `[x_a, x_b]` (morphing lines) for one class each.
+
+    Returns:
+        A `Certificate` with `norm="segment"`; `cls` defaults to the class of `x_a`.
+    """
+    method = check_choice("method", method, METHODS)
+    x_a, x_b = gm.check(x_a), gm.check(x_b)
+    if x_a.shape != x_b.shape:
+        raise InputError(f"x_a and x_b must have the same shape; got {x_a.shape} and {x_b.shape}")
+    cls = _check_cls(gm, x_a, cls)
+    scale = np.maximum(np.abs(gm.logits(x_a)).max(axis=1), np.abs(gm.logits(x_b)).max(axis=1))
+    margins, statuses = [], []
+    for s in gm._batches(len(x_a), batch_size):
+        m, status = _bound(gm, bd.segment(x_a[s], x_b[s], gm.bounds), cls[s], method, max_units)
+        margins.append(m)
+        statuses += status or []
+    margins = np.concatenate(margins)
+    return Certificate(_certified(margins, scale), margins, cls, np.zeros(len(x_a), np.float32), method,
+                       "segment", statuses if method == "milp" else None)
+
+
+class Radius(NamedTuple):
+    """Certified radii (NumPy): every ball of radius `radius` is certified; `upper` was not."""
+
+    radius: np.ndarray
+    upper: np.ndarray
+    cls: np.ndarray
+    method: str
+    norm: str
+
+
+def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, steps=10, rtol=0.02,
+                     batch_size=None, max_units=milp.MAX_UNITS):
+    """The largest certified radius around each input, by bisection on `eps`.
+
+    Each step certifies all unresolved inputs at the midpoints of their
+    brackets (batched). Inputs misclassified (or not `cls`) at the centre get 0.
+
+    Args:
+        norm, method, cls: as in `certify`.
+        upper: `[N]` or scalar starting upper end: a radius cannot exceed the
+            distance of an adversarial example. Defaults to the norm of the
+            DeepFool perturbation where DeepFool succeeds, else the whole
+            bounds range (`high - low`, times `sqrt(d)` for L2).
+        steps: maximum bisection steps. Defaults to `10`.
+        rtol: stop when `upper - lower <= rtol * upper`. Defaults to `0.02`.
+
+    Returns:
+        A `Radius`; `radius` is certified (a lower bound on the true robust radius).
+    """
+    norm = check_choice("norm", norm, NORMS)
+    method = check_choice("method", method, METHODS)
+    x = gm.check(x)
+    cls = _check_cls(gm, x, cls)
+    span = gm.bounds[1] - gm.bounds[0]
+    if upper is None:
+        upper = np.full(len(x), span * (np.sqrt(np.prod(gm.input_shape)) if norm == "l2" else 1.0))
+        found = gm.deepfool(x, norm=norm, batch_size=batch_size)
+        hit = found.success & (found.adv_labels != cls)
+        upper[hit] = np.minimum(upper[hit], found.norms[hit])
+    hi = _eps_array(upper, len(x)).astype(np.float64)
+    lo = np.zeros(len(x))
+    ok = gm.predict(x) == cls
+    hi[~ok] = 0.0
+    if method == "milp":  # CROWN's radius is certified, so the exact one is at least that
+        lo[ok] = np.minimum(certified_radius(gm, x[ok], norm, "crown", cls[ok], hi[ok], steps, rtol,
+                                             batch_size).radius, hi[ok])
+    for _ in range(steps):
+        todo = np.flatnonzero(ok & (hi - lo > rtol * hi))
+        if len(todo) == 0:
+            break
+        mid = (lo[todo] + hi[todo]) / 2
+        cert = certify(gm, x[todo], mid, norm, method, cls[todo], batch_size, max_units).certified
+        lo[todo[cert]] = mid[cert]
+        hi[todo[~cert]] = mid[~cert]
+    return Radius(lo.astype(np.float32), hi.astype(np.float32), cls, method, norm)
