@@ -152,3 +152,26 @@ def test_detect_json(small_cnn_path, digits_npz):
     assert summary["clean"] == 30 and 0 <= summary["auc"] <= 1
     refused = _run("detect", small_cnn_path, "--data", digits_npz, "--limit", 20, "--calibration", 30)
     assert refused.exit_code == 2 and "calibration" in refused.output
+
+
+def test_certify_json_radius_and_refusals(small_cnn_path, digits_npz, tmp_path):
+    """`certify --json` at one eps and with `--radius`; CROWN certifies at least what IBP does; MILP on L2 exits 2."""
+    fractions = {}
+    for method in ("ibp", "crown"):
+        result = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 16, "--eps", 0.01,
+                      "--method", method, "--json")
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["inputs"] == 16 and 0 <= summary["certified accuracy"] <= summary["clean accuracy"]
+        fractions[method] = summary["certified accuracy"]
+    assert fractions["crown"] >= fractions["ibp"]
+    result = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 8, "--radius", "--method", "ibp", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["median certified radius (correct inputs)"] > 0
+    refused = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 2, "--norm", "l2", "--method", "milp")
+    assert refused.exit_code == 2 and "L2" in refused.output
+    lam = tmp_path / "lam.keras"
+    inp = keras.Input((8, 8, 1))
+    keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Conv2DTranspose(2, 3)(inp)))).save(lam)
+    refused = _run("certify", lam, "--data", digits_npz, "--limit", 2)
+    assert refused.exit_code == 2 and "Conv2DTranspose" in refused.output

@@ -174,3 +174,15 @@ def roc(curves, path):
     ax.set_ylabel("true-positive rate (perturbed)")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def certified_accuracy(curves, xlabel, path):
+    """Certified accuracy against the radius: `{label: (eps [k], accuracy [k])}`; writes `path`."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for label, (eps, acc) in curves.items():
+        ax.plot(eps, acc, drawstyle="steps-post", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -64,3 +64,4 @@ from tfgeom.analyses import deepfool  # noqa: E402,F401
 from tfgeom.analyses import curvature  # noqa: E402,F401
 from tfgeom.analyses import topology  # noqa: E402,F401
 from tfgeom.analyses import feature_space  # noqa: E402,F401
+from tfgeom.analyses import certification  # noqa: E402,F401
