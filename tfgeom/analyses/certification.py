@@ -8,8 +8,8 @@ from tfgeom.analyses import register
 from tfgeom.errors import InputError, ModelError
 from tfgeom.feature_space import FeatureSpace
 
-POINTS = {"ibp": 200, "crown": 16, "milp": 4}  # test inputs per method (CROWN/MILP cost much more)
-SEGMENTS = 4  # morphing segments between same-class test inputs
+POINTS = {"ibp": 200, "crown": 3, "milp": 4}  # test inputs per method (CROWN/MILP cost much more)
+SEGMENTS = 2  # morphing segments between same-class test inputs
 NORM = "linf"
 EPS = (0.005, 0.01, 0.02, 0.05)
 MAX_TRAIN = 4000
@@ -79,7 +79,7 @@ def run(context):
             context.progress(f"certified radius ({method})", i, len(methods))
         n = min(POINTS[method], len(x))
         start = time.perf_counter()
-        r = gm.certified_radius(x[:n], NORM, method, cls=y[:n], steps=8, rtol=0.05)
+        r = gm.certified_radius(x[:n], NORM, method, cls=y[:n], steps=5, rtol=0.05)
         times[method] = time.perf_counter() - start
         radii[method] = r.radius
         correct = pred[:n] == y[:n]
