@@ -317,7 +317,7 @@ def crown_bounds(graph, input_set, memory=MEMORY):
     return interval_bounds(graph, input_set, refine)
 
 
-def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY):
+def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, combine=True):
     """Lower bounds of `coeffs @ z + const` over the set, `z` the features.
 
     Args:
@@ -325,6 +325,8 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY):
         const: `[N, S]`.
         method: `"ibp"` (minimise over the feature box in closed form) or
             `"crown"` (backward pass from the margins, never looser than IBP).
+        combine: for `"crown"`, return `max(CROWN, IBP)`; `False` gives the
+            backward pass's own bound (for measuring it).
 
     Returns:
         `(lower [N, S], bounds)` with `bounds` the per-node `(l, u)`.
@@ -341,4 +343,4 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY):
         return ibp, bounds
     last = len(graph.nodes) - 1
     crown = compiled_backward(graph, last, input_set.kind)(coeffs, const, tuple(bounds[:last]), input_set)
-    return tf.maximum(crown, ibp), bounds
+    return (tf.maximum(crown, ibp) if combine else crown), bounds
