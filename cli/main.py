@@ -362,6 +362,11 @@ def detect(
     _show(result, f"Curvature-asymmetry detection of {name}", as_json)
 
 
+class Intermediate(str, enum.Enum):
+    backward = "backward"
+    forward = "forward"
+
+
 class Method(str, enum.Enum):
     ibp = "ibp"
     crown = "crown"
@@ -377,6 +382,7 @@ def certify(
     norm: Annotated[Norm, typer.Option(help="Norm of the balls.")] = Norm.linf,
     method: Annotated[Method, typer.Option(help="ibp (fast, loose), crown (tighter) or milp (exact, small ReLU nets).")] = Method.crown,
     radius: Annotated[bool, typer.Option("--radius", help="Find each input's certified radius by bisection.")] = False,
+    intermediate: Annotated[Intermediate, typer.Option(help="CROWN's neuron bounds: backward (tight) or forward (cheaper).")] = Intermediate.backward,
     limit: LimitOpt = 100,
     as_json: JsonOpt = False,
     batch_size: BatchOpt = 32,
@@ -397,13 +403,13 @@ def certify(
     start = time.perf_counter()
     summary = {"inputs": int(len(x)), "method": method.value, "norm": norm.value, "clean accuracy": float(correct.mean())}
     if radius:
-        r = gm.certified_radius(x, norm=norm.value, method=method.value, cls=y)
+        r = gm.certified_radius(x, norm=norm.value, method=method.value, cls=y, intermediate=intermediate.value)
         summary.update({
             "median certified radius (correct inputs)": float(np.median(r.radius[correct])) if correct.any() else 0.0,
             "10% / 90% quantiles": [float(q) for q in np.quantile(r.radius, [0.1, 0.9])],
         })
     else:
-        cert = gm.certify(x, eps, norm=norm.value, method=method.value, cls=y)
+        cert = gm.certify(x, eps, norm=norm.value, method=method.value, cls=y, intermediate=intermediate.value)
         summary.update({
             "eps": eps,
             "certified accuracy": float(np.mean(cert.certified & correct)),

@@ -49,6 +49,11 @@ def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path)
     assert report["sections"]["feature_space"]["summary"]["training points"] == 1438
     assert (out / "feature_pca.png").exists()
     assert report["sections"]["connectivity"]["status"] == "done" and (out / "roc.png").exists()
+    cert = report["sections"]["certification"]["summary"]
+    assert cert["crown radius >= ibp radius on every input"] is True
+    assert cert["milp at eps=0.01: MILP >= CROWN >= IBP on every margin"] is True
+    assert cert["feature space: class hulls certified (LP)"] == "10 of 10"
+    assert (out / "certified_accuracy.png").exists()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Per predicted class" in html
     assert (out / "deepfool_l2_hist.png").exists()

@@ -317,7 +317,111 @@ def crown_bounds(graph, input_set, memory=MEMORY):
     return interval_bounds(graph, input_set, refine)
 
 
-def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, combine=True):
+# -- forward linear bounds -----------------------------------------------------
+
+
+def _base(input_set):
+    """The set as `x = c + A e`: `(A [N, m, *shape], c [N, *shape])`, `e` in a unit box/ball or `[0, 1]`."""
+    n = int(input_set.center.shape[0])
+    shape = input_set.center.shape[1:]
+    if input_set.kind == "segment":
+        return input_set.direction[:, None], input_set.center
+    if input_set.kind == "linf":
+        mid, rad = (input_set.low + input_set.high) / 2, (input_set.high - input_set.low) / 2
+        return tf.reshape(tf.linalg.diag(tf.reshape(rad, [n, -1])), [n, -1, *shape]), mid
+    d = int(np.prod(shape))
+    eye = tf.eye(d, batch_shape=[n]) * input_set.eps[:, None, None]
+    return tf.reshape(eye, [n, d, *shape]), input_set.center
+
+
+def _forward_lower(kind, a, c):
+    """Element-wise lower bound of `a^T e + c` over the base set; `a` is `[N, m, *shape]`."""
+    if kind == "linf":
+        return c - tf.reduce_sum(tf.abs(a), 1)
+    if kind == "l2":
+        return c - tf.norm(a, axis=1)
+    return c + tf.minimum(0.0, a[:, 0])
+
+
+def _forward_node(node, ins, bounds, fold):
+    """Lower/upper linear functions `((A_lo, c_lo), (A_up, c_up))` of a node from its inputs'."""
+    if node.kind == "add":
+        return tuple((tf.add_n([i[k][0] for i in ins]), tf.add_n([i[k][1] for i in ins])) for k in (0, 1))
+    (a_lo, c_lo), (a_up, c_up) = ins[0]
+    if node.kind == "affine":
+        out = []
+        for sign in (-1.0, 1.0):
+            a = fold(node.linear, (a_lo + a_up) / 2) + sign * fold(node.abs_linear, (a_up - a_lo) / 2)
+            c = node.linear((c_lo + c_up) / 2) + node.bias + sign * node.abs_linear((c_up - c_lo) / 2)
+            out.append((a, c))
+        return tuple(out)
+    l, u = bounds[node.inputs[0]]
+    if node.kind == "act":  # every relaxation here has non-negative slopes
+        al, bl, au, bu = relaxation(node, l, u)
+        return (a_lo * al[:, None], c_lo * al + bl), (a_up * au[:, None], c_up * au + bu)
+    select, select_u, bu = pool_relaxation(node, l, u)
+    best = tf.reduce_sum(tf.cast(select, tf.int32) * node.window, -1)  # [N, out] flat input index
+    stable = tf.reduce_sum(select_u, -1) > 0
+    nb, m = tf.shape(a_lo)[0], tf.shape(a_lo)[1]
+
+    def pick(a, c):
+        a = tf.gather(tf.reshape(a, [nb, m, -1]), best, axis=2, batch_dims=1)
+        return tf.reshape(a, [nb, m, *node.shape]), tf.reshape(tf.gather(tf.reshape(c, [nb, -1]), best, batch_dims=1), [-1, *node.shape])
+
+    lo = pick(a_lo, c_lo)
+    up_a, up_c = pick(a_up, c_up)
+    shape = [-1, *node.shape]
+    keep = tf.reshape(stable, shape)
+    up = (tf.where(keep[:, None], up_a, 0.0), tf.where(keep, up_c, tf.reshape(bu, shape)))
+    return lo, up
+
+
+def forward_bounds(graph, input_set, memory=MEMORY):
+    """Bounds `[(l, u)]` of every node by forward linear bounds (each node a linear function of the set).
+
+    Cheaper than `crown_bounds` when the set has few dimensions compared with
+    the network's neurons (e.g. 784 pixels vs tens of thousands of units, or
+    a segment: one dimension), looser in general. Intersected with IBP.
+    """
+    nb = int(input_set.center.shape[0])
+    if nb > 1:  # one example at a time bounds the memory (m x largest node per state)
+        parts = [forward_bounds(graph, _take(input_set, i), memory) for i in range(nb)]
+        return [(tf.concat([p[n][0] for p in parts], 0), tf.concat([p[n][1] for p in parts], 0))
+                for n in range(len(graph.nodes))]
+    a, c = _base(input_set)
+    m = int(a.shape[1])
+
+    def fold(fn, t):
+        shape = t.shape[2:]
+        out = fn(tf.reshape(t, [-1, *shape]))
+        return tf.reshape(out, [nb, m, *out.shape[1:]])
+
+    states = {0: ((a, c), (a, c))}
+    consumers = {}
+    for n, node in enumerate(graph.nodes):
+        for i in node.inputs:
+            consumers[i] = n
+
+    def refine(n, bounds):
+        node = graph.nodes[n]
+        states[n] = _forward_node(node, [states[i] for i in node.inputs], bounds, fold)
+        for i in node.inputs:
+            if consumers.get(i) == n:
+                states.pop(i, None)
+        (a_lo, c_lo), (a_up, c_up) = states[n]
+        l, u = bounds[n]
+        return (tf.maximum(l, _forward_lower(input_set.kind, a_lo, c_lo)),
+                tf.minimum(u, -_forward_lower(input_set.kind, -a_up, -c_up)))
+
+    return interval_bounds(graph, input_set, refine)
+
+
+def _take(input_set, i):
+    return InputSet(input_set.kind, *[None if t is None else t[i:i + 1] for t in input_set[1:]])
+
+
+def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, combine=True,
+                        intermediate="backward"):
     """Lower bounds of `coeffs @ z + const` over the set, `z` the features.
 
     Args:
@@ -327,12 +431,18 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, 
             `"crown"` (backward pass from the margins, never looser than IBP).
         combine: for `"crown"`, return `max(CROWN, IBP)`; `False` gives the
             backward pass's own bound (for measuring it).
+        intermediate: for `"crown"`, how pre-activation bounds are found:
+            `"backward"` (a backward pass per neuron, CROWN proper) or
+            `"forward"` (forward linear bounds, much cheaper on convolutional
+            networks, looser). The margins always get a backward pass.
 
     Returns:
         `(lower [N, S], bounds)` with `bounds` the per-node `(l, u)`.
     """
     if method == "ibp":
         bounds = interval_bounds(graph, input_set)
+    elif intermediate == "forward":
+        bounds = forward_bounds(graph, input_set, memory)
     else:
         bounds = crown_bounds(graph, input_set, memory)
     l, u = bounds[-1]

@@ -30,6 +30,7 @@ from tfgeom.layer_graph import SENTINEL
 
 MAX_UNITS = 4096  # activation + max-pool units of the feature extractor
 MIP_GAP = 1e-6
+TIME_LIMIT = 120.0  # seconds per solve; a solve stopped by it reports its status and certifies nothing
 
 
 def check_size(graph, max_units=MAX_UNITS):
@@ -129,12 +130,13 @@ class _Program:
             cons += [y[o] >= x[idx], y[o] <= x[idx] + cp.multiply(top - lw[o, cand], 1 - d), cp.sum(d) == 1]
         return y
 
-    def minimise(self, coeffs):
+    def minimise(self, coeffs, time_limit=TIME_LIMIT):
         """`(value, status, features)` of `min coeffs^T z` over the set."""
         self.coeffs.value = np.asarray(coeffs, np.float64)
         try:
             value = self.problem.solve(
-                solver=cp.HIGHS, mip_rel_gap=MIP_GAP, mip_abs_gap=1e-9, warm_start=False
+                solver=cp.HIGHS, mip_rel_gap=MIP_GAP, mip_abs_gap=1e-9, warm_start=False,
+                time_limit=float(time_limit)
             )
         except cp.error.SolverError as err:
             return -np.inf, f"solver error: {err}", None
@@ -144,7 +146,7 @@ class _Program:
         return float(value), status, self.features.value
 
 
-def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tighten=True):
+def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tighten=True, time_limit=TIME_LIMIT):
     """Exact minimum margins `[N, L]` (+inf at `j = c`) and per-example statuses.
 
     Args:
@@ -156,6 +158,9 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
             (intersected with IBP's) instead of IBP's alone: still valid
             bounds, so the MILP stays exact, with fewer binaries and a
             tighter relaxation. Defaults to `True`.
+        time_limit: seconds per HiGHS solve (`TIME_LIMIT`); a solve that
+            hits it reports status `user_limit`/`optimal_inaccurate` and a
+            margin of `-inf`.
 
     Returns:
         `(margins [N, L], statuses [N], binaries [N])`; a margin is `-inf`
@@ -191,7 +196,7 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
         for j in range(classes):
             if j == c:
                 continue
-            value, status, _ = prog.minimise(w[:, c] - w[:, j])
+            value, status, _ = prog.minimise(w[:, c] - w[:, j], time_limit)
             margins[i, j] = value + b[c] - b[j]
             if status != cp.OPTIMAL:
                 worst = status
