@@ -10,7 +10,7 @@ Trains the demo CNN on the built-in `mnist-sample` digits, then:
   segment between two same-class digits, and checks with PGD that no certified
   ball holds a counterexample.
 
-    python examples/certify_mnist.py [--points 4]
+    python examples/certify_mnist.py [--points 2]
 """
 import argparse
 
@@ -22,7 +22,7 @@ from tfgeom import attacks, regions, zoo
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=4, help="test digits for CROWN (about 45 s each on 2 CPU cores)")
+    parser.add_argument("--points", type=int, default=2, help="test digits for CROWN (about 1 min each on 2 CPU cores)")
     args = parser.parse_args()
     ds = tfgeom.data.load("mnist-sample")
     gm = tfgeom.GeometryModel(zoo.train(zoo.demo_cnn(), ds.x_train, ds.y_train, epochs=10, seed=0))

@@ -384,8 +384,10 @@ def forward_bounds(graph, input_set, memory=MEMORY):
     a segment: one dimension), looser in general. Intersected with IBP.
     """
     nb = int(input_set.center.shape[0])
-    if nb > 1:  # one example at a time bounds the memory (m x largest node per state)
-        parts = [forward_bounds(graph, _take(input_set, i), memory) for i in range(nb)]
+    dims = 1 if input_set.kind == "segment" else int(np.prod(graph.input_shape))
+    per = max(1, memory // (4 * 8 * dims * max(node.size for node in graph.nodes)))  # ~8 live states
+    if nb > per:  # a few examples at a time bound the memory
+        parts = [forward_bounds(graph, _take(input_set, slice(i, i + per)), memory) for i in range(0, nb, per)]
         return [(tf.concat([p[n][0] for p in parts], 0), tf.concat([p[n][1] for p in parts], 0))
                 for n in range(len(graph.nodes))]
     a, c = _base(input_set)
@@ -416,8 +418,8 @@ def forward_bounds(graph, input_set, memory=MEMORY):
     return interval_bounds(graph, input_set, refine)
 
 
-def _take(input_set, i):
-    return InputSet(input_set.kind, *[None if t is None else t[i:i + 1] for t in input_set[1:]])
+def _take(input_set, rows):
+    return InputSet(input_set.kind, *[None if t is None else t[rows] for t in input_set[1:]])
 
 
 def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, combine=True,
