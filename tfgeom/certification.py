@@ -186,7 +186,10 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
     brackets (batched). Inputs misclassified (or not `cls`) at the centre get 0.
 
     Args:
-        norm, method, cls, intermediate: as in `certify`.
+        x: `[N, ...]` centres.
+        norm: `"linf"` or `"l2"` (as in `certify`).
+        method: `"ibp"`, `"crown"` or `"milp"` (as in `certify`).
+        cls: `[N]` classes; defaults to the predicted ones.
         upper: `[N]` or scalar starting upper end: a radius cannot exceed the
             distance of an adversarial example. Defaults to the norm of the
             DeepFool perturbation where DeepFool succeeds, else the whole

@@ -151,7 +151,8 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
 
     Args:
         graph: the `LayerGraph`.
-        weights, bias: the head `W [D, L]`, `b [L]`.
+        weights: the head's `W [D, L]`.
+        bias: the head's `b [L]`.
         input_set: a `tfgeom.bounds.InputSet` of kind `linf` or `segment`.
         cls: `[N]` classes to certify.
         tighten: take the big-M constants from CROWN's pre-activation bounds
