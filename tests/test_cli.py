@@ -49,13 +49,23 @@ def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path)
     assert report["sections"]["feature_space"]["summary"]["training points"] == 1438
     assert (out / "feature_pca.png").exists()
     assert report["sections"]["connectivity"]["status"] == "done" and (out / "roc.png").exists()
+    detectors = {row[1] for row in report["sections"]["detection"]["tables"][0]["rows"]}
+    assert detectors == {"curvature detector", "top-2 logit margin (baseline)"}
     cert = report["sections"]["certification"]["summary"]
-    assert cert["crown radius >= ibp radius on every input"] is True
-    assert cert["milp at eps=0.01: MILP >= CROWN >= IBP on every margin"] is True
+    n = cert["inputs behind every radius figure (same for IBP and CROWN)"]
+    assert cert["crown radius >= ibp radius on every input"] == f"{n} of {n}"
+    assert cert["milp at eps=0.01 of the range (0.01): MILP >= CROWN >= IBP on every margin"] is True
+    radii = report["sections"]["certification"]["radii_fraction_of_range"]
+    assert len(radii["ibp"]) == len(radii["crown"]) == n
+    assert sum(r > 0 for r in radii["ibp"]) >= 1  # the bisection resolves IBP's small radii (not all 0)
     assert cert["feature space: class hulls certified (LP)"] == "10 of 10"
     assert (out / "certified_accuracy.png").exists()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Per predicted class" in html
+    assert "first 20" in html and "seed: <b>0</b>" in html  # how the report was made, at the top
+    assert all(section["intro"] for section in report["sections"].values())
+    assert "section computed in" in html
+    assert report["sections"]["connectivity"]["summary"]["natural pairs connected"].endswith("pairs connected")
     assert (out / "deepfool_l2_hist.png").exists()
     # Mark the finished section; a resumed run must keep it rather than recompute it.
     section["marker"] = "kept"
@@ -115,6 +125,8 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / name).exists()
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["sections"]["deepfool"]["summary"]["examples"] == 10
+    nxt = [line for line in result.stdout.splitlines() if line.startswith("next:")]
+    assert len(nxt) == 1 and nxt[0].endswith("report")  # the command is printed whole, not wrapped
 
 
 def test_curvature_json(small_cnn_path, digits_npz, tmp_path):
@@ -164,19 +176,121 @@ def test_certify_json_radius_and_refusals(small_cnn_path, digits_npz, tmp_path):
     fractions = {}
     for method in ("ibp", "crown"):
         result = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 16, "--eps", 0.01,
-                      "--method", method, "--json")
+                      "--method", method, "--json", "--out", tmp_path / f"{method}.jsonl")
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
-        assert summary["inputs"] == 16 and 0 <= summary["certified accuracy"] <= summary["clean accuracy"]
-        fractions[method] = summary["certified accuracy"]
+        assert summary["inputs"] == 16 and 0 <= summary["certified_accuracy"] <= summary["clean_accuracy"]
+        fractions[method] = summary["certified_accuracy"]
     assert fractions["crown"] >= fractions["ibp"]
-    result = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 8, "--radius", "--method", "ibp", "--json")
+    result = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 8, "--radius", "--method", "ibp", "--json",
+                  "--out", tmp_path / "r.jsonl")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["median certified radius (correct inputs)"] > 0
-    refused = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 2, "--norm", "l2", "--method", "milp")
+    assert json.loads(result.stdout)["median_radius_fraction_of_range"] > 0
+    refused = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 2, "--norm", "l2", "--method", "milp",
+                   "--out", tmp_path / "m.jsonl")
     assert refused.exit_code == 2 and "L2" in refused.output
     lam = tmp_path / "lam.keras"
     inp = keras.Input((8, 8, 1))
     keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Conv2DTranspose(2, 3)(inp)))).save(lam)
-    refused = _run("certify", lam, "--data", digits_npz, "--limit", 2)
+    refused = _run("certify", lam, "--data", digits_npz, "--limit", 2, "--out", tmp_path / "c.jsonl")
     assert refused.exit_code == 2 and "Conv2DTranspose" in refused.output
+
+
+def test_certify_eps_is_a_fraction_of_the_input_range(small_cnn, digits, tmp_path):
+    """On 0..255 inputs `--eps 0.01` means 2.55 grey levels: the same certificates as eps 0.01 on 0..1 inputs."""
+    inp = keras.Input((8, 8, 1))
+    z = keras.layers.Rescaling(1 / 255)(inp)
+    for layer in small_cnn.layers:
+        z = layer(z)
+    scaled = tmp_path / "scaled.keras"
+    keras.Model(inp, z).save(scaled)
+    unit = tmp_path / "unit.keras"
+    small_cnn.save(unit)
+    np.savez(tmp_path / "d255.npz", x=digits.x[:12] * 255.0, y=digits.y[:12])
+    np.savez(tmp_path / "d1.npz", x=digits.x[:12], y=digits.y[:12])
+    runs = {}
+    for name, model, data, extra in (("255", scaled, "d255.npz", ["--bounds", 0, 255]), ("1", unit, "d1.npz", [])):
+        result = _run("certify", model, "--data", tmp_path / data, "--eps", 0.02, "--method", "ibp", "--json",
+                      "--out", tmp_path / f"{name}.jsonl", *extra)
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads(result.stdout)
+    assert runs["255"]["eps_input_units"] == pytest.approx(0.02 * 255)
+    assert runs["255"]["eps_fraction_of_range"] == pytest.approx(0.02)
+    assert runs["255"]["certified_accuracy"] == runs["1"]["certified_accuracy"]
+    assert runs["255"]["median_smallest_margin_bound"] == pytest.approx(runs["1"]["median_smallest_margin_bound"],
+                                                                        rel=1e-3, abs=1e-4)
+    absolute = _run("certify", scaled, "--data", tmp_path / "d255.npz", "--bounds", 0, 255, "--eps", 0.02,
+                    "--eps-units", "input", "--method", "ibp", "--json", "--out", tmp_path / "abs.jsonl")
+    assert json.loads(absolute.stdout)["eps_input_units"] == pytest.approx(0.02)
+
+
+def test_certify_writes_each_input_and_resumes_after_ctrl_c(small_cnn_path, digits_npz, tmp_path, monkeypatch):
+    """Ctrl-C mid-run exits 130 with the resume hint; finished inputs are on disk and --resume does only the rest."""
+    import tfgeom.certification as certification
+
+    original, calls = certification.certify, []
+
+    def interrupted_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(certification, "certify", interrupted_on_third)
+    out = tmp_path / "cert.jsonl"
+    args = ["certify", small_cnn_path, "--data", digits_npz, "--limit", 5, "--eps", 0.01, "--method", "crown",
+            "--out", out, "--json"]
+    stopped = _run(*args)
+    assert stopped.exit_code == 130
+    assert "--resume" in stopped.stderr and "Traceback" not in stopped.output
+    assert len(out.read_text().splitlines()) == 1 + 2  # identity line + the two finished inputs
+    resumed = _run(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming: 2 of 5" in resumed.stderr and len(calls) == 3 + 3
+    assert json.loads(resumed.stdout)["inputs"] == 5
+    monkeypatch.setattr(certification, "certify", original)
+    other = _run(*[0.02 if a == 0.01 else a for a in args], "--resume")
+    assert other.exit_code == 2 and "cannot resume" in other.stderr
+
+
+def test_option_errors_are_one_line(small_cnn_path, digits_npz):
+    """Typer's own option errors come out as one `error:` line with exit code 2."""
+    result = _run("certify", small_cnn_path, "--data", digits_npz, "--eps", -1)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--eps" in lines[0]
+
+
+def test_info_table_shows_shape_and_bounds(small_cnn_path):
+    """The table of `info` (not only its JSON) shows the input shape and bounds."""
+    result = _run("info", small_cnn_path, "--bounds", 0, 255)
+    assert result.exit_code == 0, result.output
+    assert "8, 8, 1" in result.stdout and "0, 255" in result.stdout
+
+
+def test_analyze_help_lists_every_registered_analysis():
+    """`analyze --help` names exactly the analyses `--only` accepts."""
+    from tfgeom.analyses import REGISTRY
+    from tfgeom.cli.main import ANALYSES
+
+    assert ANALYSES.split(", ") == list(REGISTRY)
+    result = _run("analyze", "--help")
+    assert result.exit_code == 0 and "feature_space" in result.stdout
+
+
+def test_size_options_are_checked_before_work(small_cnn_path, digits_npz, small_cnn, digits, monkeypatch):
+    """Too large k names the limit in the user's terms; pairs are capped; a memory estimate refuses huge runs."""
+    k = _run("curvature", small_cnn_path, "--data", digits_npz, "--limit", 4, "--k", 40)
+    assert k.exit_code == 2 and "k <= 31" in k.stderr and "steps" not in k.stderr
+    capped = _run("connect", small_cnn_path, "--data", digits_npz, "--limit", 6, "--pairs", 100000, "--json")
+    assert capped.exit_code == 0, capped.output
+    assert "capped" in capped.stderr and json.loads(capped.stdout)["pairs"] <= 15  # 6 inputs: at most C(6, 2)
+    import tfgeom
+    import tfgeom.resources
+    from tfgeom.connectivity import connect
+
+    monkeypatch.setattr(tfgeom.resources, "available_memory", lambda: 1 << 16)
+    gm = tfgeom.GeometryModel(small_cnn)
+    x = digits.x[:2]
+    with pytest.raises(tfgeom.InputError, match="memory.*fewer pairs"):
+        connect(gm, x[:1].repeat(300, 0), x[:1].repeat(300, 0))

@@ -56,8 +56,17 @@ def test_unreadable_and_unknown_sources(tmp_path):
     with pytest.raises(InputError, match="extension"):
         load(tmp_path / "d.csv")
     (tmp_path / "bad.npz").write_bytes(b"garbage")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="not a .npz"):
         load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("name", ["text.npz", "text.npy"])
+def test_text_file_with_numpy_extension_gets_tfgeoms_message(tmp_path, name):
+    """A text file named .npz/.npy is refused by tfgeom, not with numpy's advice to allow pickles."""
+    (tmp_path / name).write_text("x,y\n0.1,3\n")
+    with pytest.raises(InputError, match="is not a .np[zy]") as err:
+        load(tmp_path / name)
+    assert "pickle" not in str(err.value)
 
 
 @pytest.mark.parametrize(

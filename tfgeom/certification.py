@@ -19,7 +19,7 @@ import tensorflow as tf
 from tfgeom import bounds as bd
 from tfgeom import milp
 from tfgeom.errors import InputError
-from tfgeom.validation import check_choice, check_labels
+from tfgeom.validation import check_choice, check_labels, check_positive_int
 
 METHODS = ("ibp", "crown", "milp")
 INTERMEDIATE = ("backward", "forward")
@@ -169,21 +169,44 @@ def certify_segment(gm, x_a, x_b, method="crown", cls=None, batch_size=None, max
 
 
 class Radius(NamedTuple):
-    """Certified radii (NumPy): every ball of radius `radius` is certified; `upper` was not."""
+    """Certified radii by bisection (NumPy).
+
+    Fields:
+        radius: `[N]` certified radius: every ball of this radius is certified.
+        upper: `[N]` the smallest radius tried that was not certified (or the
+            starting upper end): the true certified radius of the method lies
+            in `[radius, upper]`.
+        cls: `[N]` the class certified.
+        method: `"ibp"`, `"crown"` or `"milp"`.
+        norm: `"linf"` or `"l2"`.
+        rtol: the relative resolution asked for: bisection stops when
+            `upper - radius <= rtol * upper`.
+        converged: `[N]` bool, the resolution was reached within the steps.
+    """
 
     radius: np.ndarray
     upper: np.ndarray
     cls: np.ndarray
     method: str
     norm: str
+    rtol: float = 0.0
+    converged: Optional[np.ndarray] = None
 
 
-def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, steps=10, rtol=0.02,
-                     batch_size=None, max_units=milp.MAX_UNITS, intermediate="backward"):
+def _midpoint(lo, hi):
+    """Geometric midpoint once a certified radius is known: radii span decades, so this
+    reaches a relative resolution in few steps; arithmetic while `lo = 0`."""
+    return np.where(lo > 0, np.sqrt(lo * np.maximum(hi, lo)), hi / 2)
+
+
+def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, steps=40, rtol=0.02,
+                     batch_size=None, max_units=milp.MAX_UNITS, intermediate="backward", lower=None):
     """The largest certified radius around each input, by bisection on `eps`.
 
     Each step certifies all unresolved inputs at the midpoints of their
-    brackets (batched). Inputs misclassified (or not `cls`) at the centre get 0.
+    brackets (batched); an input stops when its bracket is narrower than
+    `rtol` of its upper end, so the resolution is relative to the radius
+    itself, however small. Inputs misclassified (or not `cls`) at the centre get 0.
 
     Args:
         x: `[N, ...]` centres.
@@ -194,14 +217,20 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
             distance of an adversarial example. Defaults to the norm of the
             DeepFool perturbation where DeepFool succeeds, else the whole
             bounds range (`high - low`, times `sqrt(d)` for L2).
-        steps: maximum bisection steps. Defaults to `10`.
-        rtol: stop when `upper - lower <= rtol * upper`. Defaults to `0.02`.
+        steps: maximum bisection steps. Defaults to `40`.
+        rtol: stop when `upper - radius <= rtol * upper`. Defaults to `0.02`.
+        lower: `[N]` or scalar radius already known to be certified by this
+            method (e.g. IBP's radius for CROWN, whose bounds are never looser).
+            Defaults to `None`: 0 (CROWN's radius for `"milp"`).
 
     Returns:
         A `Radius`; `radius` is certified (a lower bound on the true robust radius).
     """
     norm = check_choice("norm", norm, NORMS)
     method = check_choice("method", method, METHODS)
+    steps = check_positive_int("steps", steps)
+    if not 0 < rtol < 1:
+        raise InputError(f"rtol must be in (0, 1); got {rtol!r}")
     x = gm.check(x)
     cls = _check_cls(gm, x, cls)
     span = gm.bounds[1] - gm.bounds[0]
@@ -211,18 +240,20 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
         hit = found.success & (found.adv_labels != cls)
         upper[hit] = np.minimum(upper[hit], found.norms[hit])
     hi = _eps_array(upper, len(x)).astype(np.float64)
-    lo = np.zeros(len(x))
+    lo = np.zeros(len(x)) if lower is None else np.minimum(_eps_array(lower, len(x)).astype(np.float64), hi)
     ok = gm.predict(x) == cls
     hi[~ok] = 0.0
-    if method == "milp":  # CROWN's radius is certified, so the exact one is at least that
+    lo[~ok] = 0.0
+    if method == "milp" and lower is None:  # CROWN's radius is certified, so the exact one is at least that
         lo[ok] = np.minimum(certified_radius(gm, x[ok], norm, "crown", cls[ok], hi[ok], steps, rtol,
                                              batch_size, intermediate=intermediate).radius, hi[ok])
     for _ in range(steps):
         todo = np.flatnonzero(ok & (hi - lo > rtol * hi))
         if len(todo) == 0:
             break
-        mid = (lo[todo] + hi[todo]) / 2
+        mid = _midpoint(lo[todo], hi[todo])
         cert = certify(gm, x[todo], mid, norm, method, cls[todo], batch_size, max_units, intermediate).certified
         lo[todo[cert]] = mid[cert]
         hi[todo[~cert]] = mid[~cert]
-    return Radius(lo.astype(np.float32), hi.astype(np.float32), cls, method, norm)
+    converged = ~ok | (hi - lo <= rtol * hi)
+    return Radius(lo.astype(np.float32), hi.astype(np.float32), cls, method, norm, float(rtol), converged)

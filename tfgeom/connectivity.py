@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tfgeom.errors import InputError
+from tfgeom.resources import FLOAT32, check_memory
 from tfgeom.validation import check_positive_int
 
 
@@ -61,6 +62,27 @@ def _margins(gm, points, labels):
     return own - logits.max(axis=1)
 
 
+SAMPLE_BYTES = 1 << 27  # segment samples held at once (128 MiB): memory does not grow with the pairs
+
+
+def _segment_margins(gm, nodes, pending, labels, resolution):
+    """Yield `((pair, k), margins along segment k)` for the pending segments, a bounded chunk at a time."""
+    row_bytes = nodes[pending[0][0]][0].size * FLOAT32
+    chunk, rows = [], 0
+    for item in pending + [None]:
+        if item is not None:
+            p, k = item
+            samples = _segment_samples(nodes[p][k], nodes[p][k + 1], resolution)
+            chunk.append((item, samples))
+            rows += len(samples)
+        if chunk and (item is None or rows * row_bytes >= SAMPLE_BYTES):
+            sizes = [len(s) for _, s in chunk]
+            margins = _margins(gm, np.concatenate([s for _, s in chunk]),
+                               np.repeat([labels[p] for (p, _), _ in chunk], sizes))
+            yield from zip([i for i, _ in chunk], np.split(margins, np.cumsum(sizes)[:-1]))
+            chunk, rows = [], 0
+
+
 def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=None):
     """Find paths inside the region of the common class between pairs `(x1[p], x2[p])`.
 
@@ -92,9 +114,12 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
             f"pairs {bad[:5].tolist()} have different predicted classes ({labels[bad[0]]} vs {other[bad[0]]}); "
             "connect() joins points of the same class"
         )
+    d = int(np.prod(x1.shape[1:]))
+    check_memory(f"{len(x1)} pairs with up to {max_anchors} anchors each",
+                 len(x1) * (max_anchors + 2) * d * FLOAT32, "use fewer pairs or a lower max_anchors")
     dist = np.linalg.norm((x2 - x1).reshape(len(x1), -1), axis=1)
     if resolution is None:
-        resolution = float(np.median(dist)) / 256 or 1e-3
+        resolution = float(np.median(dist)) / 256 or 1e-3 * (gm.bounds[1] - gm.bounds[0])
     nodes = [[x1[p], x2[p]] for p in range(len(x1))]
     pending = [(p, 0) for p in range(len(x1))]  # (pair, index of the segment's first node)
     failed = np.zeros(len(x1), bool)
@@ -102,12 +127,8 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
     straight = np.zeros(len(x1), bool)
     first_round = True
     while pending:
-        samples = [_segment_samples(nodes[p][k], nodes[p][k + 1], resolution) for p, k in pending]
-        sizes = [len(s) for s in samples]
-        margins = _margins(gm, np.concatenate(samples), np.repeat([labels[p] for p, _ in pending], sizes))
-        split = np.split(margins, np.cumsum(sizes)[:-1])
         broken = []
-        for (p, k), m in zip(pending, split):
+        for (p, k), m in _segment_margins(gm, nodes, pending, labels, resolution):
             min_margin[p] = min(min_margin[p], float(m.min()))
             if first_round:
                 straight[p] = bool(np.all(m > 0))

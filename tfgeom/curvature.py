@@ -185,6 +185,11 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
     at = check_choice("at", at, ("boundary", "0.8"))
     d = int(np.prod(gm.input_shape))
     k = check_positive_int("k", k)
+    if method != "dense" and 2 * k > d - 1:
+        raise InputError(
+            f"k={k} curvatures at each end need 2k={2 * k} of the {d - 1} directions tangent to the "
+            f"boundary (inputs of dimension {d}); use k <= {(d - 1) // 2}"
+        )
     if hvp == "auto":
         hvp = "finite-difference" if is_piecewise_linear(gm.model) else "exact"
     if hvp == "finite-difference" and step is None:

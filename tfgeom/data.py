@@ -85,7 +85,21 @@ def _check_pair(x, y, xname, yname):
         )
 
 
+_MAGIC = {".npz": (b"PK\x03\x04", "a .npz (zip) archive written by np.savez"),
+          ".npy": (b"\x93NUMPY", "a .npy file written by np.save")}
+
+
+def _check_magic(path, ext):
+    """Refuse a file whose first bytes are not NumPy's format (numpy's own error suggests pickles)."""
+    magic, what = _MAGIC[ext]
+    with open(path, "rb") as f:
+        head = f.read(len(magic))
+    if head != magic:
+        raise InputError(f"{path!r} is not {what} (it starts with {head!r}); save the data with np.savez/np.save")
+
+
 def _from_npz(path):
+    _check_magic(path, ".npz")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -138,6 +152,7 @@ def load(source):
     if source.endswith(".npz"):
         return _from_npz(source)
     if source.endswith(".npy"):
+        _check_magic(source, ".npy")
         try:
             x = np.load(source, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:

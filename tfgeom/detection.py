@@ -33,6 +33,7 @@ import tensorflow_probability as tfp
 
 from tfgeom import hvp as hvp_lib
 from tfgeom.errors import InputError
+from tfgeom.resources import FLOAT32, check_memory
 from tfgeom.validation import check_positive_int
 
 
@@ -87,6 +88,9 @@ class CurvatureDetector:
         self.directions = (v / np.linalg.norm(v, axis=1, keepdims=True)).reshape(directions, *gm.input_shape)
         self.directions = self.directions.astype(np.float32)
         self.batch_size = check_positive_int("batch_size", batch_size)
+        check_memory(f"the detector with {directions} directions and batch_size={batch_size}",
+                     (2 * directions + 1) * self.batch_size * d * FLOAT32 * 3,
+                     "lower directions or batch_size (CLI: --batch-size)")
         self.orientation = None
         self.threshold = None
 

@@ -9,6 +9,7 @@ from tfgeom import boundary, deepfool
 from tfgeom.errors import InputError, ModelError
 from tfgeom.heads import resolve_head
 from tfgeom.loading import load_model
+from tfgeom.resources import FLOAT32, check_memory
 from tfgeom.validation import (
     check_bounds,
     check_choice,
@@ -248,6 +249,10 @@ class GeometryModel:
         candidates = min(check_positive_int("candidates", candidates, 2), self.num_classes)
         if not (isinstance(overshoot, (int, float, np.floating)) and np.isfinite(overshoot) and overshoot >= 0):
             raise InputError(f"overshoot must be a finite number >= 0; got {overshoot!r}")
+        size = min(len(x), batch_size or self.batch_size)
+        check_memory(f"DeepFool with batch_size={size} and {candidates} candidates",
+                     3 * size * candidates * int(np.prod(self.input_shape)) * FLOAT32,
+                     "lower batch_size (CLI: --batch-size) or candidates")
         targeted = targets is not None
         if targeted:
             targets = check_labels(targets, self.num_classes, len(x), name="targets")

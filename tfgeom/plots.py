@@ -73,17 +73,27 @@ def boundary_sections(sections, path):
     """One panel per section: classes coloured, the boundary F = 0 traced in black."""
     n = len(sections)
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), dpi=110, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    shown = set()
     for ax, sec in zip(axes[0], sections):
+        shown.update(int(c) for c in np.unique(sec.labels))
         r = float(sec.offsets[-1])
         ax.imshow(sec.labels, origin="lower", extent=[-r, r, -r, r], cmap="tab10", vmin=0, vmax=9, alpha=0.55)
         ax.contour(sec.offsets, sec.offsets, sec.margin, levels=[0.0], colors="black", linewidths=1.2)
         ax.plot(0, 0, "k+", ms=8)
-        kind = f"κ={sec.curvature:.3g}" if sec.curvature is not None else "random"
-        ax.set_title(f"{sec.classes[0]}|{sec.classes[1]}, {kind}", fontsize=8)
-        ax.set_xlabel("tangent", fontsize=7)
-        ax.set_ylabel("normal", fontsize=7)
+        kind = f"curvature {sec.curvature:.3g}" if sec.curvature is not None else "random direction"
+        ax.set_title(f"class {sec.classes[0]} | class {sec.classes[1]}\n{kind}", fontsize=8)
+        ax.set_xlabel("tangent direction (input units)", fontsize=7)
+        ax.set_ylabel("normal (input units)", fontsize=7)
         ax.tick_params(labelsize=6)
-    return _save(fig, path)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(c % 10), alpha=0.55) for c in sorted(shown)]
+    handles.append(plt.Line2D([0], [0], color="black", lw=1.2))
+    fig.legend(handles, [f"class {c}" for c in sorted(shown)] + ["boundary"], loc="lower center",
+               ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def subspace_experiments(result, path):
@@ -125,7 +135,7 @@ def feature_pca(train, train_labels, test, test_labels, path):
     cmap = plt.get_cmap("tab10")
     for c in np.unique(train_labels):
         pts = proj[train_labels == c]
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, color=cmap(c % 10), alpha=0.25)
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, color=cmap(c % 10), alpha=0.25, label=f"class {c}")
         try:
             hull = ConvexHull(pts)
             loop = np.append(hull.vertices, hull.vertices[0])
@@ -134,6 +144,7 @@ def feature_pca(train, train_labels, test, test_labels, path):
             pass
     ax.scatter(proj_test[:, 0], proj_test[:, 1], s=8, c=[cmap(c % 10) for c in test_labels], marker="x")
     ax.set_title("features, first two principal components\n(dots: training, x: test, lines: class hulls)", fontsize=8)
+    ax.legend(fontsize=6, markerscale=4, loc="best", ncol=2)
     return _save(fig, path)
 
 
@@ -144,7 +155,8 @@ def morph_strip(morph, path, bounds=(0.0, 1.0)):
     for i, ax in enumerate(axes[0]):
         img = morph.pixel_path[i]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=bounds[0], vmax=bounds[1])
-        ax.set_title(f"{morph.pixel_classes[i]} d={morph.pixel_hull_distance[i]:.2f}", fontsize=7)
+        ax.set_title(f"t={morph.t[i]:.2g}: class {morph.pixel_classes[i]}\nhull dist {morph.pixel_hull_distance[i]:.2f}",
+                     fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     return _save(fig, path)
@@ -157,7 +169,8 @@ def path_strip(anchors, labels, path, bounds=(0.0, 1.0)):
     for i, ax in enumerate(axes[0]):
         img = anchors[i]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=bounds[0], vmax=bounds[1])
-        ax.set_title(("end" if i in (0, n - 1) else f"anchor {i}") + f" ({labels[i]})", fontsize=7)
+        name = "start" if i == 0 else "end" if i == n - 1 else f"anchor {i}"
+        ax.set_title(f"{name}\nclass {labels[i]}", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     return _save(fig, path)

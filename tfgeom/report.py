@@ -105,7 +105,8 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
         analysis = REGISTRY[name]
         start = time.perf_counter()
         section = analysis.run(context)
-        section = dict(section, title=analysis.title, status="done", seconds=round(time.perf_counter() - start, 2))
+        section = dict(section, title=analysis.title, intro=analysis.intro, status="done",
+                       seconds=round(time.perf_counter() - start, 2))
         report["sections"][name] = _jsonable(section)
         report["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         _write_atomic(path, json.dumps(report, indent=2))
@@ -141,6 +142,21 @@ def _table(columns, rows):
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _run_line(report):
+    """Data set, limit, seed and version: what a reader needs to reproduce the report."""
+    ident = report.get("identity", {})
+    limit = ident.get("limit")
+    items = [
+        ("data", ident.get("data", "?")),
+        ("examples analysed", f"first {limit}" if limit is not None else "all"),
+        ("input bounds", " to ".join(f"{b:g}" for b in ident.get("bounds", [])) or "?"),
+        ("seed", ident.get("seed", "?")),
+        ("tfgeom", report.get("tfgeom")),
+        ("written", report.get("written", "")),
+    ]
+    return "<p>" + " · ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in items) + "</p>"
+
+
 def render_html(report, out):
     """A self-contained HTML page (figures embedded as data URIs)."""
     out = pathlib.Path(out)
@@ -151,13 +167,15 @@ def render_html(report, out):
         "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
         "text-align:right}th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}",
         "</style></head><body>",
-        f"<h1>tfgeom report</h1><p>tfgeom {html.escape(str(report.get('tfgeom')))}, "
-        f"written {html.escape(str(report.get('written', '')))}</p>",
+        "<h1>tfgeom report</h1>",
+        _run_line(report),
         "<h2>Model</h2>",
         _table(["property", "value"], [[k, v] for k, v in model.items()]),
     ]
     for name, section in report["sections"].items():
         parts.append(f"<h2>{html.escape(section.get('title', name))}</h2>")
+        if section.get("intro"):
+            parts.append(f"<p>{html.escape(section['intro'])}</p>")
         summary = section.get("summary", {})
         if summary:
             parts.append(_table(["measure", "value"], list(summary.items())))
@@ -166,6 +184,6 @@ def render_html(report, out):
             parts.append(_table(table["columns"], table["rows"]))
         for figure in section.get("figures", []):
             parts.append(f"<h3>{html.escape(figure['title'])}</h3>{_embed(out, figure['file'])}")
-        parts.append(f"<p><small>{section.get('seconds', '?')} s</small></p>")
+        parts.append(f"<p><small>section computed in {section.get('seconds', '?')} s</small></p>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -34,21 +34,30 @@ class Context(NamedTuple):
 
 
 class Analysis(NamedTuple):
-    """A registered analysis: `name` (report key), `title`, `run(context) -> dict`."""
+    """A registered analysis.
+
+    Fields:
+        name: the report key and the name `--only` takes.
+        title: the section's heading.
+        run: `run(context) -> dict`.
+        intro: two or three sentences opening the section: what is measured,
+            in which units, and how to read it.
+    """
 
     name: str
     title: str
     run: Callable[[Context], dict]
+    intro: str = ""
 
 
 REGISTRY = {}
 
 
-def register(name, title):
+def register(name, title, intro=""):
     """Decorator adding `run(context) -> dict` to the registry under `name`."""
 
     def wrap(run):
-        REGISTRY[name] = Analysis(name, title, run)
+        REGISTRY[name] = Analysis(name, title, run, " ".join(intro.split()))
         return run
 
     return wrap

@@ -19,7 +19,14 @@ def _progress(context, what, done, total):
         context.progress(what, done, total)
 
 
-@register("curvature", "Curvature of the decision boundary")
+@register(
+    "curvature",
+    "Curvature of the decision boundary",
+    """Principal curvatures of the decision boundary at DeepFool boundary points (1/input units): the k most
+    negative and k most positive of the d - 1 directions tangent to the boundary, averaged over points.
+    A boundary that is flat in most directions and curved in a few shows values near 0 except at the ends;
+    the asymmetry compares the negative end with the positive one.""",
+)
 def run_curvature(context):
     """Curvature profile at DeepFool boundary points, and sections along curved and random directions."""
     gm, x, out = context.gm, context.data.x, context.out_dir
@@ -41,8 +48,9 @@ def run_curvature(context):
             "points": int(len(index)),
             "hvp": profile.hvp,
             "finite-difference step": profile.step,
-            f"near-flat directions (|κ| <= {profile.flat_tol:g} max)": flat,
-            "points with more curved directions than computed": int(profile.saturated.sum()),
+            f"fraction of near-flat directions (|κ| <= {profile.flat_tol:g} of the largest)": flat,
+            f"points with more than {k} curved directions at an end (flat fraction is then an upper bound)":
+                f"{int(profile.saturated.sum())} of {len(index)}",
             "mean most negative κ": float(profile.mean_negative[0]) if len(index) else None,
             "mean most positive κ": float(profile.mean_positive[-1]) if len(index) else None,
             "asymmetry (neg - pos) / (neg + pos)": profile.asymmetry,
@@ -67,7 +75,14 @@ def run_curvature(context):
     }
 
 
-@register("subspace", "Curved subspace and vulnerability")
+@register(
+    "subspace",
+    "Curved subspace and vulnerability",
+    """The curved subspace S_c is spanned by the m most curved boundary directions, found on some inputs
+    and tested on others. Energy is the share ||P r|| / ||r|| of DeepFool perturbations inside S_c (a random
+    subspace gives about sqrt(m/d)); fooling rates are for random noise of one norm inside S_c vs a random
+    subspace. Higher values in S_c than in random subspaces support the claim that curvature explains vulnerability.""",
+)
 def run_subspace(context):
     """S_c from some inputs' boundary points; energy, fooling and removal experiments on others."""
     gm, data, out = context.gm, context.data, context.out_dir

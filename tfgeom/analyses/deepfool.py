@@ -41,7 +41,13 @@ def _per_class(results, num_classes):
     return rows
 
 
-@register("deepfool", "Distance to the decision boundary (DeepFool)")
+@register(
+    "deepfool",
+    "Distance to the decision boundary (DeepFool)",
+    """DeepFool finds, for each input, a small perturbation that changes the predicted class; its norm
+    estimates the distance to the decision boundary, in input units (L2 over all pixels, Linf the largest
+    single-pixel change). Small norms mean a fragile model; the success rate should be close to 1.""",
+)
 def run(context):
     """DeepFool L2 and Linf on every example; norms, success, per-class table, histograms."""
     gm, x, out = context.gm, context.data.x, context.out_dir
@@ -80,7 +86,7 @@ def run(context):
         strip = plots.image_pairs(
             x[show],
             r2.x_adv[show],
-            [f"{r2.labels[i]}→{r2.adv_labels[i]} ‖r‖={r2.norms[i]:.2f}" for i in show],
+            [f"class {r2.labels[i]} → {r2.adv_labels[i]}\nL2 {r2.norms[i]:.2f}" for i in show],
             out / "deepfool_examples.png",
             bounds=gm.bounds,
         ) if x.ndim == 4 and x.shape[-1] in (1, 3) else None
@@ -91,7 +97,7 @@ def run(context):
             "examples": int(len(x)),
             "L2 success rate": stats["l2"]["success_rate"],
             "L2 median norm": stats["l2"]["median_norm"],
-            "L2 median norm / ||x||": stats["l2"]["median_relative_norm"],
+            "L2 median norm relative to ||x|| (median of ||r|| / ||x||)": stats["l2"]["median_relative_norm"],
             "Linf success rate": stats["linf"]["success_rate"],
             "Linf median norm": stats["linf"]["median_norm"],
         },

@@ -17,7 +17,14 @@ def _rank_corr(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-@register("feature_space", "Feature space of the last hidden layer")
+@register(
+    "feature_space",
+    "Feature space of the last hidden layer",
+    """In the space of the last hidden layer the classifier is affine, so its regions are polyhedra and the
+    distance to the boundary is exact (feature units, L2). Distances to the convex hull of the training
+    features (and pixels) measure extrapolation: 0 means inside the hull; a test point inside its class hull
+    lies in a guaranteed region, where the class cannot change.""",
+)
 def run(context):
     """Exact boundary distances vs DeepFool, hulls in both spaces, guaranteed regions, morphing."""
     gm, data, out = context.gm, context.data, context.out_dir
@@ -66,6 +73,7 @@ def run(context):
     return {
         "summary": {
             "training points": int(len(fs.features)),
+            "test inputs": int(len(x)),
             "feature dimension": int(z.shape[1]),
             "median exact feature-space boundary distance": float(np.median(regions.distance)),
             "median DeepFool / feature distance": float(np.median(ratio)) if ok.any() else None,
@@ -74,7 +82,8 @@ def run(context):
             "inside training hull, feature space": float(np.mean(inside_feat)),
             "inside training hull, pixel space": float(np.mean(inside_pix)),
             "in a guaranteed region (class hull)": float(np.mean(guaranteed)),
-            "accuracy in guaranteed regions": float(np.mean(correct[guaranteed])) if guaranteed.any() else None,
+            "accuracy in guaranteed regions": float(np.mean(correct[guaranteed])) if guaranteed.any()
+            else "no test point in a guaranteed region",
             "median hull distance, correct": float(np.median(feat.distance[correct])) if correct.any() else None,
             "median hull distance, wrong": float(np.median(feat.distance[~correct])) if (~correct).any() else None,
             "rank correlation hull distance vs confidence": _rank_corr(feat.distance, confidence),
