@@ -70,7 +70,7 @@ def counterexamples(gm, x, y, radius):
             if seed:
                 noise = np.random.default_rng(seed).uniform(-radius[i], radius[i], start.shape)
                 start = np.clip(start + noise, 0, 1).astype(np.float32)
-            adv, _, _ = attacks.pgd(gm, start, float(2 * radius[i]), steps=40)
+            adv = attacks.pgd(gm, start, float(2 * radius[i]), steps=40).x_adv
             inside = np.clip(x[i:i + 1] + np.clip(adv - x[i:i + 1], -radius[i], radius[i]), 0, 1)
             found[i] |= gm.predict(inside.astype(np.float32))[0] != y[i]
     df = gm.deepfool(x[ok], norm="linf")

@@ -27,12 +27,12 @@ from tfgeom import curvature, hvp as hvp_lib, zoo  # noqa: E402
 def scipy_curvatures(gm, z, coeffs, k, hvp, step):
     """eigsh per point on the same operator; returns values [N, 2k] and matvec count."""
     d = int(np.prod(gm.input_shape))
-    op = curvature.projected_operator(gm._head.logits_fn, hvp, step)
+    op = curvature.projected_operator(gm.runtime.logits_fn, hvp, step)
     spec = tf.TensorSpec([1, *gm.input_shape], tf.float32)
 
     @tf.function(input_signature=[spec, tf.TensorSpec([1, gm.num_classes]), tf.TensorSpec([1, d])])
     def matvec(zi, ci, v):
-        g, _ = hvp_lib.gradient(gm._head.logits_fn, zi, ci)
+        g, _ = hvp_lib.gradient(gm.runtime.logits_fn, zi, ci)
         g = tf.reshape(g, [1, -1])
         gnorm = tf.norm(g, axis=1)
         return op(zi, ci, g / gnorm[:, None], gnorm, v)
@@ -69,7 +69,8 @@ def main():
     kw = dict(k=args.k, hvp=args.hvp, attack=attack, steps=args.steps)
     gm.principal_curvatures(x[:2], **dict(kw, attack=gm.deepfool(x[:2])))  # trace once
     start = time.perf_counter()
-    ours, index = gm.principal_curvatures(x, **kw)
+    ours = gm.principal_curvatures(x, **kw)
+    index = ours.index
     t_ours = time.perf_counter() - start
     n = len(index)
     hvps_ours = ours.lanczos_steps * n
@@ -85,10 +86,10 @@ def main():
     # Floor: one forward+backward pass per example, batched as tfgeom batches the HVPs.
     zb = tf.constant(np.repeat(z, 2, axis=0)[: 2 * min(n, 64)])
     cb = tf.constant(np.repeat(coeffs, 2, axis=0)[: len(zb)])
-    gm.compiled_gradient(zb, cb)
+    gm.runtime.gradient_program()(zb, cb)
     start = time.perf_counter()
     for _ in range(10):
-        gm.compiled_gradient(zb, cb)
+        gm.runtime.gradient_program()(zb, cb)
     per_grad = (time.perf_counter() - start) / (10 * len(zb))
     print(f"demo CNN ({args.activation}), {n} boundary points, k={args.k} at each end, hvp={ours.hvp} (step {ours.step})")
     print(f"{'method':10s} {'time s':>8s} {'HVPs':>8s} {'ms/HVP':>8s}")

@@ -20,6 +20,15 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table  # noqa: E402
 from typing_extensions import Annotated  # noqa: E402
 
+from tfgeom.summaries import (  # noqa: E402  (tfgeom.cli is inside tfgeom: importing it loads the library anyway)
+    summarize_attack,
+    summarize_certificates,
+    summarize_hulls,
+    summarize_paths,
+    summarize_profile,
+    summarize_radii,
+)
+
 INTERRUPTED = "interrupted; finished results are kept (rerun the same command with --resume to continue)"
 
 
@@ -237,16 +246,7 @@ def deepfool(
             iterations=result.iterations,
             boundary_points=result.boundary_points,
         )
-    ok = result.success
-    summary = {
-        "examples": int(len(ok)),
-        "norm": result.norm,
-        "success_rate": float(ok.mean()),
-        "median_norm": float(np.median(result.norms[ok])) if ok.any() else None,
-        "mean_norm": float(result.norms[ok].mean()) if ok.any() else None,
-        "mean_iterations": float(result.iterations.mean()),
-        "out": str(out) if out else None,
-    }
+    summary = dict(summarize_attack(result, dataset.x), out=str(out) if out else None)
     _show(summary, f"DeepFool {result.norm} on {dataset.name}", as_json)
 
 
@@ -284,22 +284,11 @@ def curvature(
 
     gm = _load(model, bounds, unsafe, batch_size)
     dataset = _load_data(data, gm, limit)
-    profile, curv, index = gm.curvature_profile(dataset.x, k=k, hvp=hvp.value, at=at.value, seed=seed)
+    profile = gm.curvature_profile(dataset.x, k=k, hvp=hvp.value, at=at.value, seed=seed)
+    curv = profile.curvatures
     if out is not None:
-        np.savez_compressed(out, index=index, values=curv.values, directions=curv.directions)
-    summary = {
-        "points": int(len(index)),
-        "hvp": profile.hvp,
-        "step": profile.step,
-        "mean_flat_fraction": float(np.mean(profile.flat_fraction)) if len(index) else None,
-        "flat_fraction_is_upper_bound": bool(profile.saturated.any()),
-        "mean_most_negative": float(profile.mean_negative[0]) if len(index) else None,
-        "mean_most_positive": float(profile.mean_positive[-1]) if len(index) else None,
-        "asymmetry": profile.asymmetry,
-        "mean_negative": profile.mean_negative.tolist(),
-        "mean_positive": profile.mean_positive.tolist(),
-    }
-    _show(summary, f"Principal curvatures on {dataset.name}", as_json)
+        np.savez_compressed(out, index=curv.index, values=curv.values, directions=curv.directions)
+    _show(summarize_profile(profile), f"Principal curvatures on {dataset.name}", as_json)
 
 
 @app.command()
@@ -326,17 +315,7 @@ def hull(
     z = gm.features(dataset.x)
     feat = fs.hull_distance(z)
     pix = fs.hull_distance(dataset.x, space="pixel")
-    _, guaranteed, class_dist = fs.guaranteed(dataset.x, features=z)
-    summary = {
-        "test_inputs": int(len(dataset.x)),
-        "training_points": int(len(fs.features)),
-        "inside_feature_hull": float(np.mean(feat.distance <= 1e-6 * fs._engine("feature", None).radius)),
-        "inside_pixel_hull": float(np.mean(pix.distance <= 1e-6 * fs._engine("pixel", None).radius)),
-        "in_guaranteed_region": float(np.mean(guaranteed)),
-        "median_feature_hull_distance": float(np.median(feat.distance)),
-        "median_pixel_hull_distance": float(np.median(pix.distance)),
-        "median_distance_to_own_class_hull": float(np.median(class_dist)),
-    }
+    summary = summarize_hulls(fs, feat.distance, pix.distance, fs.guaranteed(dataset.x, features=z))
     _show(summary, f"Convex hulls of {dataset.name}", as_json)
 
 
@@ -360,14 +339,14 @@ def connect(
     """Paths that never leave a classification region, between pairs of same-class inputs."""
     import numpy as np
 
-    from tfgeom.analyses.topology import adversarial_pairs, same_class_pairs, summarize_paths
+    from tfgeom.analyses.connectivity import adversarial_pairs, distinct_pairs, same_class_pairs
     from tfgeom.connectivity import connect as find_paths
 
     gm = _load(model, bounds, unsafe, batch_size)
     x = _load_data(data, gm, limit).x
     generator = np.random.default_rng(seed)
     labels = gm.predict(x)
-    distinct = int(sum(c * (c - 1) // 2 for c in np.bincount(labels)))
+    distinct = distinct_pairs(labels)
     if pairs > distinct:
         _note(f"--pairs {pairs} capped at {distinct}, the number of distinct same-class pairs among {len(x)} inputs")
         pairs = distinct
@@ -403,6 +382,7 @@ def detect(
     unsafe: UnsafeOpt = False,
 ):
     """Calibrate the curvature-asymmetry detector on clean inputs and evaluate it on the others."""
+    from tfgeom.attacks import by_name
     from tfgeom.detection import CurvatureDetector, evaluate
     from tfgeom.errors import InputError
 
@@ -412,7 +392,8 @@ def detect(
         raise InputError(f"--calibration {calibration} leaves no evaluation inputs out of {len(x)}; lower it or raise --limit")
     det = CurvatureDetector(gm, fpr=fpr, seed=seed).fit(x[:calibration])
     name = "deepfool-l2" if attack is Attack.deepfool else attack.value
-    result = {k: v for k, v in evaluate(det, x[calibration:], name).items() if not k.startswith("roc")}
+    perturbed = by_name(name)(gm, x[calibration:])
+    result = {k: v for k, v in evaluate(det, x[calibration:], perturbed, name).items() if not k.startswith("roc")}
     _show(result, f"Curvature-asymmetry detection of {name}", as_json)
 
 
@@ -511,47 +492,46 @@ def certify(
         err_console.print(f"{done}/{len(x)} inputs, {elapsed:.1f} s", highlight=False)
     records = [log.records[i] for i in range(len(x))]
     correct = pred == y
-    summary = {"inputs": int(len(x)), "method": method.value, "norm": norm.value, "clean_accuracy": float(correct.mean()),
-               "input_range": list(gm.bounds)}
+    summary = {"method": method.value, "norm": norm.value, "input_range": list(gm.bounds)}
     if radius:
-        r = np.array([rec["radius_fraction_of_range"] for rec in records])
-        med = float(np.median(r[correct])) if correct.any() else 0.0
-        summary.update({
-            "median_radius_fraction_of_range": med,
-            "median_radius_input_units": med * span,
-            "radius_quantiles_10_90_fraction_of_range": [float(q) for q in np.quantile(r, [0.1, 0.9])],
-            "bisection_converged": int(sum(rec["converged"] for rec in records)),
-        })
+        summary.update(summarize_radii([rec["radius_input_units"] for rec in records], correct, span,
+                                       [rec["converged"] for rec in records]))
     else:
-        certified = np.array([rec["certified"] for rec in records])
-        summary.update({
-            "eps_fraction_of_range": eps_input / span,
-            "eps_input_units": eps_input,
-            "certified_accuracy": float(np.mean(certified & correct)),
-            "median_smallest_margin_bound": float(np.median([rec["min_margin"] for rec in records])),
-        })
-        if method is Method.milp:
-            summary["solves_not_optimal"] = int(sum(rec["status"] != "optimal" for rec in records))
+        summary.update(summarize_certificates(
+            np.array([rec["certified"] for rec in records]), [rec["min_margin"] for rec in records], correct,
+            eps_input, span, [rec["status"] for rec in records] if method is Method.milp else None))
     summary["seconds"] = time.perf_counter() - start
     summary["out"] = str(out)
     _show(summary, f"Certification of {dataset.name}", as_json)
 
 
-# The registry's names, listed here so that `--help` needs no TensorFlow import (a test keeps them equal).
+# The registry's names, listed for `--help` (a test keeps them equal to the registry).
 ANALYSES = "deepfool, curvature, subspace, connectivity, detection, feature_space, certification"
 
 
-def _analyze(gm, dataset, out, only, seed, resume, identity):
+def _analyze(gm, dataset, out, only, seed, resume, identity, settings=None):
+    from tfgeom.labels import label
     from tfgeom.report import run_analyses
 
     with _progress() as progress:
-        report = run_analyses(
-            gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity, progress=_callback(progress)
-        )
+        report = run_analyses(gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity,
+                              progress=_callback(progress), settings=settings)
     for name, section in report["sections"].items():
-        _show(section.get("summary", {}), section.get("title", name))
+        summary = {label(k): v for k, v in section.get("summary", {}).items()}
+        _show(summary, section.get("title", name))
     print(f"report: {out / 'report.html'} and {out / 'report.json'}")
     return report
+
+
+def _settings(assignments, config):
+    """`{analysis: {key: value}}` from `--config FILE` then `--set` (later wins); checked before any work."""
+    from tfgeom import settings as settings_lib
+    from tfgeom.report import configure
+
+    overrides = settings_lib.merge(settings_lib.read_toml(config) if config else {},
+                                   settings_lib.parse_assignments(assignments))
+    configure(overrides)  # unknown keys and bad values fail here, with one line
+    return overrides
 
 
 @app.command()
@@ -562,10 +542,16 @@ def analyze(
     out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for report.json/html and plots.")] = (
         pathlib.Path("tfgeom-report")
     ),
-    only: Annotated[Optional[List[str]], typer.Option(help=f"Run only these analyses (repeatable): {ANALYSES}.")] = None,
+    only: Annotated[Optional[List[str]], typer.Option(
+        help=f"Run only these analyses (repeatable or comma-separated): {ANALYSES}.")] = None,
+    set_: Annotated[Optional[List[str]], typer.Option(
+        "--set", help="Change a setting: ANALYSIS.KEY=VALUE (repeatable), e.g. curvature.points=200.")] = None,
+    config: Annotated[Optional[pathlib.Path], typer.Option(
+        help="TOML file with a table per analysis ([curvature] points = 200); --set wins over it.")] = None,
     limit: LimitOpt = 500,
     seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Keep sections an interrupted run already finished.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Keep sections an interrupted run already finished with the same settings.")] = False,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
@@ -574,10 +560,11 @@ def analyze(
     from tfgeom.report import file_digest, select
 
     select(only)  # unknown names fail before any work
+    settings = _settings(set_, config)
     gm = _load(model, bounds, unsafe, batch_size)
     dataset = _load_data(data, gm, limit)
     identity = {"model_sha256": file_digest(model), "data": data, "limit": limit, "bounds": list(bounds)}
-    _analyze(gm, dataset, out, only, seed, resume, identity)
+    _analyze(gm, dataset, out, only, seed, resume, identity, settings)
 
 
 @app.command()

@@ -53,7 +53,7 @@ def main():
         r = gm.certified_radius(x, method=method, cls=y, steps=6)
         print(f"{method:5s} certified L-inf radii: {np.round(r.radius, 4)}")
         for i in np.flatnonzero(r.radius > 0):
-            adv, _, labels = attacks.pgd(gm, x[i:i + 1], float(r.radius[i]), steps=40)
+            labels = attacks.pgd(gm, x[i:i + 1], float(r.radius[i]), steps=40).adv_labels
             assert labels[0] == y[i], "a certified ball held a counterexample"
     print("PGD found no counterexample inside any certified ball")
     same = np.flatnonzero(ds.y == y[0])[1:2]

@@ -29,7 +29,8 @@ def main():
     gm = tfgeom.GeometryModel(zoo.train(zoo.demo_cnn(), ds.x_train, ds.y_train, epochs=10, seed=0))
     x = ds.x[: args.points]
 
-    profile, curv, index = gm.curvature_profile(x, k=20)
+    profile = gm.curvature_profile(x, k=20)
+    curv, index = profile.curvatures, profile.curvatures.index
     print(f"{len(index)} boundary points, HVP: {profile.hvp} (h = {profile.step})")
     print(f"mean 5 most negative curvatures: {np.round(profile.mean_negative[:5], 3)}")
     print(f"mean 5 most positive curvatures: {np.round(profile.mean_positive[-5:], 3)}")
@@ -44,9 +45,9 @@ def main():
     sub = gm.curved_subspace(x, dim=40)
     res = vulnerability(gm, ds.x[args.points : args.points + 200], ds.y[args.points : args.points + 200], sub,
                         dims=(5, 10, 20, 40))
-    print(f"noise norm {res['eps']:.3f}; accuracy {res['accuracy']:.3f}; median DeepFool norm {res['median_norm']:.3f}")
+    print(f"noise norm {res.eps:.3f}; accuracy {res.accuracy:.3f}; median DeepFool norm {res.median_norm:.3f}")
     print("   m  energy S_c  energy rand  sqrt(m/d)  fool S_c  fool rand  acc removed  norm removed")
-    for r in res["rows"]:
+    for r in res.rows:
         print(f"{r['dim']:4d}  {r['energy_curved']:10.3f}  {r['energy_random']:11.3f}  {r['sqrt_m_over_d']:9.3f}"
               f"  {r['fooling_curved']:8.3f}  {r['fooling_random']:9.3f}  {r['accuracy_removed']:11.3f}"
               f"  {r['median_norm_removed']:12.3f}")

@@ -68,7 +68,7 @@ def test_feature_bounds_contain_attacked_features(request, digits, norm):
         ibp = bounds.interval_bounds(graph, s)[-1]
         crown = bounds.crown_bounds(graph, s)[-1]
         forward = bounds.forward_bounds(graph, s)[-1]
-        adv, _, _ = attacks.pgd(gm, x, eps, norm=norm, steps=20)
+        adv = attacks.pgd(gm, x, eps, norm=norm, steps=20).x_adv
         points = [adv]
         for _ in range(10):
             d = rng.uniform(-1, 1, x.shape)
@@ -105,7 +105,8 @@ def test_no_attack_breaks_a_certificate(request, digits, norm):
                     if seed:
                         noise = np.random.default_rng(seed).uniform(-eps, eps, x.shape) if norm == "linf" else 0
                         start = np.clip(x + noise, 0, 1).astype(np.float32)
-                    adv, _, adv_labels = attacks.pgd(gm, start, eps, norm=norm, steps=30)
+                    found = attacks.pgd(gm, start, eps, norm=norm, steps=30)
+                    adv, adv_labels = found.x_adv, found.adv_labels
                     delta = (adv - x).reshape(len(x), -1)
                     size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
                     inside = size <= eps * (1 + 1e-5)
@@ -130,7 +131,7 @@ def test_milp_is_exact_and_orders_the_bounds(mlp, cnn, digits):
         assert np.all(exact.margins[finite] >= crown.margins[finite] - 1e-4)
         assert np.all(crown.margins[finite] >= ibp.margins[finite] - 1e-6)
         # exact means attained: PGD on the weakest margin cannot go below it
-        adv, _, _ = attacks.pgd(gm, x, eps, steps=40)
+        adv = attacks.pgd(gm, x, eps, steps=40).x_adv
         logits = gm.logits(adv)
         true = logits[np.arange(n), y][:, None] - logits
         assert np.all(true[finite] >= exact.margins[finite] - 1e-4)

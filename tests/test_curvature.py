@@ -33,8 +33,9 @@ def _points(n=6, seed=0):
 def test_lanczos_extremes_equal_dense_eigh(smooth_gm):
     """Lanczos' most negative and positive curvatures equal dense eigh within 1e-3 relative."""
     x = _points()
-    lan, idx = smooth_gm.principal_curvatures(x, k=3, hvp="exact", steps=D - 1)
-    den, idx2 = smooth_gm.principal_curvatures(x, k=3, hvp="exact", method="dense")
+    lan = smooth_gm.principal_curvatures(x, k=3, hvp="exact", steps=D - 1)
+    den = smooth_gm.principal_curvatures(x, k=3, hvp="exact", method="dense")
+    idx, idx2 = lan.index, den.index
     np.testing.assert_array_equal(idx, idx2)
     assert len(idx) >= 4
     scale = np.abs(den.values).max(axis=1, keepdims=True)
@@ -50,7 +51,7 @@ def test_exact_and_finite_difference_products_agree(smooth_gm):
     z = tf.constant(_points(8, seed=2))
     coeffs = tf.constant(np.eye(4, dtype=np.float32)[rng.integers(0, 4, 8)] - np.eye(4, dtype=np.float32)[[3] * 8])
     v = tf.constant(rng.normal(size=(8, D)).astype(np.float32))
-    f = smooth_gm._head.logits_fn
+    f = smooth_gm.runtime.logits_fn
     exact = hvp.exact_hvp(f, z, coeffs, v).numpy()
     fd = hvp.finite_difference_hvp(f, z, coeffs, v, 3e-3).numpy()
     forward = hvp.exact_hvp(f, z, coeffs, v, mode="forward").numpy()
@@ -64,7 +65,7 @@ def test_dense_hessian_matches_autodiff_hessian(smooth_gm):
     """The dense projected operator equals P H P / ||grad F|| from tf.hessians-style double autodiff."""
     z = tf.constant(_points(1, seed=3))
     coeffs = tf.constant([[1.0, -1.0, 0.0, 0.0]])
-    f = smooth_gm._head.logits_fn
+    f = smooth_gm.runtime.logits_fn
     with tf.GradientTape() as outer:
         outer.watch(z)
         with tf.GradientTape() as inner:
@@ -85,9 +86,9 @@ def test_linear_classifier_has_zero_curvature():
     rng = np.random.default_rng(0)
     gm = GeometryModel(linear_model(rng.normal(size=(D, 3)), rng.normal(size=3)), bounds=(-100, 100))
     for method in ("lanczos", "dense"):
-        c, _ = gm.principal_curvatures(_points(), k=3, hvp="exact", method=method)
+        c = gm.principal_curvatures(_points(), k=3, hvp="exact", method=method)
         np.testing.assert_allclose(c.values, 0.0, atol=1e-6)
-    c, _ = gm.principal_curvatures(_points(), k=3, hvp="finite-difference")
+    c = gm.principal_curvatures(_points(), k=3, hvp="finite-difference")
     np.testing.assert_allclose(c.values, 0.0, atol=1e-4)
 
 
@@ -100,7 +101,8 @@ def test_sphere_boundary_has_curvature_minus_one_over_r():
     )(inputs)
     gm = GeometryModel(keras.Model(inputs, scores), bounds=(-10, 10))
     x = center + np.random.default_rng(4).uniform(-0.3, 0.3, size=(5, D)).astype(np.float32)
-    c, idx = gm.principal_curvatures(x, k=4, hvp="exact")
+    c = gm.principal_curvatures(x, k=4, hvp="exact")
+    idx = c.index
     assert len(idx) == 5
     np.testing.assert_allclose(c.values, -1.0 / radius, rtol=2e-3)
     assert c.hvp == "exact"
@@ -111,7 +113,8 @@ def test_auto_picks_finite_differences_for_relu_networks(small_cnn, digits, smoo
     assert curvature.is_piecewise_linear(small_cnn)
     assert not curvature.is_piecewise_linear(smooth_gm.model)
     gm = GeometryModel(small_cnn)
-    c, idx = gm.principal_curvatures(digits.x[:4], k=2)
+    c = gm.principal_curvatures(digits.x[:4], k=2)
+    idx = c.index
     assert c.hvp == "finite-difference" and c.step == pytest.approx(hvp.default_step(64, (0, 1)))
     assert c.values.shape == (len(idx), 4) and np.isfinite(c.values).all()
 
@@ -167,7 +170,7 @@ def test_random_subspace_energy_is_about_sqrt_m_over_d(small_cnn, digits):
     gm = GeometryModel(small_cnn)
     sub = gm.curved_subspace(digits.x[:40], dim=10)
     res = vulnerability(gm, digits.x[40:140], digits.y[40:140], sub, dims=(5, 10))
-    for row in res["rows"]:
+    for row in res.rows:
         assert abs(row["energy_random"] / row["sqrt_m_over_d"] - 1) < 0.2
         assert 0 <= row["fooling_curved"] <= 1 and 0 <= row["accuracy_removed"] <= 1
     assert sub.basis.shape == (10, 64)
@@ -176,7 +179,8 @@ def test_random_subspace_energy_is_about_sqrt_m_over_d(small_cnn, digits):
 
 def test_profile_counts_flat_directions(smooth_gm):
     """Profile fields agree with the per-point curvatures they summarise."""
-    prof, curv, idx = smooth_gm.curvature_profile(_points(), k=3, hvp="exact", steps=D - 1)
+    prof = smooth_gm.curvature_profile(_points(), k=3, hvp="exact", steps=D - 1)
+    curv = prof.curvatures
     np.testing.assert_allclose(prof.mean_negative, curv.values[:, :3].mean(0))
     top = np.abs(curv.values).max(1, keepdims=True)
     expected = 1 - (np.abs(curv.values) > 0.1 * top).sum(1) / (D - 1)

@@ -131,7 +131,7 @@ def test_median_norm_agrees_with_foolbox(small_cnn, digits):
 
     gm = GeometryModel(small_cnn)
     x = digits.x[:100]
-    fmodel = fb.TensorFlowModel(gm.compiled_logits, bounds=(0, 1))
+    fmodel = fb.TensorFlowModel(gm.runtime.logits_program(), bounds=(0, 1))
     labels = tf.constant(gm.predict(x).astype(np.int64))
     for norm, attack in (("l2", fb.attacks.L2DeepFoolAttack), ("linf", fb.attacks.LinfDeepFoolAttack)):
         _, adv, ok = attack(steps=50, candidates=10, overshoot=0.02)(fmodel, tf.constant(x), labels, epsilons=None)

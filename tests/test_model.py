@@ -89,12 +89,12 @@ def test_compiled_functions_do_not_retrace_for_new_batch_sizes(small_cnn, digits
     """Batch sizes 1, 7 and 64 reuse one trace of logits, gradient and DeepFool."""
     gm = GeometryModel(small_cnn)
     for n in (1, 7, 64):
-        gm.compiled_logits(tf.constant(digits.x[:n]))
-        gm.compiled_gradient(tf.constant(digits.x[:n]), tf.ones([n, 10]))
+        gm.runtime.logits_program()(tf.constant(digits.x[:n]))
+        gm.runtime.gradient_program()(tf.constant(digits.x[:n]), tf.ones([n, 10]))
         gm.deepfool(digits.x[:n], max_iter=3)
-    assert gm.compiled_logits.experimental_get_tracing_count() == 1
-    assert gm.compiled_gradient.experimental_get_tracing_count() == 1
-    for program in gm._programs.values():
+    assert gm.runtime.logits_program().experimental_get_tracing_count() == 1
+    assert gm.runtime.gradient_program().experimental_get_tracing_count() == 1
+    for program in gm.runtime.programs.values():
         assert program.experimental_get_tracing_count() == 1
 
 

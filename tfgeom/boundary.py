@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgeom.deepfool import _expand_like
+from tfgeom.runtime import expand_like
 
 
 def margin_fn(logits_fn, labels):
@@ -28,7 +28,7 @@ def margin_fn(logits_fn, labels):
 
 
 def boundary_program(logits_fn, rtol=1e-3, max_iterations=60):
-    """Build `program(x0, x_adv, labels) -> (t, z, classes, residual)`.
+    """Build `program(x0, x_adv, labels) -> (t, z, classes, residual, iterations)`.
 
     Args:
         logits_fn: `[N, ...] -> [N, L]`.
@@ -37,7 +37,7 @@ def boundary_program(logits_fn, rtol=1e-3, max_iterations=60):
 
     The program returns `t [N]` (position on the segment), `z [N, ...]`,
     the class across the boundary `[N]` and the relative residual
-    `|G(z)| / |G(x0)|` `[N]`. Rows where `G(x_adv) >= 0` have no bracket; the
+    `|G(z)| / |G(x0)|` `[N]` and TFP's iteration count `[N]`. Rows where `G(x_adv) >= 0` have no bracket; the
     caller masks them.
     """
 
@@ -46,7 +46,7 @@ def boundary_program(logits_fn, rtol=1e-3, max_iterations=60):
         d = x_adv - x0
 
         def objective(t):
-            return margin(x0 + _expand_like(t, x0) * d)[0]
+            return margin(x0 + expand_like(t, x0) * d)[0]
 
         g0 = objective(tf.zeros(tf.shape(x0)[:1]))
         root = tfp.math.find_root_chandrupatla(
@@ -58,8 +58,8 @@ def boundary_program(logits_fn, rtol=1e-3, max_iterations=60):
             max_iterations=max_iterations,
         )
         t = root.estimated_root
-        z = x0 + _expand_like(t, x0) * d
+        z = x0 + expand_like(t, x0) * d
         g, runner_up = margin(z)
-        return t, z, runner_up, tf.abs(g) / tf.maximum(tf.abs(g0), 1e-30)
+        return t, z, runner_up, tf.abs(g) / tf.maximum(tf.abs(g0), 1e-30), root.num_iterations
 
     return program

@@ -132,7 +132,7 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
     eps = _eps_array(eps, len(x))
     scale = np.abs(gm.logits(x)).max(axis=1)
     margins, statuses = [], []
-    for s in gm._batches(len(x), batch_size):
+    for s in gm.runtime.batches(len(x), batch_size):
         size = len(x[s])
         pad = _bucket(size) if method != "milp" else size
         take = np.minimum(np.arange(pad), size - 1)  # repeat the last example: few distinct shapes
@@ -159,7 +159,7 @@ def certify_segment(gm, x_a, x_b, method="crown", cls=None, batch_size=None, max
     cls = _check_cls(gm, x_a, cls)
     scale = np.maximum(np.abs(gm.logits(x_a)).max(axis=1), np.abs(gm.logits(x_b)).max(axis=1))
     margins, statuses = [], []
-    for s in gm._batches(len(x_a), batch_size):
+    for s in gm.runtime.batches(len(x_a), batch_size):
         m, status = _bound(gm, bd.segment(x_a[s], x_b[s], gm.bounds), cls[s], method, max_units, intermediate)
         margins.append(m)
         statuses += status or []
@@ -200,7 +200,7 @@ def _midpoint(lo, hi):
 
 
 def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, steps=40, rtol=0.02,
-                     batch_size=None, max_units=milp.MAX_UNITS, intermediate="backward", lower=None):
+                     batch_size=None, max_units=milp.MAX_UNITS, intermediate="backward", lower=None, attack=None):
     """The largest certified radius around each input, by bisection on `eps`.
 
     Each step certifies all unresolved inputs at the midpoints of their
@@ -222,6 +222,8 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
         lower: `[N]` or scalar radius already known to be certified by this
             method (e.g. IBP's radius for CROWN, whose bounds are never looser).
             Defaults to `None`: 0 (CROWN's radius for `"milp"`).
+        attack: a DeepFool `AttackResult` of `x` in `norm` to take the upper
+            ends from. Defaults to `None`: run DeepFool.
 
     Returns:
         A `Radius`; `radius` is certified (a lower bound on the true robust radius).
@@ -236,7 +238,7 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
     span = gm.bounds[1] - gm.bounds[0]
     if upper is None:
         upper = np.full(len(x), span * (np.sqrt(np.prod(gm.input_shape)) if norm == "l2" else 1.0))
-        found = gm.deepfool(x, norm=norm, batch_size=batch_size)
+        found = attack if attack is not None else gm.deepfool(x, norm=norm, batch_size=batch_size)
         hit = found.success & (found.adv_labels != cls)
         upper[hit] = np.minimum(upper[hit], found.norms[hit])
     hi = _eps_array(upper, len(x)).astype(np.float64)

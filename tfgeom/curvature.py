@@ -25,18 +25,21 @@ from tfgeom.lanczos import lanczos_extremes
 
 
 class Curvatures(NamedTuple):
-    """Principal curvatures at `N` points (NumPy).
+    """Principal curvatures at `M` boundary points (NumPy).
 
     Fields:
-        values: `[N, 2k]` curvatures, the `k` most negative then the `k` most
+        index: `[M]` which of the inputs each row belongs to (inputs where
+            DeepFool failed have no boundary point and no row).
+        values: `[M, 2k]` curvatures, the `k` most negative then the `k` most
             positive, each block sorted ascending.
-        directions: `[N, 2k, ...]` unit principal directions (input shape).
-        gradient_norm: `[N]` `||grad F(z)||`.
+        directions: `[M, 2k, ...]` unit principal directions (input shape).
+        gradient_norm: `[M]` `||grad F(z)||`.
         hvp: `"exact"` or `"finite-difference"`.
         step: the finite-difference step `h`, or None.
         lanczos_steps: Krylov dimension used (`d` for the dense method).
     """
 
+    index: np.ndarray
     values: np.ndarray
     directions: np.ndarray
     gradient_norm: np.ndarray
@@ -176,7 +179,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         attack: a `DeepFoolResult` for `x` to reuse. Defaults to `None`: run DeepFool L2.
 
     Returns:
-        `(Curvatures, index)`: `index [M]` says which inputs the `M` rows are.
+        A `Curvatures`; its `index [M]` says which inputs the `M` rows are.
     """
     from tfgeom.validation import check_choice, check_positive_int
 
@@ -199,32 +202,31 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
     z = result.boundary_points[index] if at == "boundary" else (gm.check(x) + 0.8 * result.perturbation)[index]
     coeffs = _coeffs(result.labels[index], result.boundary_classes[index], gm.num_classes)
     if method == "dense":
-        values, vectors, gnorm = dense_curvatures(gm._head.logits_fn, z, coeffs, hvp, step)
+        values, vectors, gnorm = dense_curvatures(gm.runtime.logits_fn, z, coeffs, hvp, step)
         pick = np.r_[0:k, d - k:d] if 2 * k <= d else np.arange(d)
         dirs = np.moveaxis(vectors[:, :, pick], 1, 2).reshape(len(z), len(pick), *gm.input_shape)
-        return Curvatures(values[:, pick], dirs, gnorm, hvp, step, d), index
+        return Curvatures(index, values[:, pick], dirs, gnorm, hvp, step, d)
     steps = check_positive_int("steps", steps) if steps is not None else min(d - 1, 2 * k + 40)
     if steps < 2 * k:
         raise InputError(f"steps={steps} must be at least 2k={2 * k}; raise steps or lower k")
-    program = gm.program(
+    rt = gm.runtime
+    program = rt.program(
         ("lanczos", steps, k, hvp, step),
-        lambda: lanczos_program(gm._head.logits_fn, steps, k, hvp, step),
-        [gm._spec(), tf.TensorSpec([None, gm.num_classes], tf.float32), tf.TensorSpec([None, d], tf.float32)],
+        lambda: lanczos_program(rt.logits_fn, steps, k, hvp, step),
+        [rt.spec(), tf.TensorSpec([None, gm.num_classes], tf.float32), tf.TensorSpec([None, d], tf.float32)],
     )
     v0 = np.random.default_rng(seed).normal(size=(len(z), d)).astype(np.float32)
-    parts = []
-    for s in gm._batches(len(z), batch_size):
-        parts.append([t.numpy() for t in program(tf.constant(z[s]), tf.constant(coeffs[s]), tf.constant(v0[s]))])
-    values, dirs, gnorm = (np.concatenate(p) for p in zip(*parts)) if parts else (
+    values, dirs, gnorm = rt.map(program, [z, coeffs, v0], batch_size) if len(z) else (
         np.zeros((0, 2 * k)), np.zeros((0, 2 * k, d)), np.zeros(0))
     dirs = dirs.reshape(len(z), 2 * k, *gm.input_shape)
-    return Curvatures(values, dirs, gnorm, hvp, step, steps), index
+    return Curvatures(index, values, dirs, gnorm, hvp, step, steps)
 
 
 class Profile(NamedTuple):
     """Curvature profile over a set of points (PAPERS.md A.3).
 
     Fields:
+        curvatures: the `Curvatures` the profile is made of (with their `index`).
         mean_negative: `[k]` mean over points of the `k` most negative
             curvatures (ascending: most negative first).
         mean_positive: `[k]` mean of the `k` most positive (ascending).
@@ -244,6 +246,7 @@ class Profile(NamedTuple):
         step: finite-difference step, or None.
     """
 
+    curvatures: Curvatures
     mean_negative: np.ndarray
     mean_positive: np.ndarray
     values: np.ndarray
@@ -270,9 +273,9 @@ def curvature_profile(gm, x, k=20, flat_tol=0.1, **kwargs):
         **kwargs: passed to `principal_curvatures` (`hvp`, `method`, `steps`, `at`, ...).
 
     Returns:
-        `(Profile, Curvatures, index)`.
+        A `Profile` (its `curvatures` carry the per-point values, directions and `index`).
     """
-    curv, index = principal_curvatures(gm, x, k=k, **kwargs)
+    curv = principal_curvatures(gm, x, k=k, **kwargs)
     values = curv.values
     d = int(np.prod(gm.input_shape))
     kk = values.shape[1] // 2
@@ -285,6 +288,7 @@ def curvature_profile(gm, x, k=20, flat_tol=0.1, **kwargs):
     pos_mass = float(np.mean(np.sum(np.maximum(values, 0), axis=1))) if len(values) else 0.0
     total = neg_mass + pos_mass
     profile = Profile(
+        curvatures=curv,
         mean_negative=neg.mean(axis=0) if len(values) else np.zeros(kk),
         mean_positive=pos.mean(axis=0) if len(values) else np.zeros(kk),
         values=values,
@@ -298,4 +302,4 @@ def curvature_profile(gm, x, k=20, flat_tol=0.1, **kwargs):
         hvp=curv.hvp,
         step=curv.step,
     )
-    return profile, curv, index
+    return profile

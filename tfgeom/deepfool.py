@@ -4,23 +4,30 @@ The functional core. `deepfool_program` builds one TensorFlow program (a
 `tf.while_loop` over iterations) that attacks a whole batch; examples that
 are already adversarial are frozen by a per-example `done` mask and dropped
 from the gradient computation, and the loop stops when every example is done.
-`GeometryModel.deepfool` wraps it with validation, batching and root search.
+`deepfool` wraps it with validation, batching and the root search of the
+boundary points; `GeometryModel.deepfool` is a face on it.
 
 References:
     Moosavi-Dezfooli, Fawzi, Frossard. "DeepFool: a simple and accurate method
     to fool deep neural networks." CVPR 2016.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from tfgeom import boundary
+from tfgeom.errors import InputError
+from tfgeom.resources import FLOAT32, check_memory
+from tfgeom.runtime import expand_like
+from tfgeom.validation import check_choice, check_labels, check_positive_int
 
 _EPS_NORM = 1e-8  # guards the division by a zero gradient norm
 _EPS_STEP = 1e-4  # pushes each linearised step just past the boundary
 
 
-class DeepFoolResult(NamedTuple):
-    """What `GeometryModel.deepfool` returns (NumPy arrays, batch first).
+class AttackResult(NamedTuple):
+    """What an attack returns (NumPy arrays, batch first): DeepFool, FGSM and PGD alike.
 
     Fields:
         x_adv: `[N, ...]` perturbed inputs, clipped to the bounds.
@@ -30,17 +37,19 @@ class DeepFoolResult(NamedTuple):
         norms_linf: `[N]` its Linf norm.
         success: `[N]` bool, the label of `x_adv` differs from `labels`
             (targeted mode: equals the target).
-        iterations: `[N]` DeepFool steps taken.
+        iterations: `[N]` steps taken.
         labels: `[N]` predicted labels of the clean inputs.
         adv_labels: `[N]` predicted labels of `x_adv`.
         boundary_points: `[N, ...]` points on the segment `[x, x_adv]` on the
             decision boundary of the clean label's region (NaN where the attack
-            failed).
+            failed; DeepFool only, else None).
         boundary_classes: `[N]` the class across the boundary at each boundary
-            point (-1 where the attack failed).
+            point (-1 where the attack failed; DeepFool only, else None).
         boundary_margin: `[N]` `|f_k(z) - max_{j != k} f_j(z)| / |f_k(x) - max_{j != k} f_j(x)|`
-            at the boundary point `z`: the relative residual of the root search.
+            at the boundary point `z`: the relative residual of the root search
+            (DeepFool only, else None).
         norm: `"l2"` or `"linf"`.
+        boundary_iterations: `[N]` iterations of the root search (DeepFool only, else None).
     """
 
     x_adv: np.ndarray
@@ -52,15 +61,31 @@ class DeepFoolResult(NamedTuple):
     iterations: np.ndarray
     labels: np.ndarray
     adv_labels: np.ndarray
-    boundary_points: np.ndarray
-    boundary_classes: np.ndarray
-    boundary_margin: np.ndarray
+    boundary_points: Optional[np.ndarray]
+    boundary_classes: Optional[np.ndarray]
+    boundary_margin: Optional[np.ndarray]
     norm: str
+    boundary_iterations: Optional[np.ndarray] = None
+
+    def rows(self, index):
+        """The same result for rows `index` of the inputs (a slice, indices or a mask)."""
+        return AttackResult(*[v[index] if isinstance(v, np.ndarray) else v for v in self])
 
 
-def _expand_like(v, x):
-    """`[S]` -> `[S, 1, ..., 1]` broadcastable against `x`."""
-    return tf.reshape(v, tf.concat([tf.shape(v), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+DeepFoolResult = AttackResult  # the name DeepFool's results had before FGSM and PGD shared them
+
+
+def attack_result(x, x_adv, labels, adv_labels, success, iterations, norm, boundary_fields=(None, None, None, None)):
+    """Assemble an `AttackResult` from clean and perturbed inputs (norms computed here)."""
+    pert = x_adv - x
+    flat = pert.reshape(len(x), -1)
+    l2, linf = np.linalg.norm(flat, axis=1), np.abs(flat).max(axis=1)
+    zb, cls, resid, biters = boundary_fields
+    return AttackResult(
+        x_adv=x_adv, perturbation=pert, norms=l2 if norm == "l2" else linf, norms_l2=l2, norms_linf=linf,
+        success=success, iterations=iterations, labels=labels, adv_labels=adv_labels, boundary_points=zb,
+        boundary_classes=cls, boundary_margin=resid, norm=norm, boundary_iterations=biters,
+    )
 
 
 def candidate_gradients(logits_fn, x, source, candidates):
@@ -110,13 +135,13 @@ def l2_step(losses, grads):
     """
     distance, g, distances = _best_candidate(losses, grads, 2)
     gnorm = tf.norm(tf.reshape(g, [tf.shape(g)[0], -1]), axis=1)
-    return _expand_like(distance / (gnorm + _EPS_NORM), g) * g, distances
+    return expand_like(distance / (gnorm + _EPS_NORM), g) * g, distances
 
 
 def linf_step(losses, grads):
     """Linf DeepFool step `(|F| / ||w||_1) sign(w)` (the L1 norm is Linf's dual); also the distances."""
     distance, g, distances = _best_candidate(losses, grads, 1)
-    return _expand_like(distance, g) * tf.sign(g), distances
+    return expand_like(distance, g) * tf.sign(g), distances
 
 
 STEPS = {"l2": l2_step, "linf": linf_step}
@@ -231,3 +256,96 @@ def deepfool_program(logits_fn, bounds, norm, targeted, box_aware=False, narrow=
         return state[0], state[3]
 
     return program
+
+
+def _check_overshoot(overshoot):
+    if not (isinstance(overshoot, (int, float, np.floating)) and np.isfinite(overshoot) and overshoot >= 0):
+        raise InputError(f"overshoot must be a finite number >= 0; got {overshoot!r}")
+    return float(overshoot)
+
+
+def _programs(rt, bounds, norm, candidates, targeted, box_aware, narrow, boundary_rtol):
+    """The compiled attack loop and boundary search for one configuration (cached by the runtime)."""
+    attack = rt.program(
+        ("deepfool", norm, candidates if not targeted else 1, targeted, bool(box_aware), int(narrow)),
+        lambda: deepfool_program(rt.logits_fn, bounds, norm, targeted, bool(box_aware), int(narrow)),
+        [rt.spec(), tf.TensorSpec([None], tf.int32),
+         tf.TensorSpec([None, 1 if targeted else candidates - 1], tf.int32),
+         tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)],
+    )
+    search = rt.program(
+        ("boundary", float(boundary_rtol)),
+        lambda: boundary.boundary_program(rt.logits_fn, rtol=boundary_rtol),
+        [rt.spec(), rt.spec(), tf.TensorSpec([None], tf.int32)],
+    )
+    return attack, search
+
+
+def deepfool(gm, x, norm=2, overshoot=0.02, max_iter=50, candidates=10, targets=None, batch_size=None,
+             boundary_rtol=1e-3, box_aware=False, narrow=3, progress=None):
+    """Minimal adversarial perturbations by DeepFool, with boundary points.
+
+    Args:
+        gm: a `GeometryModel`.
+        x: `[N, ...]` inputs inside `gm.bounds`.
+        norm: `2`/`"l2"` or `np.inf`/`"linf"`. Defaults to `2`.
+        overshoot: final scale `1 + overshoot` on the accumulated step.
+            Defaults to `0.02`.
+        max_iter: DeepFool steps at most. Defaults to `50`.
+        candidates: how many top classes of the clean logits (the label
+            included) are linearised each step. Defaults to `10`.
+        targets: `[N]` target classes for targeted mode, or `None`.
+            Defaults to `None`.
+        batch_size: examples attacked together. Defaults to the model's.
+        boundary_rtol: relative tolerance in `F` of the boundary points.
+            Defaults to `1e-3`.
+        box_aware: linearise only along input components that can still
+            move inside the bounds (pixels at 0 with a negative gradient
+            are held), which reaches the boundary in fewer steps and with
+            smaller perturbations than clipping after each step (ours).
+            On the demo CNN it is about 3x faster but its median L2 norm
+            is about 4% larger. Defaults to `False`: the classic DeepFool
+            of Foolbox and ART (clip after each step).
+        narrow: after a first step over all candidates, linearise only
+            the `narrow` candidates whose boundaries were closest (ours;
+            `0` = all candidates at every step, as in Foolbox and ART).
+            On the demo CNN, `3` gave bit-identical L2 results and the
+            same median Linf norm at about 2.2x the speed. Defaults to `3`.
+        progress: optional callable `progress(done, total)`.
+
+    Returns:
+        An `AttackResult` with boundary points.
+    """
+    rt = gm.runtime
+    norm = check_choice("norm", norm, ("l2", "linf"))
+    x = gm.check(x)
+    max_iter = check_positive_int("max_iter", max_iter)
+    candidates = min(check_positive_int("candidates", candidates, 2), rt.num_classes)
+    overshoot = _check_overshoot(overshoot)
+    size = min(len(x), batch_size or rt.batch_size)
+    check_memory(f"DeepFool with batch_size={size} and {candidates} candidates",
+                 3 * size * candidates * rt.input_dim * FLOAT32, "lower batch_size (CLI: --batch-size) or candidates")
+    targeted = targets is not None
+    if targeted:
+        targets = check_labels(targets, rt.num_classes, len(x), name="targets")
+    attack, search = _programs(rt, gm.bounds, norm, candidates, targeted, box_aware, narrow, boundary_rtol)
+    logits = rt.logits_program()
+    parts = []
+    for s in rt.batches(len(x), batch_size):
+        xb = tf.constant(x[s])
+        order = tf.argsort(logits(xb), axis=1, direction="DESCENDING", stable=True)[:, :candidates]
+        labels = order[:, 0]
+        classes = tf.constant(targets[s][:, None]) if targeted else order[:, 1:]
+        x_adv, iters = attack(xb, labels, classes, tf.constant(max_iter), tf.constant(overshoot, tf.float32))
+        adv_labels = tf.argmax(logits(x_adv), axis=1, output_type=tf.int32)
+        success = tf.equal(adv_labels, classes[:, 0]) if targeted else tf.not_equal(adv_labels, labels)
+        _, zb, cls, resid, biters = search(xb, x_adv, labels)
+        parts.append([t.numpy() for t in (x_adv, iters, labels, adv_labels, success, zb, cls, resid, biters)])
+        if progress is not None:
+            progress(s.stop, len(x))
+    x_adv, iters, labels, adv_labels, success, zb, cls, resid, biters = (np.concatenate(p) for p in zip(*parts))
+    zb[~success] = np.nan
+    cls[~success] = -1
+    resid[~success] = np.nan
+    biters[~success] = 0
+    return attack_result(x, x_adv, labels, adv_labels, success, iters, norm, (zb, cls, resid, biters))

@@ -97,15 +97,14 @@ class CurvatureDetector:
     def curvatures(self, x):
         """`(labels [N], candidates [N, C], rho [N, C])`: oriented-free `rho_j` for the top candidates."""
         x = self.gm.check(x)
-        program = self.gm.program(
+        rt = self.gm.runtime
+        program = rt.program(
             ("second-difference",),
-            lambda: second_difference_program(self.gm._head.logits_fn),
-            [self.gm._spec(), self.gm._spec(), tf.TensorSpec([], tf.float32)],
+            lambda: second_difference_program(rt.logits_fn),
+            [rt.spec(), rt.spec(), tf.TensorSpec([], tf.float32)],
         )
         v, h = tf.constant(self.directions), tf.constant(self.step, tf.float32)
-        parts = [program(tf.constant(x[s]), v, h) for s in self.gm._batches(len(x), self.batch_size)]
-        z = np.concatenate([p[0].numpy() for p in parts])
-        second = np.concatenate([p[1].numpy() for p in parts])
+        z, second = rt.map(program, [x], self.batch_size, (v, h))
         order = np.argsort(-z, axis=1)
         labels, cands = order[:, 0], order[:, 1 : 1 + self.candidates]
         rows = np.arange(len(x))[:, None]
@@ -143,29 +142,14 @@ class CurvatureDetector:
         return cands[np.arange(len(cands)), np.argmax(self.orientation * rho, axis=1)]
 
 
-def perturb(gm, x, attack, eps=None):
-    """Perturbed inputs for the evaluation: `(x_adv, original labels, success)`.
-
-    `attack`: `"deepfool-l2"`, `"deepfool-linf"` (overshoot 0.02), `"fgsm"` or
-    `"pgd"` (Linf, `eps` defaults to 10% of the input range; PGD 10 steps).
-    """
-    if attack.startswith("deepfool"):
-        r = gm.deepfool(x, norm=attack.split("-")[1])
-        return r.x_adv, r.labels, r.success
-    from tfgeom import attacks
-
-    eps = 0.1 * (gm.bounds[1] - gm.bounds[0]) if eps is None else eps
-    if attack == "fgsm":
-        xa, labels, adv = attacks.fgsm(gm, x, eps)
-    elif attack == "pgd":
-        xa, labels, adv = attacks.pgd(gm, x, eps, steps=10)
-    else:
-        raise InputError(f"attack={attack!r} is not one of ['deepfool-l2', 'deepfool-linf', 'fgsm', 'pgd']")
-    return xa, labels, adv != labels
-
-
-def evaluate(detector, x_eval, attack, eps=None):
+def evaluate(detector, x_eval, perturbed, name=None):
     """ROC of a fitted detector: clean `x_eval` (negatives) vs their successful perturbations (positives).
+
+    Args:
+        detector: a fitted `CurvatureDetector`.
+        x_eval: `[N, ...]` clean inputs.
+        perturbed: an `AttackResult` of any attack on `x_eval` (see `tfgeom.attacks.by_name`).
+        name: the attack's name for the result. Defaults to `None`.
 
     Returns a dict: `auc`, `tpr` and `fpr` at the calibrated threshold,
     `tpr_at_5_fpr` (threshold re-read on this evaluation set, for reference),
@@ -179,10 +163,13 @@ def evaluate(detector, x_eval, attack, eps=None):
 
     gm = detector.gm
     x_eval = gm.check(x_eval)
-    xa, labels, ok = perturb(gm, x_eval, attack, eps)
-    xa, labels = xa[ok], labels[ok]
+    if len(perturbed.x_adv) != len(x_eval):
+        raise InputError(f"perturbed has {len(perturbed.x_adv)} inputs but x_eval has {len(x_eval)}; "
+                         "attack x_eval itself")
+    ok = perturbed.success
+    xa, labels = perturbed.x_adv[ok], perturbed.labels[ok]
     if len(xa) == 0:
-        raise InputError(f"{attack} produced no successful perturbation; nothing to detect")
+        raise InputError(f"{name or 'the attack'} produced no successful perturbation; nothing to detect")
     detector._require_fit()
     _, cands, rho = detector.curvatures(xa)  # once: scores and recovery both come from it
     clean, dirty = detector.score(x_eval), detector.orientation * rho[:, 0]
@@ -195,7 +182,7 @@ def evaluate(detector, x_eval, attack, eps=None):
     flagged = dirty > detector.threshold
     recovered = detector._recovered(cands[flagged], rho[flagged])
     return {
-        "attack": attack,
+        "attack": name,
         "clean": int(len(clean)),
         "perturbed": int(len(dirty)),
         "auc": float(roc_auc_score(y, s)),

@@ -192,8 +192,12 @@ class FeatureSpace:
         that level between batch sizes, so an exact test would call a training
         point outside its own hull.
         """
+        return self.inside(self.hull_distance(q, space, cls).distance, space, cls, tol)
+
+    def inside(self, distance, space="feature", cls=None, tol=FLOAT32_TOL):
+        """`[m]` bool: hull distances (from `hull_distance`) that count as inside that hull (see `in_hull`)."""
         engine = self._engine(space, cls)
-        return self.hull_distance(q, space, cls).distance <= max(tol * engine.radius, INSIDE * engine.scale)
+        return np.asarray(distance) <= max(tol * engine.radius, INSIDE * engine.scale)
 
     def class_hull(self, cls, nonneg=False):
         """The convex hull of the training features the model classifies correctly as `cls` (a `Polytope`)."""
@@ -209,7 +213,7 @@ class FeatureSpace:
     def guaranteed(self, x, tol=FLOAT32_TOL, features=None):
         """Which inputs fall in a guaranteed region: the hull of class-`c` training features.
 
-        Returns `(cls [m], inside [m] bool, distance [m])` for the predicted
+        Returns a `Guaranteed` `(cls [m], inside [m] bool, distance [m])` for the predicted
         class `c` of each input: `inside` means the features are a convex
         combination of training features classified `c` (up to `tol`, see
         `in_hull`), so the classification is guaranteed (`P_c` is convex and
@@ -224,9 +228,23 @@ class FeatureSpace:
             rows = np.flatnonzero(cls == c)
             res = self.hull_distance(z[rows], "feature", int(c))
             dist[rows] = res.distance
-            engine = self._engine("feature", int(c))
-            inside[rows] = res.distance <= max(tol * engine.radius, INSIDE * engine.scale)
-        return cls, inside, dist
+            inside[rows] = self.inside(res.distance, "feature", int(c), tol)
+        return Guaranteed(cls, inside, dist)
+
+
+class Guaranteed(NamedTuple):
+    """Which inputs lie in a guaranteed region (NumPy).
+
+    Fields:
+        cls: `[m]` predicted class of each input.
+        inside: `[m]` bool, the features lie in the hull of the training
+            features classified (correctly) as `cls`.
+        distance: `[m]` L2 distance of the features to that hull.
+    """
+
+    cls: np.ndarray
+    inside: np.ndarray
+    distance: np.ndarray
 
 
 class Morph(NamedTuple):

@@ -49,14 +49,14 @@ def _activation_name(layer):
     return getattr(act, "__name__", str(act))
 
 
-def _producer(tensor):
+def producer(tensor):
     """The layer that made a symbolic tensor and that call's input tensors."""
     layer, node_index, _ = tensor._keras_history
     node = layer._inbound_nodes[node_index]
     return layer, list(node.input_tensors)
 
 
-def _is_functional(model):
+def is_functional(model):
     try:
         return bool(model.inputs) and bool(model.outputs)
     except (AttributeError, ValueError):
@@ -83,10 +83,10 @@ def _check_outputs(model):
         )
 
 
-def _strip_softmax(model):
+def strip_softmax(model):
     """Walk back from the output past softmax layers; return (tensor, layer, inputs, note)."""
     tensor = model.outputs[0]
-    layer, inputs = _producer(tensor)
+    layer, inputs = producer(tensor)
     note = ""
     while isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
         act = _activation_name(layer)
@@ -95,7 +95,7 @@ def _strip_softmax(model):
         if act != "linear":
             note = f" ({act} stripped: input of {type(layer).__name__} layer '{layer.name}')"
         tensor = inputs[0]
-        layer, inputs = _producer(tensor)
+        layer, inputs = producer(tensor)
     return tensor, layer, inputs, note
 
 
@@ -111,7 +111,7 @@ def _find_layer(model, name):
 
 def _functional_head(model, feature_layer):
     _check_outputs(model)
-    tensor, layer, inputs, note = _strip_softmax(model)
+    tensor, layer, inputs, note = strip_softmax(model)
     act = _activation_name(layer)
     if isinstance(layer, keras.layers.Dense) and act not in _LINEAR_ACTIVATIONS:
         if act not in _PROBABILITY_ACTIVATIONS + _LOG_PROBABILITY_ACTIVATIONS:
@@ -141,7 +141,7 @@ def _functional_head(model, feature_layer):
     features = inputs[0]
     if feature_layer is not None:
         wanted = _find_layer(model, feature_layer)
-        made_by, _ = _producer(features)
+        made_by, _ = producer(features)
         if made_by is not wanted:
             raise ModelError(
                 f"feature_layer={feature_layer!r} does not feed the final Dense layer '{layer.name}' "
@@ -154,7 +154,7 @@ def _functional_head(model, feature_layer):
             "tfgeom needs a flat [batch, features] input to the head (add Flatten or pooling)"
         )
     feature_model = keras.Model(model.inputs, features)
-    feature_name = _producer(features)[0].name
+    feature_name = producer(features)[0].name
 
     def features_fn(x):
         return feature_model(x, training=False)
@@ -209,6 +209,6 @@ def resolve_head(model, feature_layer=None):
         ModelError: several inputs/outputs, outputs that are not `[N, classes]`,
             fewer than two classes, or a final activation that is not softmax.
     """
-    if _is_functional(model):
+    if is_functional(model):
         return _functional_head(model, feature_layer)
     return _subclassed_head(model, feature_layer)

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom.errors import ModelError
-from tfgeom.heads import _is_functional, _producer, _strip_softmax
+from tfgeom.heads import is_functional, producer, strip_softmax
 
 SENTINEL = -1e30  # value of padded positions in max-pooling windows
 
@@ -324,12 +324,12 @@ def build(model):
         ModelError: subclassed models, unsupported layers (the message names
             the layer and lists what is supported).
     """
-    if not _is_functional(model):
+    if not is_functional(model):
         raise ModelError(
             "certification needs a Sequential or functional model (a layer graph); this is a subclassed "
             "model: rebuild it with keras.Input"
         )
-    _, head, inputs, _ = _strip_softmax(model)
+    _, head, inputs, _ = strip_softmax(model)
     if not isinstance(head, keras.layers.Dense):
         raise ModelError(
             f"the logits come from '{head.name}' ({type(head).__name__}), not a Dense layer; certification "
@@ -347,14 +347,14 @@ def build(model):
             return bindings[key]
         if key in index:
             return index[key]
-        layer, parents = _producer(tensor)
+        layer, parents = producer(tensor)
         if isinstance(layer, keras.layers.InputLayer):
             if nodes:
                 raise ModelError("certification needs a model with a single input")
             nodes.append(Node("input", (), shape_of(tensor), layer.name))
             index[key] = 0
             return 0
-        if isinstance(layer, keras.Model) and _is_functional(layer):
+        if isinstance(layer, keras.Model) and is_functional(layer):
             inner_inputs = [visit(p, bindings) for p in parents]
             inner = dict(zip([id(t) for t in layer.inputs], inner_inputs))
             if len(layer.outputs) != 1:

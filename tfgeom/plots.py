@@ -98,7 +98,7 @@ def boundary_sections(sections, path):
 
 def subspace_experiments(result, path):
     """Energy of DeepFool perturbations and fooling rates: S_c vs random subspaces, by dimension."""
-    rows = result["rows"]
+    rows = result.rows
     m = [r["dim"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110)
     a.plot(m, [r["energy_curved"] for r in rows], "o-", label="in S_c")
@@ -110,7 +110,7 @@ def subspace_experiments(result, path):
     b.plot(m, [r["fooling_curved"] for r in rows], "o-", label="noise in S_c")
     b.plot(m, [r["fooling_random"] for r in rows], "s-", label="noise in random subspace")
     b.set_xlabel("m")
-    b.set_ylabel(f"fooling rate at ‖v‖={result['eps']:.3g}")
+    b.set_ylabel(f"fooling rate at ‖v‖={result.eps:.3g}")
     b.legend(fontsize=7)
     return _save(fig, path)
 

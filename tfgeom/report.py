@@ -2,7 +2,8 @@
 
 Each analysis' section is written as soon as it finishes (atomically), so an
 interrupted run loses at most the analysis in progress; `resume=True` skips
-the sections already done for the same model, data and settings.
+the sections already done for the same model, data and seed whose settings
+did not change.
 """
 import base64
 import datetime
@@ -15,8 +16,10 @@ import time
 
 import numpy as np
 
+from tfgeom import settings as settings_lib
 from tfgeom.analyses import REGISTRY, Context
 from tfgeom.errors import InputError
+from tfgeom.labels import label
 
 
 def _jsonable(value):
@@ -48,17 +51,43 @@ def file_digest(path):
     return h.hexdigest()
 
 
+SCHEMA_VERSION = 2  # report.json layout; see docs/report_schema.md
+
+
 def select(only):
-    """Names of the analyses to run (`only=None`: all registered)."""
+    """Names of the analyses to run (`only=None`: all registered), in report order.
+
+    `only` is a list of names; each item may itself be a comma-separated list.
+    """
     if not only:
         return list(REGISTRY)
-    unknown = [name for name in only if name not in REGISTRY]
+    names = [n.strip() for item in only for n in str(item).split(",") if n.strip()]
+    unknown = [name for name in names if name not in REGISTRY]
     if unknown:
         raise InputError(f"unknown analysis {unknown}; available: {list(REGISTRY)}")
-    return list(only)
+    return [name for name in REGISTRY if name in names]
 
 
-def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, identity=None, progress=None):
+def configure(overrides=None):
+    """Every analysis' effective settings (`{name: Settings}`) with `overrides` `{name: {key: value}}` applied."""
+    return settings_lib.resolve(REGISTRY, overrides or {})
+
+
+def _previous(path, identity):
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError) as err:
+        raise InputError(f"cannot resume: {path} is unreadable ({err}); run without --resume") from None
+    if previous.get("identity") != identity:
+        raise InputError(
+            f"cannot resume: {path} was written for other model/data/settings; "
+            "use a new --out folder or run without --resume"
+        )
+    return previous.get("sections", {})
+
+
+def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, identity=None, progress=None,
+                 settings=None):
     """Run analyses on `dataset` and write the report into `out_dir`.
 
     Args:
@@ -68,44 +97,41 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
         only: names of analyses to run. Defaults to `None`: all registered.
         seed: seed for randomness. Defaults to `0`.
         resume: keep sections already done by an earlier run with the same
-            `identity`. Defaults to `False`.
-        identity: JSON-ready dict identifying model, data and settings; a
-            resumed run must match it.
+            `identity` and the same settings for that section. Defaults to `False`.
+        identity: JSON-ready dict identifying model and data; a resumed run must match it.
         progress: `progress(description, done, total)` or None.
+        settings: `{name: {key: value}}` overriding analyses' defaults (see
+            `tfgeom.settings`). Defaults to `None`.
 
     Returns:
         The report as a dict (what `report.json` holds).
     """
+    names = select(only)
+    effective = configure(settings)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.json"
     identity = _jsonable(dict(identity or {}, seed=seed))
     report = {
+        "schema_version": SCHEMA_VERSION,
         "tfgeom": _version(),
         "identity": identity,
         "model": _jsonable(gm.info()),
+        "settings": {name: _jsonable(effective[name]._asdict()) for name in names},
         "sections": {},
     }
     if resume and path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, OSError) as err:
-            raise InputError(f"cannot resume: {path} is unreadable ({err}); run without --resume") from None
-        if previous.get("identity") != identity:
-            raise InputError(
-                f"cannot resume: {path} was written for other model/data/settings; "
-                "use a new --out folder or run without --resume"
-            )
-        report["sections"] = previous.get("sections", {})
-    names = select(only)
+        report["sections"] = _previous(path, identity)
     context = Context(gm, dataset, out, seed, progress)
     for name in names:
-        if report["sections"].get(name, {}).get("status") == "done":
-            continue
         analysis = REGISTRY[name]
+        wanted = report["settings"][name]
+        done = report["sections"].get(name, {})
+        if done.get("status") == "done" and done.get("settings") == wanted:
+            continue  # finished earlier with the same settings
         start = time.perf_counter()
-        section = analysis.run(context)
-        section = dict(section, title=analysis.title, intro=analysis.intro, status="done",
+        section = analysis.compute(context, effective[name])
+        section = dict(section, title=analysis.title, intro=analysis.intro, settings=wanted, status="done",
                        seconds=round(time.perf_counter() - start, 2))
         report["sections"][name] = _jsonable(section)
         report["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -178,7 +204,7 @@ def render_html(report, out):
             parts.append(f"<p>{html.escape(section['intro'])}</p>")
         summary = section.get("summary", {})
         if summary:
-            parts.append(_table(["measure", "value"], list(summary.items())))
+            parts.append(_table(["measure", "value"], [[label(k), v] for k, v in summary.items()]))
         for table in section.get("tables", []):
             parts.append(f"<h3>{html.escape(table['title'])}</h3>")
             parts.append(_table(table["columns"], table["rows"]))

@@ -67,9 +67,7 @@ def section(gm, point, k, j, direction, radius, resolution=81, curvature=None):
     offsets = np.linspace(-radius, radius, resolution, dtype=np.float32)
     a, b = np.meshgrid(offsets, offsets, indexing="ij")
     grid = point[None] + a.reshape(-1, *[1] * point.ndim) * normal + b.reshape(-1, *[1] * point.ndim) * u
-    logits = np.concatenate(
-        [gm.compiled_logits(tf.constant(grid[s], tf.float32)).numpy() for s in gm._batches(len(grid), 1024)]
-    )
+    logits = gm.runtime.logits(grid.astype(np.float32), batch_size=1024)
     shape = (resolution, resolution)
     return Section(
         offsets=offsets,
@@ -83,7 +81,7 @@ def section(gm, point, k, j, direction, radius, resolution=81, curvature=None):
     )
 
 
-def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, seed=0, **kwargs):
+def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, seed=0, attack=None, **kwargs):
     """Sections at the DeepFool boundary points of inputs `x`.
 
     Args:
@@ -95,6 +93,7 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
             L2 distance of `x`.
         resolution: grid points per axis. Defaults to `81`.
         seed: seed of the random directions. Defaults to `0`.
+        attack: a DeepFool L2 `AttackResult` for `x` to reuse. Defaults to `None`: run DeepFool.
         **kwargs: passed to `principal_curvatures` (`hvp`, `k`, ...).
 
     Returns:
@@ -105,13 +104,14 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
     if direction not in ("curved", "random"):
         raise InputError(f"direction={direction!r} is not one of ['curved', 'random']")
     kwargs.setdefault("k", 5)
-    df = gm.deepfool(x)
+    df = attack if attack is not None else gm.deepfool(x)
     if direction == "curved":
-        curv, index = principal_curvatures(gm, x, attack=df, **kwargs)
+        curv = principal_curvatures(gm, x, attack=df, **kwargs)
+        index = curv.index
     else:  # a random direction needs no curvature computation
         index = np.flatnonzero(df.success)
     if radius is None:
-        radius = float(np.median(df.norms_l2[df.success])) if df.success.any() else 1.0
+        radius = float(np.median(df.norms_l2[df.success])) if df.success.any() else 0.1 * (gm.bounds[1] - gm.bounds[0])
     rng = np.random.default_rng(seed)
     out = []
     for row, i in enumerate(index):

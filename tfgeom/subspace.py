@@ -100,7 +100,7 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
     normals = grads / np.maximum(gnorms, 1e-30)[:, None]
     steps = check_positive_int("steps", steps) if steps is not None else min(d - 1, 2 * dim + 40)
     chunk = check_positive_int("batch_size", batch_size or gm.batch_size)
-    op = averaged_operator(gm._head.logits_fn, hvp, step, chunk)
+    op = averaged_operator(gm.runtime.logits_fn, hvp, step, chunk)
 
     def build():
         def program(z, coeffs, normals, gnorms, v0):
@@ -108,11 +108,11 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
 
         return program
 
-    program = gm.program(
+    program = gm.runtime.program(
         ("subspace", steps, dim, hvp, step, chunk),
         build,
         [
-            gm._spec(),
+            gm.runtime.spec(),
             tf.TensorSpec([None, gm.num_classes], tf.float32),
             tf.TensorSpec([None, d], tf.float32),
             tf.TensorSpec([None], tf.float32),
@@ -148,7 +148,29 @@ def _fooling_rate(gm, x, labels, basis, eps, draws, rng):
     return fooled / (n * draws)
 
 
-def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0, noise_scales=(1.0, 2.0, 4.0)):
+class Vulnerability(NamedTuple):
+    """Experiments (a), (b), (c) on evaluation inputs.
+
+    Fields:
+        eps: L2 norm of the random perturbations of (b), input units.
+        accuracy: accuracy (or agreement with the clean predictions) of the original inputs.
+        median_norm: median DeepFool L2 norm of the original inputs.
+        rows: one dict per `m`: `dim`, `energy_curved`, `energy_random`,
+            `sqrt_m_over_d`, `fooling_curved`, `fooling_random`,
+            `accuracy_removed`, `median_norm_removed`.
+        noise_sweep: for the largest `m`, one dict per noise scale: `scale`,
+            `eps`, `fooling_curved`, `fooling_random`.
+    """
+
+    eps: float
+    accuracy: float
+    median_norm: float
+    rows: list
+    noise_sweep: list
+
+
+def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0, noise_scales=(1.0, 2.0, 4.0),
+                  attack=None):
     """Experiments (a), (b), (c) of the module docstring for each `m` in `dims`.
 
     Args:
@@ -165,36 +187,27 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
             of `eps`. Defaults to `(1.0, 2.0, 4.0)`.
 
     Returns:
-        A dict with `eps` and `rows`: one dict per `m` with `energy_curved`,
-        `energy_random`, `sqrt_m_over_d`, `fooling_curved`, `fooling_random`,
-        `accuracy_removed`, `median_norm_removed`; plus `accuracy` and
-        `median_norm` of the original inputs, and `noise_sweep`: for the
-        largest `m`, `{scale, eps, fooling_curved, fooling_random}` per scale.
+        A `Vulnerability`.
     """
     rng = np.random.default_rng(seed)
     dims = [m for m in dims if m <= len(subspace.basis)]
     if not dims:
         raise InputError(f"dims must not exceed the subspace dimension {len(subspace.basis)}")
     n, d = len(x), int(np.prod(gm.input_shape))
-    clean = gm.deepfool(x)
+    clean = attack if attack is not None else gm.deepfool(x)
     labels = clean.labels
     truth = labels if y is None else np.asarray(y)
     ok = clean.success
     r = clean.perturbation.reshape(n, d)[ok]
     eps = float(np.median(clean.norms_l2[ok])) if eps is None else float(eps)
-    out = {
-        "eps": eps,
-        "accuracy": float(np.mean(labels == truth)),
-        "median_norm": float(np.median(clean.norms_l2[ok])),
-        "rows": [],
-    }
+    rows = []
     for m in dims:
         basis = subspace.basis[:m]
         rand = random_subspace(d, m, rng)
         flat = x.reshape(n, d)
         removed = np.clip(flat - (flat @ basis.T) @ basis, *gm.bounds).reshape(x.shape)
         adv = gm.deepfool(removed)
-        out["rows"].append(
+        rows.append(
             {
                 "dim": m,
                 "energy_curved": float(np.mean(_energy(basis, r))),
@@ -208,7 +221,7 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
         )
     m = dims[-1]
     rand = random_subspace(d, m, rng)
-    out["noise_sweep"] = [
+    sweep = [
         {
             "scale": float(scale),
             "eps": scale * eps,
@@ -217,4 +230,4 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
         }
         for scale in noise_scales
     ]
-    return out
+    return Vulnerability(eps, float(np.mean(labels == truth)), float(np.median(clean.norms_l2[ok])), rows, sweep)

@@ -1,76 +1,132 @@
-"""The registry of analyses that `tfgeom analyze` runs.
+"""The analyses `tfgeom analyze` runs: configured objects over a shared, memoised context.
 
-An analysis is a function `run(context) -> dict` registered under a name with
-`@register(name, title)`. The dict is JSON-ready and may hold:
+An analysis is a small class, registered under its name with `@register`:
 
-- `summary`: `{label: number or text}` shown first in the report;
-- `tables`: `[{"title", "columns", "rows"}]`;
-- `figures`: `[{"title", "file"}]`, PNG files written into `context.out_dir`;
-- anything else under other keys (kept in `report.json`).
+- `name`, `title`, `intro` (two or three sentences opening its report section);
+- `Settings`: a `NamedTuple` of typed settings with defaults (changed with
+  `--set name.key=value` or a TOML table `[name]`; see `tfgeom.settings`);
+- `compute(context, settings) -> dict`: the JSON-ready section, with
+  `summary` (`{snake_case_key: value}`; display labels live in
+  `tfgeom.labels`), optional `tables` (`[{"title", "columns", "rows"}]`),
+  `figures` (`[{"title", "file"}]`, PNGs in `context.out_dir`) and any other
+  arrays or records.
 
-Later work adds analyses by registering more functions in their own modules.
+The `Context` computes shared work once per run: DeepFool L2 and Linf on the
+analysed inputs (every analysis takes rows of them), predictions, features.
+Each analysis lives in a module named after it; importing the module
+registers it, in report order.
 """
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
+REGISTRY = {}
 
-class Context(NamedTuple):
-    """What an analysis gets.
 
-    Fields:
+class Analysis:
+    """Base class of the analyses (see the module docstring)."""
+
+    name = ""
+    title = ""
+    intro = ""
+    CHOICES = {}  # allowed values of string settings
+
+    class Settings(NamedTuple):
+        pass
+
+    def check(self, settings):
+        """Refuse settings the types alone cannot (raise `InputError` naming the key); called before any work."""
+
+    def compute(self, context, settings):
+        """The report section (a JSON-ready dict) for `context` with `settings`."""
+        raise NotImplementedError
+
+
+def register(cls):
+    """Class decorator: instantiate the analysis and add it to `REGISTRY` under `cls.name`."""
+    cls.intro = " ".join(cls.intro.split())
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+class Context:
+    """What an analysis gets: the model, the data, where to write, and shared work computed once.
+
+    Args:
         gm: the `GeometryModel`.
-        data: the validated `Dataset` (already cut to `limit` examples).
+        data: the validated `Dataset` (already cut to the examples analysed).
         out_dir: folder for figures and arrays (a `pathlib.Path`).
         seed: seed for any randomness.
         progress: `progress(description, done, total)` or None.
     """
 
-    gm: object
-    data: object
-    out_dir: object
-    seed: int
-    progress: Optional[Callable[[str, int, int], None]]
+    def __init__(self, gm, data, out_dir, seed=0, progress=None):
+        self.gm = gm
+        self.data = data
+        self.out_dir = out_dir
+        self.seed = int(seed)
+        self.progress = progress
+        self._memo = {}
+
+    def rng(self):
+        """A NumPy generator seeded from the context (a fresh one per call: analyses are independent)."""
+        return np.random.default_rng(self.seed)
+
+    def tell(self, what, done, total):
+        """Report progress if a callback was given."""
+        if self.progress is not None:
+            self.progress(what, done, total)
+
+    def _once(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def deepfool(self, norm="l2", rows=slice(None)):
+        """DeepFool (`"l2"` or `"linf"`) of the analysed inputs `data.x[rows]`: run once per norm for all inputs.
+
+        Each input's attack is independent of the others in its batch, so rows
+        of the whole run equal a run on those rows alone.
+        """
+
+        def run():
+            def progress(done, total):
+                self.tell(f"DeepFool {norm}", done, total)
+
+            return self.gm.deepfool(self.data.x, norm=norm, progress=progress)
+
+        return self._once(("deepfool", norm), run).rows(rows)
+
+    def predictions(self):
+        """`[N]` predicted labels of the analysed inputs."""
+        return self._once("predictions", lambda: self.gm.runtime.predict(self.data.x))
+
+    def labels(self):
+        """`[N]` true labels where the data has them, else the predictions."""
+        return self.predictions() if self.data.y is None else self.data.y
+
+    def features(self):
+        """`[N, D]` features of the analysed inputs (models with a feature split)."""
+        return self._once("features", lambda: self.gm.runtime.features(self.data.x))
+
+    def feature_space(self, max_train):
+        """A `FeatureSpace` of the first `max_train` training points (built once per size)."""
+        from tfgeom.feature_space import FeatureSpace
+
+        return self._once(("feature_space", max_train),
+                          lambda: FeatureSpace(self.gm, self.data.x_train[:max_train], self.data.y_train[:max_train]))
 
 
-class Analysis(NamedTuple):
-    """A registered analysis.
-
-    Fields:
-        name: the report key and the name `--only` takes.
-        title: the section's heading.
-        run: `run(context) -> dict`.
-        intro: two or three sentences opening the section: what is measured,
-            in which units, and how to read it.
-    """
-
-    name: str
-    title: str
-    run: Callable[[Context], dict]
-    intro: str = ""
+def image_like(x):
+    """Whether inputs `[N, H, W, C]` can be drawn as images (1 or 3 channels)."""
+    return x.ndim == 4 and x.shape[-1] in (1, 3)
 
 
-REGISTRY = {}
-
-
-def register(name, title, intro=""):
-    """Decorator adding `run(context) -> dict` to the registry under `name`."""
-
-    def wrap(run):
-        REGISTRY[name] = Analysis(name, title, run, " ".join(intro.split()))
-        return run
-
-    return wrap
-
-
-def rng(context):
-    """A NumPy generator seeded from the context."""
-    return np.random.default_rng(context.seed)
-
-
-# Importing a module registers its analyses; the order here is the report's order.
+# Importing a module registers its analysis; the order here is the report's order.
 from tfgeom.analyses import deepfool  # noqa: E402,F401
 from tfgeom.analyses import curvature  # noqa: E402,F401
-from tfgeom.analyses import topology  # noqa: E402,F401
+from tfgeom.analyses import subspace  # noqa: E402,F401
+from tfgeom.analyses import connectivity  # noqa: E402,F401
+from tfgeom.analyses import detection  # noqa: E402,F401
 from tfgeom.analyses import feature_space  # noqa: E402,F401
 from tfgeom.analyses import certification  # noqa: E402,F401

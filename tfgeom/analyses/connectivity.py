@@ -1,0 +1,87 @@
+"""Analysis `connectivity`: paths inside classification regions between same-class inputs."""
+from typing import NamedTuple
+
+import numpy as np
+
+from tfgeom import plots
+from tfgeom.analyses import Analysis, image_like, register
+from tfgeom.connectivity import connect
+from tfgeom.summaries import summarize_paths
+
+
+def same_class_pairs(labels, count, generator):
+    """Index pairs `[count, 2]` of distinct inputs with the same label (fewer if impossible)."""
+    pairs = []
+    classes = [c for c in np.unique(labels) if np.sum(labels == c) >= 2]
+    for _ in range(count if classes else 0):
+        c = generator.choice(classes)
+        pairs.append(generator.choice(np.flatnonzero(labels == c), size=2, replace=False))
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def distinct_pairs(labels):
+    """How many distinct same-class pairs `labels` allow."""
+    return int(sum(c * (c - 1) // 2 for c in np.bincount(labels)))
+
+
+def adversarial_pairs(gm, x, labels, count, generator):
+    """`(x_adv, x_b)`: an input of another class pushed into class `i` by targeted DeepFool, and an input of `i`."""
+    pairs = same_class_pairs(labels, count, generator)
+    if len(pairs) == 0:
+        return x[:0], x[:0]
+    sources = np.array([generator.choice(np.flatnonzero(labels != labels[a])) for a, _ in pairs])
+    pushed = gm.deepfool(x[sources], targets=labels[pairs[:, 0]])
+    ok = pushed.success
+    return pushed.x_adv[ok], x[pairs[ok, 1]]
+
+
+def _of(paths):
+    return f"{int(np.sum(paths.connected))} of {len(paths.connected)} pairs connected"
+
+
+@register
+class ConnectivityAnalysis(Analysis):
+    """Paths between random same-class pairs and between adversarial and natural pairs."""
+
+    name = "connectivity"
+    title = "Connectivity of classification regions"
+    intro = """For pairs of inputs with the same predicted class, tfgeom searches a polygonal path that never leaves
+    the class region (every point checked at the reported L2 resolution). Connected pairs support the claim
+    that regions are connected; "straight" pairs need no anchor at all (the region is convex along that segment).
+    Adversarial pairs join an input pushed into the class from another class with a natural member."""
+
+    class Settings(NamedTuple):
+        pairs: int = 40  # random same-class pairs
+        adversarial_pairs: int = 20  # pairs with one end pushed into the class from another
+        max_anchors: int = 16  # anchors at most per path
+
+    def compute(self, context, settings):
+        gm, x, out = context.gm, context.data.x, context.out_dir
+        g = context.rng()
+        labels = context.predictions()
+        idx = same_class_pairs(labels, settings.pairs, g)
+        natural = connect(gm, x[idx[:, 0]], x[idx[:, 1]], max_anchors=settings.max_anchors)
+        xa, xb = adversarial_pairs(gm, x, labels, settings.adversarial_pairs, g)
+        adversarial = connect(gm, xa, xb, max_anchors=settings.max_anchors) if len(xa) else None
+        figures = []
+        if image_like(x) and len(natural.connected):
+            shown = adversarial if adversarial is not None and adversarial.connected.any() else natural
+            best = int(np.argmax(np.where(shown.connected, shown.num_anchors, -1)))
+            kind = "adversarial" if shown is adversarial else "natural"
+            strip = plots.path_strip(shown.anchors[best], gm.runtime.predict(shown.anchors[best]), out / "path.png",
+                                     bounds=gm.bounds)
+            figures.append({"title": f"Images at the vertices of the path with most anchors ({kind} pair)",
+                            "file": strip.name})
+        summary = {"natural_connected": _of(natural)}
+        summary.update({f"natural_{k}": v for k, v in summarize_paths(natural).items()})
+        if adversarial is not None:
+            summary["adversarial_connected"] = _of(adversarial)
+            summary.update({f"adversarial_{k}": v for k, v in summarize_paths(adversarial).items()})
+        counts = np.bincount(natural.num_anchors, minlength=1)
+        return {
+            "summary": summary,
+            "tables": [{"title": "Anchors per path (natural pairs)", "columns": ["anchors", "pairs"],
+                        "rows": [[int(a), int(c)] for a, c in enumerate(counts) if c]}],
+            "figures": figures,
+            "resolution": natural.resolution,
+        }
