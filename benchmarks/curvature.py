@@ -76,7 +76,7 @@ def main():
     hvps_ours = ours.lanczos_steps * n
 
     z = attack.boundary_points[index]
-    coeffs = curvature._coeffs(attack.labels[index], attack.boundary_classes[index], gm.num_classes)
+    coeffs = curvature.margin_coefficients(attack.labels[index], attack.boundary_classes[index], gm.num_classes)
     start = time.perf_counter()
     theirs, hvps_theirs = scipy_curvatures(gm, z, coeffs, args.k, ours.hvp, ours.step)
     t_theirs = time.perf_counter() - start

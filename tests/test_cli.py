@@ -46,26 +46,31 @@ def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path)
     assert report["sections"]["curvature"]["status"] == "done"
     assert [r[0] for r in report["sections"]["subspace"]["tables"][0]["rows"]] == [5, 10, 20]  # 2m <= d - 1 = 63
     assert (out / "curvature_profile.png").exists() and (out / "subspace.png").exists()
-    assert report["sections"]["feature_space"]["summary"]["training points"] == 1438
+    assert report["sections"]["feature_space"]["summary"]["training_points"] == 1438
     assert (out / "feature_pca.png").exists()
     assert report["sections"]["connectivity"]["status"] == "done" and (out / "roc.png").exists()
     detectors = {row[1] for row in report["sections"]["detection"]["tables"][0]["rows"]}
     assert detectors == {"curvature detector", "top-2 logit margin (baseline)"}
     cert = report["sections"]["certification"]["summary"]
-    n = cert["inputs behind every radius figure (same for IBP and CROWN)"]
-    assert cert["crown radius >= ibp radius on every input"] == f"{n} of {n}"
-    assert cert["milp at eps=0.01 of the range (0.01): MILP >= CROWN >= IBP on every margin"] is True
+    n = cert["radius_inputs"]
+    assert cert["crown_at_least_ibp"] == f"{n} of {n}"
+    assert cert["milp_ordering_holds"] is True
     radii = report["sections"]["certification"]["radii_fraction_of_range"]
     assert len(radii["ibp"]) == len(radii["crown"]) == n
     assert sum(r > 0 for r in radii["ibp"]) >= 1  # the bisection resolves IBP's small radii (not all 0)
-    assert cert["feature space: class hulls certified (LP)"] == "10 of 10"
+    assert cert["feature_class_hulls_certified"] == "10 of 10"
     assert (out / "certified_accuracy.png").exists()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Per predicted class" in html
     assert "first 20" in html and "seed: <b>0</b>" in html  # how the report was made, at the top
     assert all(section["intro"] for section in report["sections"].values())
     assert "section computed in" in html
-    assert report["sections"]["connectivity"]["summary"]["natural pairs connected"].endswith("pairs connected")
+    assert report["sections"]["connectivity"]["summary"]["natural_connected"].endswith("pairs connected")
+    assert report["schema_version"] == 2 and report["settings"]["curvature"]["points"] == 100
+    import re
+
+    keys = [k for section in report["sections"].values() for k in section["summary"]]
+    assert keys and all(re.fullmatch(r"[a-z0-9_]+", k) for k in keys), keys
     assert (out / "deepfool_l2_hist.png").exists()
     # Mark the finished section; a resumed run must keep it rather than recompute it.
     section["marker"] = "kept"
@@ -158,7 +163,7 @@ def test_connect_json(small_cnn_path, digits_npz):
         result = _run("connect", small_cnn_path, "--data", digits_npz, "--pairs", 4, "--limit", 60, "--json", *extra)
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
-        assert summary["pairs"] >= 1 and 0 <= summary["connected"] <= 1
+        assert summary["pairs"] >= 1 and 0 <= summary["connected_fraction"] <= 1
 
 
 def test_detect_json(small_cnn_path, digits_npz):
@@ -166,7 +171,7 @@ def test_detect_json(small_cnn_path, digits_npz):
     result = _run("detect", small_cnn_path, "--data", digits_npz, "--limit", 60, "--calibration", 30, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["clean"] == 30 and 0 <= summary["auc"] <= 1
+    assert summary["clean"] == 30 and 0 <= summary["auc"] <= 1 and summary["attack"] == "deepfool-l2"
     refused = _run("detect", small_cnn_path, "--data", digits_npz, "--limit", 20, "--calibration", 30)
     assert refused.exit_code == 2 and "calibration" in refused.output
 

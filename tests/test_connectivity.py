@@ -78,10 +78,18 @@ def test_attacks_respect_bounds_and_budgets(small_cnn, digits):
     gm = GeometryModel(small_cnn)
     x = digits.x[:40]
     for norm, eps in (("linf", 0.1), ("l2", 1.0)):
-        one, labels, adv1 = fgsm(gm, x, eps, norm=norm)
-        many, _, adv2 = pgd(gm, x, eps, norm=norm, steps=10)
-        for xa in (one, many):
+        one = fgsm(gm, x, eps, norm=norm)
+        many = pgd(gm, x, eps, norm=norm, steps=10)
+        for result in (one, many):
+            xa = result.x_adv
             d = (xa - x).reshape(len(x), -1)
             size = np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
             assert np.all(size <= eps * (1 + 1e-5)) and xa.min() >= 0 and xa.max() <= 1
-        assert np.mean(adv2 != labels) >= np.mean(adv1 != labels)
+            np.testing.assert_allclose(result.norms, size, rtol=1e-6)
+            np.testing.assert_array_equal(result.success, result.adv_labels != result.labels)
+        assert np.mean(many.success) >= np.mean(one.success)
+    # targeted PGD: the same call shape as DeepFool's, success = reaching the target
+    targets = (gm.predict(x) + 1) % 10
+    hit = pgd(gm, x, 0.3, targets=targets, steps=20)
+    np.testing.assert_array_equal(hit.success, hit.adv_labels == targets)
+    assert hit.success.mean() > 0.5

@@ -1,4 +1,4 @@
-"""Connectivity of classification regions: polygonal paths that never leave a region (PAPERS.md A.2).
+"""Connectivity of classification regions: polygonal paths that never leave a region (Fawzi et al., CVPR 2018).
 
 For two inputs with the same predicted class `i`, start with the segment
 between them. A segment is *verified* when every point on it at spacing at

@@ -2,7 +2,7 @@
 
 At a boundary point `z` of `F = f_k - f_j`, with unit normal
 `n = grad F / ||grad F||` and tangent projector `P = I - n n^T`, the principal
-curvatures are the eigenvalues of `P H P / ||grad F||` (PAPERS.md A.3).
+curvatures are the eigenvalues of `P H P / ||grad F||` (Fawzi et al., CVPR 2018).
 
 Sign convention (ours): `F` is positive inside the region of `k`. A negative
 curvature means the boundary bends towards the region of `k` in that
@@ -120,13 +120,20 @@ _PIECEWISE_LINEAR = {"relu", "relu6", "leaky_relu", "linear", "softmax", "log_so
 _PL_LAYERS = ("ReLU", "LeakyReLU", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D")
 
 
+def _all_layers(model):
+    """Every layer inside `model`, nested models included (Keras' public `layers`, recursively)."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
 def is_piecewise_linear(model):
     """True when every nonlinearity of the model is piecewise linear (ReLU-type, max-pooling).
 
     Such networks have a zero Hessian almost everywhere, so `hvp="auto"` uses
     finite differences for them. Unknown layers count as smooth.
     """
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _all_layers(model):
         name = type(layer).__name__
         if name in _PL_LAYERS:
             continue
@@ -149,7 +156,8 @@ def _is_affine(layer):
     return type(layer).__name__ in affine or type(layer).__name__.startswith(("Sequential", "Functional"))
 
 
-def _coeffs(labels, others, num_classes):
+def margin_coefficients(labels, others, num_classes):
+    """`[N, L]` rows `e_k - e_j`: the coefficients of the margins `f_k - f_j` (labels `k`, others `j`)."""
     return (np.eye(num_classes, dtype=np.float32)[labels] - np.eye(num_classes, dtype=np.float32)[others])
 
 
@@ -200,7 +208,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
     result = attack if attack is not None else gm.deepfool(x, batch_size=batch_size)
     index = np.flatnonzero(result.success)
     z = result.boundary_points[index] if at == "boundary" else (gm.check(x) + 0.8 * result.perturbation)[index]
-    coeffs = _coeffs(result.labels[index], result.boundary_classes[index], gm.num_classes)
+    coeffs = margin_coefficients(result.labels[index], result.boundary_classes[index], gm.num_classes)
     if method == "dense":
         values, vectors, gnorm = dense_curvatures(gm.runtime.logits_fn, z, coeffs, hvp, step)
         pick = np.r_[0:k, d - k:d] if 2 * k <= d else np.arange(d)
@@ -223,7 +231,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
 
 
 class Profile(NamedTuple):
-    """Curvature profile over a set of points (PAPERS.md A.3).
+    """Curvature profile over a set of points (Fawzi et al., CVPR 2018).
 
     Fields:
         curvatures: the `Curvatures` the profile is made of (with their `index`).

@@ -1,4 +1,4 @@
-"""Detect adversarially perturbed inputs by curvature asymmetry, and recover their label (PAPERS.md A.5).
+"""Detect adversarially perturbed inputs by curvature asymmetry, and recover their label (Fawzi et al., CVPR 2018, the detection section; our score: docs/choices.md).
 
 Score (ours). For an input `x` with predicted class `k` and a candidate class
 `j`, with `F_j = f_k - f_j`,
@@ -111,7 +111,8 @@ class CurvatureDetector:
         rho = second[rows, labels[:, None]] - second[rows, cands]
         return labels, cands, rho
 
-    def _require_fit(self):
+    def require_fit(self):
+        """Raise `InputError` unless `fit` has set the orientation and threshold."""
         if self.threshold is None:
             raise InputError("the detector is not calibrated; call fit(x_clean) first")
 
@@ -126,7 +127,7 @@ class CurvatureDetector:
 
     def score(self, x):
         """`[N]` oriented curvature towards the runner-up class (higher = more suspicious)."""
-        self._require_fit()
+        self.require_fit()
         return self.orientation * self.curvatures(x)[2][:, 0]
 
     def detect(self, x):
@@ -135,10 +136,11 @@ class CurvatureDetector:
 
     def recover(self, x):
         """`[N]` the most likely label before perturbation (largest oriented `rho_j`)."""
-        self._require_fit()
-        return self._recovered(*self.curvatures(x)[1:])
+        self.require_fit()
+        return self.recover_from(*self.curvatures(x)[1:])
 
-    def _recovered(self, cands, rho):
+    def recover_from(self, cands, rho):
+        """`[N]` recovered labels from candidate classes `[N, C]` and their curvatures `rho [N, C]`."""
         return cands[np.arange(len(cands)), np.argmax(self.orientation * rho, axis=1)]
 
 
@@ -170,7 +172,7 @@ def evaluate(detector, x_eval, perturbed, name=None):
     xa, labels = perturbed.x_adv[ok], perturbed.labels[ok]
     if len(xa) == 0:
         raise InputError(f"{name or 'the attack'} produced no successful perturbation; nothing to detect")
-    detector._require_fit()
+    detector.require_fit()
     _, cands, rho = detector.curvatures(xa)  # once: scores and recovery both come from it
     clean, dirty = detector.score(x_eval), detector.orientation * rho[:, 0]
     y = np.r_[np.zeros(len(clean)), np.ones(len(dirty))]
@@ -180,7 +182,7 @@ def evaluate(detector, x_eval, perturbed, name=None):
     z_clean, z_dirty = np.sort(gm.logits(x_eval), 1), np.sort(logits_dirty, 1)
     margin = np.r_[z_clean[:, -1] - z_clean[:, -2], z_dirty[:, -1] - z_dirty[:, -2]]
     flagged = dirty > detector.threshold
-    recovered = detector._recovered(cands[flagged], rho[flagged])
+    recovered = detector.recover_from(cands[flagged], rho[flagged])
     return {
         "attack": name,
         "clean": int(len(clean)),

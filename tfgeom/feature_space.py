@@ -1,4 +1,4 @@
-"""Geometry of the feature space of the last hidden layer (PAPERS.md B).
+"""Geometry of the feature space of the last hidden layer (Yousefzadeh, arXiv 2202.04052, 2022).
 
 With features `z = phi(x)` and the affine head `f(z) = W^T z + b`, the region
 of class `c` is the polyhedron `P_c = {z : (w_c - w_j)^T z + b_c - b_j >= 0 for all j}`.

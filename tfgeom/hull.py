@@ -1,7 +1,7 @@
 """Exact distance from queries to the convex hull of many points, by column generation.
 
 The distance from `q` to `conv(Z)` solves
-`min_a ||Z^T a - q||^2  s.t.  a >= 0, sum(a) = 1` (PAPERS.md B.2). With
+`min_a ||Z^T a - q||^2  s.t.  a >= 0, sum(a) = 1` (Yousefzadeh, arXiv 2202.04052). With
 thousands of points the direct problem is slow, but its solution is supported
 on at most `D + 1` of them. The engine therefore
 

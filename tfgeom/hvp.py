@@ -74,6 +74,6 @@ def default_step(input_dim, bounds):
     """Finite-difference scale `sqrt(d) * (high - low) * 10 / 512` for unit directions.
 
     The authors' code uses `h` of the order of `sqrt(d) * range / 512 * 10`
-    (PAPERS.md A.3); with `||v|| = 1` this is the length of the step.
+    (Fawzi et al., CVPR 2018); with `||v|| = 1` this is the length of the step.
     """
     return math.sqrt(input_dim) * float(bounds[1] - bounds[0]) * 10.0 / 512.0

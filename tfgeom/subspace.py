@@ -1,4 +1,4 @@
-"""The curved subspace `S_c` and whether it explains vulnerability (PAPERS.md A.4).
+"""The curved subspace `S_c` and whether it explains vulnerability (Fawzi et al., CVPR 2018, "Empirical study of the topology and geometry of deep networks").
 
 `S_c` is spanned by the top eigenvectors (largest `|eigenvalue|`) of the
 projected Hessian operator averaged over many boundary points,
@@ -93,7 +93,7 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
     if len(index) == 0:
         raise InputError("DeepFool found no boundary point for these inputs; cannot average curvature")
     z = attack.boundary_points[index]
-    coeffs = curvature._coeffs(attack.labels[index], attack.boundary_classes[index], gm.num_classes)
+    coeffs = curvature.margin_coefficients(attack.labels[index], attack.boundary_classes[index], gm.num_classes)
     _, grads = gm.gradient(z, coeffs, batch_size=batch_size)
     grads = grads.reshape(len(z), -1)
     gnorms = np.linalg.norm(grads, axis=1)
