@@ -1,22 +1,23 @@
-"""The feature extractor of a Keras model as a graph of affine maps and activations.
+"""The feature extractor of a Keras model as a graph of operators (`tfgeom.operators`).
 
 Bound propagation (`tfgeom.bounds`) and the exact MILP (`tfgeom.milp`) do not
-run Keras layers; they need each layer as one of four kinds of node:
+run Keras layers; each Keras layer becomes operators by a lookup table from
+layer class to converter (`CONVERTERS`):
 
-- `affine`: `y = L(x) + c` with `L` linear (Dense, Conv1D/2D/3D,
+- `Affine`: `y = L(x) + c` with `L` linear (Dense, Conv1D/2D/3D,
   BatchNormalization in inference mode, average pooling, Flatten, Reshape,
-  ZeroPadding, Rescaling). Each node carries `L`, `|L|` (the same map with
-  absolute weights, for interval arithmetic), `L^T` and the bias map `c`.
-- `act`: an element-wise monotone activation: ReLU, LeakyReLU, tanh, sigmoid.
-- `maxpool`: a maximum over windows (MaxPooling1D/2D, GlobalMaxPooling1D/2D),
-  stored as an index table `[outputs, window]` into the flattened input.
-- `add`: the sum of several nodes (residual `Add`).
+  Permute, ZeroPadding, Rescaling), with `L`, `|L|`, `L^T` and the bias `c`;
+- `ReLU` (also leaky) and `SShaped` (tanh, sigmoid): element-wise monotone
+  activations, standalone or a layer's own `activation`;
+- `MaxPool`: a maximum over windows (MaxPooling1D/2D, GlobalMaxPooling1D/2D);
+- `Add`: the sum of several nodes (residual `Add`).
 
 Dropout-like layers are the identity in inference mode and produce no node.
 Node 0 is the input; nodes are in topological order; the last node is the
-feature tensor (the input of the model's final Dense layer).
+feature tensor (the input of the model's final Dense layer). The table also
+says which layers are piecewise linear (`layer_piecewise_linear`).
 """
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Tuple
 
 import keras
 import numpy as np
@@ -24,8 +25,7 @@ import tensorflow as tf
 
 from tfgeom.errors import ModelError
 from tfgeom.heads import is_functional, producer, strip_softmax
-
-SENTINEL = -1e30  # value of padded positions in max-pooling windows
+from tfgeom.operators import Add, Affine, Input, MaxPool, ReLU, SShaped
 
 _IDENTITY = (
     keras.layers.Dropout,
@@ -61,62 +61,33 @@ SUPPORTED = (
 )
 
 
-class Node(NamedTuple):
-    """One operation of the feature extractor (see the module docstring).
+class LayerGraph(NamedTuple):
+    """Operators in topological order (node 0 the input, the last one the features).
 
     Fields:
-        kind: `"input"`, `"affine"`, `"act"`, `"maxpool"` or `"add"`.
-        inputs: indices of the nodes this one reads.
-        shape: output shape without the batch dimension.
-        name: the Keras layer it comes from.
-        linear: `x -> L(x)` (affine nodes).
-        abs_linear: `r -> |L|(r)` (affine nodes).
-        transpose: `a [M, *shape] -> L^T a [M, *input_shape]` (affine nodes).
-        bias: `c` with shape `shape` (affine nodes).
-        activation: `"relu"`, `"leaky_relu"`, `"tanh"` or `"sigmoid"` (act nodes).
-        slope: negative slope of a leaky ReLU (act nodes).
-        window: `[outputs, k]` int32 indices into the flattened input; padded
-            positions point at the extra entry `size` (maxpool nodes).
+        nodes: the operators (`tfgeom.operators`).
+        programs: compiled bound programs of this graph (freed with it).
     """
 
-    kind: str
-    inputs: Tuple[int, ...]
-    shape: Tuple[int, ...]
-    name: str
-    linear: Optional[Callable] = None
-    abs_linear: Optional[Callable] = None
-    transpose: Optional[Callable] = None
-    bias: Optional[tf.Tensor] = None
-    activation: Optional[str] = None
-    slope: float = 0.0
-    window: Optional[tf.Tensor] = None
-    diagonal: bool = False  # affine node that scales or reshapes element-wise
-
-    @property
-    def size(self):
-        return int(np.prod(self.shape))
-
-
-class LayerGraph(NamedTuple):
-    """Nodes in topological order (node 0 the input, the last one the features)."""
-
-    nodes: Tuple[Node, ...]
+    nodes: Tuple
+    programs: dict
 
     @property
     def input_shape(self):
         return self.nodes[0].shape
 
     def counts(self):
-        """`{kind: number of units}` over activation and max-pool nodes."""
+        """`{activation or "maxpool": number of units}` over activation and max-pool nodes."""
         out = {}
         for node in self.nodes:
-            if node.kind in ("act", "maxpool"):
-                key = node.activation or "maxpool"
+            if node.units:
+                key = getattr(node, "activation", None) or "maxpool"
                 out[key] = out.get(key, 0) + node.size
         return out
 
     def piecewise_linear(self):
-        return all(n.activation in (None, "relu", "leaky_relu") for n in self.nodes)
+        """Whether every operator is piecewise linear (ReLU-type, max-pooling, affine)."""
+        return all(node.piecewise_linear for node in self.nodes)
 
 
 def _vjp_transpose(linear, in_shape):
@@ -136,17 +107,18 @@ def _affine(name, inputs, in_shape, linear, abs_linear, bias=None, transpose=Non
     zero = tf.zeros([1, *in_shape])
     out_shape = tuple(int(d) for d in linear(zero).shape[1:])
     bias_map = tf.zeros(out_shape) if bias is None else tf.broadcast_to(bias, out_shape)
-    return Node(
-        "affine",
-        inputs,
-        out_shape,
-        name,
-        linear=linear,
-        abs_linear=abs_linear,
-        transpose=transpose or _vjp_transpose(linear, in_shape),
-        bias=tf.cast(bias_map, tf.float32),
-        diagonal=diagonal,
-    )
+    return Affine(name, inputs, out_shape, linear, abs_linear, transpose or _vjp_transpose(linear, in_shape),
+                  tf.cast(bias_map, tf.float32), diagonal)
+
+
+def _activation(name, inputs, shape, spec):
+    """The activation operator for `(activation, slope)`, or None for linear."""
+    kind, slope = spec
+    if kind is None:
+        return None
+    if kind in ("relu", "leaky_relu"):
+        return ReLU(name, inputs, shape, slope)
+    return SShaped(name, inputs, shape, kind)
 
 
 def _activation_spec(layer, fn):
@@ -218,103 +190,139 @@ def _maxpool(layer, inputs, in_shape):
         pool = tuple(np.broadcast_to(layer.pool_size, dims))
         strides = tuple(np.broadcast_to(layer.strides, dims))
         table, out_shape = _window_table(in_shape, pool, strides, layer.padding)
-    return Node("maxpool", inputs, out_shape, layer.name, window=tf.constant(table))
+    return MaxPool(layer.name, inputs, out_shape, tf.constant(table))
+
+
+def _dense(layer, inputs, in_shape):
+    kernel = tf.convert_to_tensor(layer.kernel)
+    bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+    last = len(in_shape)
+    node = _affine(layer.name, inputs, in_shape,
+                   lambda x: tf.tensordot(x, kernel, [[last], [0]]),
+                   lambda r: tf.tensordot(r, tf.abs(kernel), [[last], [0]]),
+                   bias,
+                   lambda a: tf.tensordot(a, kernel, [[last], [1]]))
+    return [node, _activation(layer.name, (-1,), node.shape, _activation_spec(layer, layer.activation))]
+
+
+def _conv(layer, inputs, in_shape):
+    if layer.data_format != "channels_last":
+        raise ModelError(f"Conv layer '{layer.name}' uses channels_first; certification needs channels_last")
+    kernel = tf.convert_to_tensor(layer.kernel)
+    bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+    node = _affine(layer.name, inputs, in_shape,
+                   lambda x: layer.convolution_op(x, kernel),
+                   lambda r: layer.convolution_op(r, tf.abs(kernel)),
+                   bias)
+    return [node, _activation(layer.name, (-1,), node.shape, _activation_spec(layer, layer.activation))]
+
+
+def _batch_norm(layer, inputs, in_shape):
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    shape = [1] * (len(in_shape) + 1)
+    for ax in axes:
+        shape[ax] = in_shape[ax - 1 if ax > 0 else ax]
+    var = tf.convert_to_tensor(layer.moving_variance)
+    scale = tf.math.rsqrt(var + layer.epsilon)
+    if layer.scale:
+        scale = scale * tf.convert_to_tensor(layer.gamma)
+    shift = -tf.convert_to_tensor(layer.moving_mean) * scale
+    if layer.center:
+        shift = shift + tf.convert_to_tensor(layer.beta)
+    scale, shift = tf.reshape(scale, shape), tf.reshape(shift, shape)
+    return [_affine(layer.name, inputs, in_shape, lambda x: x * scale, lambda r: r * tf.abs(scale),
+                    shift[0], lambda a: a * scale, diagonal=True)]
+
+
+def _rescaling(layer, inputs, in_shape):
+    scale = tf.cast(layer.scale, tf.float32)
+    offset = tf.cast(layer.offset, tf.float32)
+    return [_affine(layer.name, inputs, in_shape, lambda x: x * scale, lambda r: r * tf.abs(scale),
+                    offset, lambda a: a * scale, diagonal=True)]
+
+
+def _reshape(layer, inputs, in_shape):
+    out_shape = tuple(int(d) for d in layer.compute_output_shape((None, *in_shape))[1:])
+
+    def reshape(x, shape=out_shape):
+        return tf.reshape(x, [-1, *shape])
+
+    return [_affine(layer.name, inputs, in_shape, reshape, reshape, None,
+                    lambda a: tf.reshape(a, [-1, *in_shape]), diagonal=True)]
+
+
+def _average(layer, inputs, in_shape):
+    call = lambda x: layer(x)  # noqa: E731  (linear, non-negative weights)
+    return [_affine(layer.name, inputs, in_shape, call, call)]
+
+
+def _standalone(layer, inputs, in_shape):
+    node = _activation(layer.name, inputs, in_shape, _standalone_activation(layer))
+    return [("alias", inputs[0])] if node is None else [node]
+
+
+# Keras layer class -> converter `(layer, inputs, in_shape) -> [operators]` (the last one is the output),
+# and whether its operators are piecewise linear whatever the layer's settings (None: depends on them).
+CONVERTERS = {
+    keras.layers.Dense: (_dense, None),
+    keras.layers.Conv1D: (_conv, None),
+    keras.layers.Conv2D: (_conv, None),
+    keras.layers.Conv3D: (_conv, None),
+    keras.layers.BatchNormalization: (_batch_norm, True),
+    keras.layers.Rescaling: (_rescaling, True),
+    keras.layers.Flatten: (_reshape, True),
+    keras.layers.Reshape: (_reshape, True),
+    **{cls: (_average, True) for cls in _AVERAGE},
+    **{cls: (lambda layer, inputs, in_shape: [_maxpool(layer, inputs, in_shape)], True) for cls in _MAXPOOL},
+    keras.layers.ReLU: (_standalone, None),
+    keras.layers.LeakyReLU: (_standalone, True),
+    keras.layers.Activation: (_standalone, None),
+}
+
+
+def _converter(layer):
+    for cls in type(layer).__mro__:
+        if cls in CONVERTERS:
+            return CONVERTERS[cls]
+    return None
+
+
+def layer_piecewise_linear(layer):
+    """Whether a Keras layer is piecewise linear by the conversion table: True, False, or None when
+    the table does not know the layer (the caller decides)."""
+    if isinstance(layer, _IDENTITY):
+        return True
+    entry = _converter(layer)
+    if entry is None:
+        return None
+    if entry[1] is not None:
+        return entry[1]
+    act = getattr(layer, "activation", None)
+    name = getattr(act, "__name__", None) if act is not None else None
+    if isinstance(layer, keras.layers.ReLU):
+        return True
+    # a final softmax is stripped before any analysis, so it does not make the logits smooth
+    return name in ("relu", "leaky_relu", "linear", "identity", "softmax", "log_softmax", None)
 
 
 def _layer_nodes(layer, inputs, in_shapes):
-    """Nodes for one Keras layer reading nodes `inputs`; returns a list (the last one is its output)."""
+    """Operators for one Keras layer reading nodes `inputs`; returns a list (the last one is its output)."""
     name = layer.name
-    in_shape = in_shapes[0] if in_shapes else None
     if type(layer).__name__ == "Add" and len(inputs) >= 2:
         if any(s != in_shapes[0] for s in in_shapes):
             raise ModelError(f"Add '{name}' broadcasts inputs of shapes {in_shapes}; certification needs equal shapes")
-        return [Node("add", tuple(inputs), in_shapes[0], name)]
+        return [Add(name, tuple(inputs), in_shapes[0])]
     if len(inputs) != 1:
         raise ModelError(
             f"layer '{name}' ({type(layer).__name__}) has {len(inputs)} tensor inputs; "
             f"bound propagation supports {SUPPORTED}"
         )
-    nodes = []
-    act = None
-    if isinstance(layer, keras.layers.Dense):
-        kernel = tf.convert_to_tensor(layer.kernel)
-        bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
-        last = len(in_shape)
-        nodes.append(
-            _affine(
-                name, tuple(inputs), in_shape,
-                lambda x: tf.tensordot(x, kernel, [[last], [0]]),
-                lambda r: tf.tensordot(r, tf.abs(kernel), [[last], [0]]),
-                bias,
-                lambda a: tf.tensordot(a, kernel, [[last], [1]]),
-            )
-        )
-        act = _activation_spec(layer, layer.activation)
-    elif isinstance(layer, _CONV):
-        if layer.data_format != "channels_last":
-            raise ModelError(f"Conv layer '{name}' uses channels_first; certification needs channels_last")
-        kernel = tf.convert_to_tensor(layer.kernel)
-        bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
-        nodes.append(
-            _affine(
-                name, tuple(inputs), in_shape,
-                lambda x: layer.convolution_op(x, kernel),
-                lambda r: layer.convolution_op(r, tf.abs(kernel)),
-                bias,
-            )
-        )
-        act = _activation_spec(layer, layer.activation)
-    elif isinstance(layer, keras.layers.BatchNormalization):
-        axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-        shape = [1] * (len(in_shape) + 1)
-        for ax in axes:
-            shape[ax] = in_shape[ax - 1 if ax > 0 else ax]
-        var = tf.convert_to_tensor(layer.moving_variance)
-        scale = tf.math.rsqrt(var + layer.epsilon)
-        if layer.scale:
-            scale = scale * tf.convert_to_tensor(layer.gamma)
-        shift = -tf.convert_to_tensor(layer.moving_mean) * scale
-        if layer.center:
-            shift = shift + tf.convert_to_tensor(layer.beta)
-        scale, shift = tf.reshape(scale, shape), tf.reshape(shift, shape)
-        nodes.append(
-            _affine(name, tuple(inputs), in_shape, lambda x: x * scale, lambda r: r * tf.abs(scale),
-                    shift[0], lambda a: a * scale, diagonal=True)
-        )
-    elif isinstance(layer, keras.layers.Rescaling):
-        scale = tf.cast(layer.scale, tf.float32)
-        offset = tf.cast(layer.offset, tf.float32)
-        nodes.append(
-            _affine(name, tuple(inputs), in_shape, lambda x: x * scale, lambda r: r * tf.abs(scale),
-                    offset, lambda a: a * scale, diagonal=True)
-        )
-    elif isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
-        out_shape = tuple(int(d) for d in layer.compute_output_shape((None, *in_shape))[1:])
-
-        def reshape(x, shape=out_shape):
-            return tf.reshape(x, [-1, *shape])
-
-        nodes.append(
-            _affine(name, tuple(inputs), in_shape, reshape, reshape, None,
-                    lambda a: tf.reshape(a, [-1, *in_shape]), diagonal=True)
-        )
-    elif isinstance(layer, _AVERAGE):
-        call = lambda x: layer(x)  # noqa: E731  (linear, non-negative weights)
-        nodes.append(_affine(name, tuple(inputs), in_shape, call, call))
-    elif isinstance(layer, _MAXPOOL):
-        nodes.append(_maxpool(layer, tuple(inputs), in_shape))
-    elif isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.Activation)):
-        act = _standalone_activation(layer)
-        if act[0] is None:
-            return [("alias", inputs[0])]
-        return [Node("act", tuple(inputs), in_shape, name, activation=act[0], slope=act[1])]
-    else:
+    entry = _converter(layer)
+    if entry is None:
         raise ModelError(
             f"layer '{name}' ({type(layer).__name__}) is not supported by certification; supported: {SUPPORTED}"
         )
-    if act is not None and act[0] is not None:
-        nodes.append(Node("act", (-1,), nodes[-1].shape, name, activation=act[0], slope=act[1]))
-    return nodes
+    return [node for node in entry[0](layer, tuple(inputs), in_shapes[0]) if node is not None]
 
 
 def build(model):
@@ -351,7 +359,7 @@ def build(model):
         if isinstance(layer, keras.layers.InputLayer):
             if nodes:
                 raise ModelError("certification needs a model with a single input")
-            nodes.append(Node("input", (), shape_of(tensor), layer.name))
+            nodes.append(Input(layer.name, (), shape_of(tensor)))
             index[key] = 0
             return 0
         if isinstance(layer, keras.Model) and is_functional(layer):
@@ -371,51 +379,22 @@ def build(model):
                 index[key] = item[1]
                 return item[1]
             if item.inputs == (-1,):
-                item = item._replace(inputs=(len(nodes) - 1,))
+                item.inputs = (len(nodes) - 1,)  # a layer's own activation reads the layer's affine node
             nodes.append(item)
         index[key] = len(nodes) - 1
         return index[key]
 
     last = visit(inputs[0], {})
-    if last != len(nodes) - 1 or not nodes or nodes[0].kind != "input":
+    if last != len(nodes) - 1 or not nodes or not isinstance(nodes[0], Input):
         raise ModelError("could not order the feature extractor's layers; certification needs a plain layer graph")
     if len(nodes[-1].shape) != 1:
         raise ModelError(f"features have shape {nodes[-1].shape}; certification needs flat features")
-    return LayerGraph(tuple(nodes))
+    return LayerGraph(tuple(nodes), {})
 
 
 def run(graph, x):
     """Evaluate the graph on `x` (a check that it matches the Keras model)."""
     values = [tf.convert_to_tensor(x, tf.float32)]
     for node in graph.nodes[1:]:
-        ins = [values[i] for i in node.inputs]
-        if node.kind == "affine":
-            values.append(node.linear(ins[0]) + node.bias)
-        elif node.kind == "add":
-            values.append(tf.add_n(ins))
-        elif node.kind == "act":
-            values.append(activate(node, ins[0]))
-        else:
-            values.append(pool_max(node, ins[0]))
+        values.append(node.evaluate([values[i] for i in node.inputs]))
     return values[-1]
-
-
-def activate(node, x):
-    if node.activation == "relu":
-        return tf.nn.relu(x)
-    if node.activation == "leaky_relu":
-        return tf.where(x >= 0, x, node.slope * x)
-    if node.activation == "tanh":
-        return tf.tanh(x)
-    return tf.sigmoid(x)
-
-
-def windows(node, x, fill=SENTINEL):
-    """`[N, outputs, k]` window values of a maxpool node's input `x` (padding = `fill`)."""
-    flat = tf.reshape(x, [tf.shape(x)[0], -1])
-    flat = tf.concat([flat, tf.fill([tf.shape(x)[0], 1], tf.cast(fill, x.dtype))], 1)
-    return tf.gather(flat, node.window, axis=1)
-
-
-def pool_max(node, x):
-    return tf.reshape(tf.reduce_max(windows(node, x), -1), [-1, *node.shape])

@@ -21,12 +21,10 @@ L2 balls are refused (they need a mixed-integer SOCP solver).
 """
 import cvxpy as cp
 import numpy as np
-import scipy.sparse as sp
-import tensorflow as tf
 
 from tfgeom.bounds import crown_bounds, interval_bounds
-from tfgeom.errors import InputError, ModelError
-from tfgeom.layer_graph import SENTINEL
+from tfgeom.errors import ModelError
+from tfgeom.operators import Affine
 
 MAX_UNITS = 4096  # activation + max-pool units of the feature extractor
 MIP_GAP = 1e-6
@@ -48,87 +46,26 @@ def check_size(graph, max_units=MAX_UNITS):
         )
 
 
-def _matrix(node, in_shape):
-    """Sparse `[out, in]` matrix of an affine node's linear part."""
-    size = int(np.prod(in_shape))
-    cols = []
-    for start in range(0, size, 1024):
-        eye = tf.one_hot(tf.range(start, min(start + 1024, size)), size)
-        cols.append(tf.reshape(node.linear(tf.reshape(eye, [-1, *in_shape])), [eye.shape[0], -1]).numpy())
-    dense = np.concatenate(cols).T
-    dense[np.abs(dense) < 1e-12] = 0.0
-    return sp.csr_matrix(dense.astype(np.float64))
-
-
 class _Program:
-    """The MILP of one input set (one example)."""
+    """The MILP of one input set (example `i` of `input_set`): each operator adds its own constraints."""
 
-    def __init__(self, graph, matrices, bounds, kind, center, low, high, direction):
+    def __init__(self, graph, matrices, bounds, input_set, i):
         nodes = graph.nodes
         self.binaries = 0
-        cons = []
+        self._matrices = matrices
         x = cp.Variable(nodes[0].size)
-        if kind == "segment":
-            t = cp.Variable()
-            cons += [t >= 0, t <= 1, x == center + t * direction]
-        else:
-            cons += [x >= low, x <= high]
+        cons = list(input_set.milp_constraints(x, i))
         values = [x]
-        for n, node in enumerate(nodes[1:], 1):
-            ins = [values[i] for i in node.inputs]
-            if node.kind == "affine":
-                values.append(matrices[n] @ ins[0] + node.bias.numpy().reshape(-1).astype(np.float64))
-            elif node.kind == "add":
-                values.append(sum(ins[1:], ins[0]))
-            elif node.kind == "act":
-                l, u = (b.reshape(-1) for b in bounds[node.inputs[0]])
-                values.append(self._relu(ins[0], l, u, node.slope, cons))
-            else:
-                l, u = (b.reshape(-1) for b in bounds[node.inputs[0]])
-                values.append(self._maxpool(ins[0], l, u, node.window.numpy(), cons))
+        for node in nodes[1:]:
+            parent = bounds[node.inputs[0]]
+            values.append(node.milp(self, [values[j] for j in node.inputs], parent, cons))
         self.features = values[-1]
         self.coeffs = cp.Parameter(nodes[-1].size)
         self.problem = cp.Problem(cp.Minimize(self.coeffs @ self.features), cons)
 
-    def _relu(self, x, l, u, slope, cons):
-        y = cp.Variable(x.shape[0])
-        pos, neg = l >= 0, u <= 0
-        unstable = ~(pos | neg)
-        if pos.any():
-            cons.append(y[pos] == x[pos])
-        if neg.any():
-            cons.append(y[neg] == slope * x[neg])
-        k = int(unstable.sum())
-        if k:
-            self.binaries += k
-            d = cp.Variable(k, boolean=True)
-            xi, yi, li, ui = x[unstable], y[unstable], l[unstable], u[unstable]
-            cons += [
-                yi >= xi,
-                yi >= slope * xi,
-                yi <= xi - (1 - slope) * cp.multiply(li, 1 - d),
-                yi <= slope * xi + (1 - slope) * cp.multiply(ui, d),
-            ]
-        return y
-
-    def _maxpool(self, x, l, u, window, cons):
-        size = x.shape[0]
-        y = cp.Variable(window.shape[0])
-        valid = window < size
-        lw = np.where(valid, l[np.minimum(window, size - 1)], SENTINEL)
-        uw = np.where(valid, u[np.minimum(window, size - 1)], SENTINEL)
-        for o in range(window.shape[0]):
-            best = int(np.argmax(lw[o]))
-            cand = [best] + [k for k in range(window.shape[1]) if k != best and valid[o, k] and uw[o, k] > lw[o, best]]
-            idx = window[o, cand]
-            if len(cand) == 1:
-                cons.append(y[o] == x[int(idx[0])])
-                continue
-            self.binaries += len(cand)
-            d = cp.Variable(len(cand), boolean=True)
-            top = uw[o, cand].max()
-            cons += [y[o] >= x[idx], y[o] <= x[idx] + cp.multiply(top - lw[o, cand], 1 - d), cp.sum(d) == 1]
-        return y
+    def matrix(self, node):
+        """The sparse matrix of an affine operator (built once per graph and reused by every example)."""
+        return self._matrices[id(node)]
 
     def minimise(self, coeffs, time_limit=TIME_LIMIT):
         """`(value, status, features)` of `min coeffs^T z` over the set."""
@@ -153,7 +90,7 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
         graph: the `LayerGraph`.
         weights: the head's `W [D, L]`.
         bias: the head's `b [L]`.
-        input_set: a `tfgeom.bounds.InputSet` of kind `linf` or `segment`.
+        input_set: a `tfgeom.bounds.LinfBall` or `Segment` (an `L2Ball` is refused).
         cls: `[N]` classes to certify.
         tighten: take the big-M constants from CROWN's pre-activation bounds
             (intersected with IBP's) instead of IBP's alone: still valid
@@ -168,30 +105,18 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
         when its solve did not end optimal (the status says why).
     """
     check_size(graph, max_units)
-    if input_set.kind == "l2":
-        raise InputError(
-            "method='milp' supports norm='linf' and segments; an L2 ball needs a mixed-integer SOCP "
-            "solver: use method='crown' for L2"
-        )
+    input_set.milp_constraints(cp.Variable(graph.nodes[0].size), 0)  # refuses sets the MILP cannot express
     found = crown_bounds(graph, input_set) if tighten else interval_bounds(graph, input_set)
     bounds = [(l.numpy().astype(np.float64), u.numpy().astype(np.float64)) for l, u in found]
-    matrices = {
-        n: _matrix(node, graph.nodes[node.inputs[0]].shape)
-        for n, node in enumerate(graph.nodes)
-        if node.kind == "affine"
-    }
+    matrices = {id(node): node.matrix(graph.nodes[node.inputs[0]].shape)
+                for node in graph.nodes if isinstance(node, Affine)}
     w, b = np.asarray(weights, np.float64), np.asarray(bias, np.float64)
     n_ex, classes = len(cls), w.shape[1]
     margins = np.full((n_ex, classes), np.inf)
     statuses, binaries = [], []
-    direction = None if input_set.direction is None else input_set.direction.numpy().reshape(n_ex, -1)
-    centre = input_set.center.numpy().reshape(n_ex, -1).astype(np.float64)
-    low = input_set.low.numpy().reshape(n_ex, -1).astype(np.float64)
-    high = input_set.high.numpy().reshape(n_ex, -1).astype(np.float64)
     for i in range(n_ex):
         per = [(bl[i], bu[i]) for bl, bu in bounds]
-        prog = _Program(graph, matrices, per, input_set.kind, centre[i], low[i], high[i],
-                        None if direction is None else direction[i].astype(np.float64))
+        prog = _Program(graph, matrices, per, input_set, i)
         worst = "optimal"
         c = int(cls[i])
         for j in range(classes):
