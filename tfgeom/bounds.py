@@ -80,16 +80,13 @@ class LinfBall(NamedTuple):
                 x <= self.high[i].numpy().reshape(-1).astype(np.float64)]
 
     def take(self, rows):
+        """The sets of examples `rows`."""
         return type(self)(*[t[rows] for t in self])
 
 
-class L2Ball(NamedTuple):
+class L2Ball(LinfBall):
     """L2 balls of radius `eps [N]` around `center`; `low`, `high` is the ball's box within the bounds."""
 
-    center: tf.Tensor
-    eps: tf.Tensor
-    low: tf.Tensor
-    high: tf.Tensor
     kind = "l2"
 
     def concretize(self, a):
@@ -112,9 +109,6 @@ class L2Ball(NamedTuple):
             "method='milp' supports norm='linf' and segments; an L2 ball needs a mixed-integer SOCP "
             "solver: use method='crown' for L2"
         )
-
-    def take(self, rows):
-        return type(self)(*[t[rows] for t in self])
 
 
 class Segment(NamedTuple):
@@ -148,6 +142,7 @@ class Segment(NamedTuple):
         return [t >= 0, t <= 1, x == centre + t * direction]
 
     def take(self, rows):
+        """The sets of examples `rows`."""
         return type(self)(*[t[rows] for t in self])
 
 

@@ -212,3 +212,24 @@ def resolve_head(model, feature_layer=None):
     if is_functional(model):
         return _functional_head(model, feature_layer)
     return _subclassed_head(model, feature_layer)
+
+
+def input_shape_of(model, input_shape=None):
+    """The input shape without the batch axis: `input_shape` if given, else the model's (refused if unknown)."""
+    if input_shape is not None:
+        return tuple(int(d) for d in input_shape)
+    try:
+        shape = tuple(model.inputs[0].shape[1:])
+    except (AttributeError, ValueError, IndexError, TypeError):
+        shapes = getattr(model, "_build_shapes_dict", None) or {}
+        if len(shapes) != 1:
+            raise ModelError(
+                "cannot tell the model's input shape (subclassed model that was never called); "
+                "pass input_shape=(H, W, C) or call the model on a batch first"
+            ) from None
+        shape = tuple(next(iter(shapes.values()))[1:])
+    if any(d is None for d in shape):
+        raise ModelError(
+            f"model input shape {shape} has unknown dimensions; pass input_shape=... with the size you analyse"
+        )
+    return tuple(int(d) for d in shape)

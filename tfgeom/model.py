@@ -5,32 +5,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfgeom import deepfool
+from tfgeom import certification, curvature, deepfool, sections, subspace
 from tfgeom.errors import InputError, ModelError
-from tfgeom.heads import resolve_head
+from tfgeom.feature_space import FeatureSpace
+from tfgeom.heads import input_shape_of, resolve_head
+from tfgeom.layer_graph import build as build_layer_graph
 from tfgeom.loading import load_model
 from tfgeom.runtime import Runtime
 from tfgeom.validation import check_bounds, check_inputs, check_labels
-
-
-def _input_shape_of(model, input_shape):
-    if input_shape is not None:
-        return tuple(int(d) for d in input_shape)
-    try:
-        shape = tuple(model.inputs[0].shape[1:])
-    except (AttributeError, ValueError, IndexError, TypeError):
-        shapes = getattr(model, "_build_shapes_dict", None) or {}
-        if len(shapes) != 1:
-            raise ModelError(
-                "cannot tell the model's input shape (subclassed model that was never called); "
-                "pass input_shape=(H, W, C) or call the model on a batch first"
-            ) from None
-        shape = tuple(next(iter(shapes.values()))[1:])
-    if any(d is None for d in shape):
-        raise ModelError(
-            f"model input shape {shape} has unknown dimensions; pass input_shape=... with the size you analyse"
-        )
-    return tuple(int(d) for d in shape)
 
 
 class GeometryModel:
@@ -68,7 +50,7 @@ class GeometryModel:
             raise ModelError(f"expected a keras.Model or a path to a .keras/.h5 file; got {type(model).__name__}")
         self.model = model
         self.bounds = check_bounds(bounds)
-        self.input_shape = _input_shape_of(model, input_shape)
+        self.input_shape = input_shape_of(model, input_shape)
         head = resolve_head(model, feature_layer)
         probe = head.logits_fn(tf.zeros([1, *self.input_shape]))
         if probe.shape.rank != 2 or probe.shape[1] < 2:
@@ -170,32 +152,22 @@ class GeometryModel:
 
     def principal_curvatures(self, x, k=20, hvp="auto", method="lanczos", **kwargs):
         """Principal curvatures near `x`; see `tfgeom.curvature.principal_curvatures`."""
-        from tfgeom import curvature
-
         return curvature.principal_curvatures(self, x, k=k, hvp=hvp, method=method, **kwargs)
 
     def curvature_profile(self, x, k=20, **kwargs):
         """Curvature profile near `x`; see `tfgeom.curvature.curvature_profile`."""
-        from tfgeom import curvature
-
         return curvature.curvature_profile(self, x, k=k, **kwargs)
 
     def boundary_sections(self, x, direction="curved", **kwargs):
         """2-D boundary sections at `x`; see `tfgeom.sections.boundary_sections`."""
-        from tfgeom import sections
-
         return sections.boundary_sections(self, x, direction=direction, **kwargs)
 
     def curved_subspace(self, x, dim=20, **kwargs):
         """The curved subspace from `x`; see `tfgeom.subspace.curved_subspace`."""
-        from tfgeom import subspace
-
         return subspace.curved_subspace(self, x, dim=dim, **kwargs)
 
     def feature_space(self, x_train, y_train, **kwargs):
         """Training features and the head's exact geometry; see `tfgeom.feature_space.FeatureSpace`."""
-        from tfgeom.feature_space import FeatureSpace
-
         return FeatureSpace(self, x_train, y_train, **kwargs)
 
     @property
@@ -203,25 +175,17 @@ class GeometryModel:
         """The feature extractor as a `tfgeom.layer_graph.LayerGraph` (built once; for certification)."""
         self._require_split()
         if self._layer_graph is None:
-            from tfgeom import layer_graph
-
-            self._layer_graph = layer_graph.build(self.model)
+            self._layer_graph = build_layer_graph(self.model)
         return self._layer_graph
 
     def certify(self, x, eps, norm="linf", method="crown", **kwargs):
         """Certify balls around `x`; see `tfgeom.certification.certify`."""
-        from tfgeom import certification
-
         return certification.certify(self, x, eps, norm=norm, method=method, **kwargs)
 
     def certify_segment(self, x_a, x_b, method="crown", **kwargs):
         """Certify segments `[x_a, x_b]`; see `tfgeom.certification.certify_segment`."""
-        from tfgeom import certification
-
         return certification.certify_segment(self, x_a, x_b, method=method, **kwargs)
 
     def certified_radius(self, x, norm="linf", method="crown", **kwargs):
         """Certified radii around `x` by bisection; see `tfgeom.certification.certified_radius`."""
-        from tfgeom import certification
-
         return certification.certified_radius(self, x, norm=norm, method=method, **kwargs)
