@@ -88,12 +88,12 @@ class Affine(Operator):
 
     def forward(self, ins, parent, fold):
         (a_lo, c_lo), (a_up, c_up) = ins[0]
-        out = []
-        for sign in (-1.0, 1.0):
-            a = fold(self.linear, (a_lo + a_up) / 2) + sign * fold(self.abs_linear, (a_up - a_lo) / 2)
-            c = self.linear((c_lo + c_up) / 2) + self.bias + sign * self.abs_linear((c_up - c_lo) / 2)
-            out.append((a, c))
-        return tuple(out)
+        # centre and radius are mapped once for both ends; equal ends (before any relaxation) have radius 0
+        a_mid = fold(self.linear, (a_lo + a_up) / 2)
+        a_rad = 0.0 if a_lo is a_up else fold(self.abs_linear, (a_up - a_lo) / 2)
+        c_mid = self.linear((c_lo + c_up) / 2) + self.bias
+        c_rad = 0.0 if c_lo is c_up else self.abs_linear((c_up - c_lo) / 2)
+        return (a_mid - a_rad, c_mid - c_rad), (a_mid + a_rad, c_mid + c_rad)
 
     def matrix(self, in_shape):
         """Sparse `[out, in]` matrix of the linear part (for the MILP)."""
