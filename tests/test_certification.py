@@ -206,8 +206,11 @@ def test_linear_model_radius_is_the_closed_form():
     # IBP bounds an L2 ball by its bounding box, so its L2 radius is the Linf one
     for norm, method, want in (("linf", "ibp", "linf"), ("linf", "crown", "linf"), ("l2", "crown", "l2"),
                                ("l2", "ibp", "linf")):
-        r = gm.certified_radius(x, norm=norm, method=method, upper=np.full(len(x), 50.0), steps=40, rtol=1e-4)
-        np.testing.assert_allclose(r.radius, closed[want], rtol=2e-3, atol=1e-4)
+        for search in ("bisection", "secant"):
+            r = gm.certified_radius(x, norm=norm, method=method, upper=np.full(len(x), 50.0), steps=40, rtol=1e-4,
+                                    search=search)
+            np.testing.assert_allclose(r.radius, closed[want], rtol=2e-3, atol=1e-4)
+            assert r.converged.all()
 
 
 def test_unsupported_models_are_refused(digits):

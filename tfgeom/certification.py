@@ -199,8 +199,51 @@ def _midpoint(lo, hi):
     return np.where(lo > 0, np.sqrt(lo * np.maximum(hi, lo)), hi / 2)
 
 
+class _Search:
+    """Where the next certify call of each bracket `[lo, hi]` goes (`lo`, `hi` are updated in place).
+
+    The secant search keeps `f = smallest margin bound - rounding guard` at
+    both ends (`f > 0` iff certified; at radius 0 it is the clean margin) and
+    proposes the false-position point; the Illinois rule halves the retained
+    end's `f` when the same end moves twice in a row, so neither end stalls.
+    """
+
+    def __init__(self, gm, x, cls, lo, hi, kind):
+        self.kind = check_choice("search", kind, ("bisection", "secant"))
+        self.lo, self.hi = lo, hi
+        logits = gm.logits(x).astype(np.float64)
+        self.guard = ROUNDING * np.maximum(1.0, np.abs(logits).max(axis=1))
+        own = logits[np.arange(len(x)), cls]
+        logits[np.arange(len(x)), cls] = -np.inf
+        self.f_lo = np.where(lo == 0, own - logits.max(axis=1) - self.guard, np.nan)
+        self.f_hi = np.full(len(x), np.nan)
+        self.last = np.zeros(len(x), np.int8)  # +1: lo moved last, -1: hi moved last
+
+    def next(self, todo):
+        lo, hi = self.lo[todo], self.hi[todo]
+        mid = _midpoint(lo, hi)
+        if self.kind == "bisection":
+            return mid
+        f_lo, f_hi = self.f_lo[todo], self.f_hi[todo]
+        known = np.isfinite(f_lo) & np.isfinite(f_hi) & (f_lo > 0) & (f_hi <= 0)
+        t = lo + (hi - lo) * np.where(known, f_lo / np.where(known, f_lo - f_hi, 1.0), 0.5)
+        # stay strictly inside the bracket so every call shrinks it
+        t = np.clip(t, lo + 0.01 * (hi - lo), hi - 0.01 * (hi - lo))
+        return np.where(known, t, mid)
+
+    def update(self, todo, mid, cert):
+        f = cert.min_margin.astype(np.float64) - self.guard[todo]
+        up, down = todo[cert.certified], todo[~cert.certified]
+        self.lo[up], self.f_lo[up] = mid[cert.certified], f[cert.certified]
+        self.hi[down], self.f_hi[down] = mid[~cert.certified], f[~cert.certified]
+        self.f_hi[up[self.last[up] == 1]] /= 2  # Illinois: the same end moved twice
+        self.f_lo[down[self.last[down] == -1]] /= 2
+        self.last[up], self.last[down] = 1, -1
+
+
 def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, steps=40, rtol=0.02,
-                     batch_size=None, max_units=milp.MAX_UNITS, intermediate="backward", lower=None, attack=None):
+                     batch_size=None, max_units=milp.MAX_UNITS, intermediate="backward", lower=None, attack=None,
+                     search="bisection"):
     """The largest certified radius around each input, by bisection on `eps`.
 
     Each step certifies all unresolved inputs at the midpoints of their
@@ -224,6 +267,11 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
             Defaults to `None`: 0 (CROWN's radius for `"milp"`).
         attack: a DeepFool `AttackResult` of `x` in `norm` to take the upper
             ends from. Defaults to `None`: run DeepFool.
+        search: `"bisection"` (midpoints: arithmetic until a radius is
+            certified, then geometric) or `"secant"` (ours: false position on
+            the smallest margin bound with the Illinois correction, falling
+            back to midpoints; usually fewer certify calls, each bracket end
+            still certified or refuted by a call). Defaults to `"bisection"`.
 
     Returns:
         A `Radius`; `radius` is certified (a lower bound on the true robust radius).
@@ -249,13 +297,13 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
     if method == "milp" and lower is None:  # CROWN's radius is certified, so the exact one is at least that
         lo[ok] = np.minimum(certified_radius(gm, x[ok], norm, "crown", cls[ok], hi[ok], steps, rtol,
                                              batch_size, intermediate=intermediate).radius, hi[ok])
+    search = _Search(gm, x, cls, lo, hi, search)
     for _ in range(steps):
         todo = np.flatnonzero(ok & (hi - lo > rtol * hi))
         if len(todo) == 0:
             break
-        mid = _midpoint(lo[todo], hi[todo])
-        cert = certify(gm, x[todo], mid, norm, method, cls[todo], batch_size, max_units, intermediate).certified
-        lo[todo[cert]] = mid[cert]
-        hi[todo[~cert]] = mid[~cert]
+        mid = search.next(todo)
+        cert = certify(gm, x[todo], mid, norm, method, cls[todo], batch_size, max_units, intermediate)
+        search.update(todo, mid, cert)
     converged = ~ok | (hi - lo <= rtol * hi)
     return Radius(lo.astype(np.float32), hi.astype(np.float32), cls, method, norm, float(rtol), converged)

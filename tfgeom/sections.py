@@ -81,7 +81,8 @@ def section(gm, point, k, j, direction, radius, resolution=81, curvature=None):
     )
 
 
-def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, seed=0, attack=None, **kwargs):
+def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, seed=0, attack=None, curvatures=None,
+                      **kwargs):
     """Sections at the DeepFool boundary points of inputs `x`.
 
     Args:
@@ -94,6 +95,9 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
         resolution: grid points per axis. Defaults to `81`.
         seed: seed of the random directions. Defaults to `0`.
         attack: a DeepFool L2 `AttackResult` for `x` to reuse. Defaults to `None`: run DeepFool.
+        curvatures: `Curvatures` already computed at the boundary points of
+            inputs that start with `x` (rows whose `index` is beyond `x` are
+            ignored). Defaults to `None`: compute them (`kwargs`, `k=5`).
         **kwargs: passed to `principal_curvatures` (`hvp`, `k`, ...).
 
     Returns:
@@ -105,7 +109,13 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
         raise InputError(f"direction={direction!r} is not one of ['curved', 'random']")
     kwargs.setdefault("k", 5)
     df = attack if attack is not None else gm.deepfool(x)
-    if direction == "curved":
+    if direction == "curved" and curvatures is not None:
+        keep = np.flatnonzero(curvatures.index < len(x))
+        curv = curvatures._replace(index=curvatures.index[keep], values=curvatures.values[keep],
+                                   directions=curvatures.directions[keep],
+                                   gradient_norm=curvatures.gradient_norm[keep])
+        index = curv.index
+    elif direction == "curved":
         curv = principal_curvatures(gm, x, attack=df, **kwargs)
         index = curv.index
     else:  # a random direction needs no curvature computation

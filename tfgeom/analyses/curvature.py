@@ -37,8 +37,10 @@ class CurvatureAnalysis(Analysis):
                     "file": plots.curvature_profile(profile, out / "curvature_profile.png").name}]
         shown = slice(0, settings.sections)
         for direction in ("curved", "random"):
+            # the profile's curvatures already cover the first inputs: their most curved directions are reused
+            reuse = profile.curvatures if settings.sections <= settings.points else None
             secs = boundary_sections(gm, x[shown], direction=direction, seed=context.seed,
-                                     attack=context.deepfool("l2", shown))
+                                     attack=context.deepfool("l2", shown), curvatures=reuse)
             if secs:
                 f = plots.boundary_sections(secs, out / f"sections_{direction}.png")
                 figures.append({"title": f"Boundary sections along {direction} directions", "file": f.name})
