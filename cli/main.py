@@ -393,7 +393,7 @@ def detect(
     det = CurvatureDetector(gm, fpr=fpr, seed=seed).fit(x[:calibration])
     name = "deepfool-l2" if attack is Attack.deepfool else attack.value
     perturbed = by_name(name)(gm, x[calibration:])
-    result = {k: v for k, v in evaluate(det, x[calibration:], perturbed, name).items() if not k.startswith("roc")}
+    result = evaluate(det, x[calibration:], perturbed, name).summary()
     _show(result, f"Curvature-asymmetry detection of {name}", as_json)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 import tfgeom
 from tfgeom import zoo
-from tfgeom.analyses.topology import adversarial_pairs, same_class_pairs
+from tfgeom.analyses.connectivity import adversarial_pairs, same_class_pairs
+from tfgeom.attacks import by_name
 from tfgeom.connectivity import connect
 from tfgeom.detection import CurvatureDetector, evaluate
 
@@ -30,9 +31,9 @@ def main():
               f"median length/straight {np.median(p.straightness):.3f}")
     det = CurvatureDetector(gm).fit(x[:200])
     for attack in ("deepfool-l2", "deepfool-linf", "fgsm", "pgd"):
-        r = evaluate(det, x[200:400], attack)
-        print(f"{attack:13s}: AUC {r['auc']:.3f}, TPR {r['tpr']:.3f} at FPR {r['fpr']:.3f}, recovery "
-              f"{r['recovery']}, margin-baseline AUC {r['auc_margin_baseline']:.3f}")
+        r = evaluate(det, x[200:400], by_name(attack)(gm, x[200:400]), attack)
+        print(f"{attack:13s}: AUC {r.auc:.3f}, TPR {r.tpr:.3f} at FPR {r.fpr:.3f}, recovery "
+              f"{r.recovery}, margin-baseline AUC {r.auc_margin_baseline:.3f}")
 
 
 if __name__ == "__main__":

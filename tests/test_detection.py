@@ -41,9 +41,9 @@ def test_detector_separates_deepfool_crossings_and_recovers_the_label(ball):
     det = CurvatureDetector(gm, directions=8, step=0.1, candidates=1).fit(x[:40])
     assert det.orientation == 1.0
     result = evaluate(det, x[40:], gm.deepfool(x[40:], norm="l2"), "deepfool-l2")
-    assert result["auc"] == 1.0 and result["tpr"] == 1.0
-    assert result["fpr"] <= 0.1  # clean scores tie at -2 up to rounding; the threshold is their 95% quantile
-    assert result["recovery"] == 1.0
+    assert result.auc == 1.0 and result.tpr == 1.0
+    assert result.fpr <= 0.1  # clean scores tie at -2 up to rounding; the threshold is their 95% quantile
+    assert result.recovery == 1.0
 
 
 def test_unfitted_detector_and_bad_arguments_are_refused(ball):

@@ -346,6 +346,18 @@ def forward_bounds(graph, input_set, memory=MEMORY):
     return interval_bounds(graph, input_set, refine)
 
 
+class MarginBounds(NamedTuple):
+    """Lower bounds of linear functions of the features over input sets.
+
+    Fields:
+        lower: `[N, S]` lower bounds.
+        bounds: `[(l, u)]` of every node (pre-activation bounds used on the way).
+    """
+
+    lower: tf.Tensor
+    bounds: list
+
+
 def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, combine=True,
                         intermediate="backward"):
     """Lower bounds of `coeffs @ z + const` over the set, `z` the features.
@@ -363,7 +375,7 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, 
             networks, looser). The margins always get a backward pass.
 
     Returns:
-        `(lower [N, S], bounds)` with `bounds` the per-node `(l, u)`.
+        A `MarginBounds`.
     """
     if method == "ibp":
         bounds = interval_bounds(graph, input_set)
@@ -376,7 +388,7 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, 
         "nsd,nd->ns", tf.minimum(coeffs, 0.0), u
     )
     if method == "ibp":
-        return ibp, bounds
+        return MarginBounds(ibp, bounds)
     last = len(graph.nodes) - 1
     crown = compiled_backward(graph, last, input_set.kind)(coeffs, const, tuple(bounds[:last]), input_set)
-    return (tf.maximum(crown, ibp) if combine else crown), bounds
+    return MarginBounds(tf.maximum(crown, ibp) if combine else crown, bounds)

@@ -27,6 +27,8 @@ Recovery (ours): among the `candidates` classes with the highest logits after
 Points `x +- h v` may fall outside the input bounds; the model is evaluated
 there as it is.
 """
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -55,6 +57,56 @@ def second_difference_program(logits_fn):
         return z0, tf.reduce_mean(zp + zm - 2.0 * z0[:, None], axis=1) / (h * h)
 
     return program
+
+
+class Scores(NamedTuple):
+    """Second differences towards the top candidate classes (NumPy).
+
+    Fields:
+        labels: `[N]` predicted classes `k`.
+        candidates: `[N, C]` the classes after `k` with the highest logits.
+        rho: `[N, C]` `rho_j` of `F_j = f_k - f_j` for each candidate `j` (not oriented).
+    """
+
+    labels: np.ndarray
+    candidates: np.ndarray
+    rho: np.ndarray
+
+
+class Evaluation(NamedTuple):
+    """A fitted detector on clean inputs (negatives) and their successful perturbations (positives).
+
+    Fields:
+        attack: the attack's name (or None).
+        clean: number of clean inputs.
+        perturbed: number of successfully perturbed inputs.
+        auc: area under the ROC curve of the curvature score.
+        tpr: fraction of perturbed inputs above the calibrated threshold.
+        fpr: fraction of clean inputs above it.
+        tpr_at_5_fpr: TPR at 5% FPR with the threshold re-read on this evaluation set (reference).
+        recovery: fraction of detected perturbed inputs whose recovered label is the original (None if none detected).
+        recovery_runner_up: fraction of perturbed inputs whose runner-up class is the original.
+        auc_margin_baseline: AUC of the top-2 logit margin as the score (not curvature: a reference).
+        roc_fpr: the ROC curve's false-positive rates.
+        roc_tpr: its true-positive rates.
+    """
+
+    attack: object
+    clean: int
+    perturbed: int
+    auc: float
+    tpr: float
+    fpr: float
+    tpr_at_5_fpr: float
+    recovery: object
+    recovery_runner_up: float
+    auc_margin_baseline: float
+    roc_fpr: list
+    roc_tpr: list
+
+    def summary(self):
+        """The JSON-ready record without the ROC curve."""
+        return {k: v for k, v in self._asdict().items() if not k.startswith("roc")}
 
 
 class CurvatureDetector:
@@ -95,7 +147,7 @@ class CurvatureDetector:
         self.threshold = None
 
     def curvatures(self, x):
-        """`(labels [N], candidates [N, C], rho [N, C])`: oriented-free `rho_j` for the top candidates."""
+        """`Scores`: `rho_j` (not oriented) towards the top candidate classes of inputs `x [N, ...]`."""
         x = self.gm.check(x)
         rt = self.gm.runtime
         program = rt.program(
@@ -109,7 +161,7 @@ class CurvatureDetector:
         labels, cands = order[:, 0], order[:, 1 : 1 + self.candidates]
         rows = np.arange(len(x))[:, None]
         rho = second[rows, labels[:, None]] - second[rows, cands]
-        return labels, cands, rho
+        return Scores(labels, cands, rho)
 
     def require_fit(self):
         """Raise `InputError` unless `fit` has set the orientation and threshold."""
@@ -128,7 +180,7 @@ class CurvatureDetector:
     def score(self, x):
         """`[N]` oriented curvature towards the runner-up class (higher = more suspicious)."""
         self.require_fit()
-        return self.orientation * self.curvatures(x)[2][:, 0]
+        return self.orientation * self.curvatures(x).rho[:, 0]
 
     def detect(self, x):
         """`[N]` bool: the score exceeds the calibrated threshold."""
@@ -144,7 +196,7 @@ class CurvatureDetector:
         return cands[np.arange(len(cands)), np.argmax(self.orientation * rho, axis=1)]
 
 
-def evaluate(detector, x_eval, perturbed, name=None):
+def evaluate(detector, x_eval, perturbed, name=None, clean=None):
     """ROC of a fitted detector: clean `x_eval` (negatives) vs their successful perturbations (positives).
 
     Args:
@@ -152,14 +204,11 @@ def evaluate(detector, x_eval, perturbed, name=None):
         x_eval: `[N, ...]` clean inputs.
         perturbed: an `AttackResult` of any attack on `x_eval` (see `tfgeom.attacks.by_name`).
         name: the attack's name for the result. Defaults to `None`.
+        clean: `detector.curvatures(x_eval)` when several attacks are
+            evaluated on the same inputs (computed once). Defaults to `None`.
 
-    Returns a dict: `auc`, `tpr` and `fpr` at the calibrated threshold,
-    `tpr_at_5_fpr` (threshold re-read on this evaluation set, for reference),
-    `recovery` (fraction of detected perturbed inputs whose recovered label is
-    the original one), `recovery_runner_up` (the runner-up class as the
-    recovered label, over all perturbed inputs), `auc_margin_baseline` (the
-    top-2 logit margin as the score: not curvature, a reference), counts, and
-    the ROC curve `roc_fpr`, `roc_tpr`.
+    Returns:
+        An `Evaluation`.
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -174,7 +223,8 @@ def evaluate(detector, x_eval, perturbed, name=None):
         raise InputError(f"{name or 'the attack'} produced no successful perturbation; nothing to detect")
     detector.require_fit()
     _, cands, rho = detector.curvatures(xa)  # once: scores and recovery both come from it
-    clean, dirty = detector.score(x_eval), detector.orientation * rho[:, 0]
+    clean = detector.orientation * (detector.curvatures(x_eval) if clean is None else clean).rho[:, 0]
+    dirty = detector.orientation * rho[:, 0]
     y = np.r_[np.zeros(len(clean)), np.ones(len(dirty))]
     s = np.r_[clean, dirty]
     fpr, tpr, _ = roc_curve(y, s)
@@ -183,18 +233,18 @@ def evaluate(detector, x_eval, perturbed, name=None):
     margin = np.r_[z_clean[:, -1] - z_clean[:, -2], z_dirty[:, -1] - z_dirty[:, -2]]
     flagged = dirty > detector.threshold
     recovered = detector.recover_from(cands[flagged], rho[flagged])
-    return {
-        "attack": name,
-        "clean": int(len(clean)),
-        "perturbed": int(len(dirty)),
-        "auc": float(roc_auc_score(y, s)),
-        "tpr": float(np.mean(flagged)),
-        "fpr": float(np.mean(clean > detector.threshold)),
-        "tpr_at_5_fpr": float(np.interp(0.05, fpr, tpr)),
-        "recovery": float(np.mean(recovered == labels[flagged])) if flagged.any() else None,
-        "recovery_runner_up": float(np.mean(np.argsort(-logits_dirty, 1)[:, 1] == labels)),
+    return Evaluation(
+        attack=name,
+        clean=int(len(clean)),
+        perturbed=int(len(dirty)),
+        auc=float(roc_auc_score(y, s)),
+        tpr=float(np.mean(flagged)),
+        fpr=float(np.mean(clean > detector.threshold)),
+        tpr_at_5_fpr=float(np.interp(0.05, fpr, tpr)),
+        recovery=float(np.mean(recovered == labels[flagged])) if flagged.any() else None,
+        recovery_runner_up=float(np.mean(np.argsort(-logits_dirty, 1)[:, 1] == labels)),
         # Baseline, not curvature: a small top-2 logit margin flags points near the boundary.
-        "auc_margin_baseline": float(roc_auc_score(y, -margin)),
-        "roc_fpr": fpr.tolist(),
-        "roc_tpr": tpr.tolist(),
-    }
+        auc_margin_baseline=float(roc_auc_score(y, -margin)),
+        roc_fpr=fpr.tolist(),
+        roc_tpr=tpr.tolist(),
+    )

@@ -19,6 +19,8 @@ Networks are refused above `MAX_UNITS` activation/pooling units (the number
 of binaries grows with them and MILP time is exponential in the worst case);
 L2 balls are refused (they need a mixed-integer SOCP solver).
 """
+from typing import NamedTuple
+
 import cvxpy as cp
 import numpy as np
 
@@ -83,6 +85,20 @@ class _Program:
         return float(value), status, self.features.value
 
 
+class ExactMargins(NamedTuple):
+    """Exact minimum margins of a batch of input sets.
+
+    Fields:
+        margins: `[N, L]` minima of `f_c - f_j` (`+inf` at `j = c`; `-inf` where a solve did not end optimal).
+        status: `[N]` the worst solver status per example (`"optimal"` or why not).
+        binaries: `[N]` binary variables of each example's MILP.
+    """
+
+    margins: np.ndarray
+    status: list
+    binaries: list
+
+
 def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tighten=True, time_limit=TIME_LIMIT):
     """Exact minimum margins `[N, L]` (+inf at `j = c`) and per-example statuses.
 
@@ -101,8 +117,8 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
             margin of `-inf`.
 
     Returns:
-        `(margins [N, L], statuses [N], binaries [N])`; a margin is `-inf`
-        when its solve did not end optimal (the status says why).
+        `ExactMargins`; a margin is `-inf` when its solve did not end optimal
+        (the status says why).
     """
     check_size(graph, max_units)
     input_set.milp_constraints(cp.Variable(graph.nodes[0].size), 0)  # refuses sets the MILP cannot express
@@ -128,4 +144,4 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
                 worst = status
         statuses.append(worst)
         binaries.append(prog.binaries)
-    return margins, statuses, binaries
+    return ExactMargins(margins, statuses, binaries)

@@ -42,34 +42,35 @@ class DetectionAnalysis(Analysis):
         det = CurvatureDetector(gm, directions=settings.directions, fpr=settings.fpr, seed=context.seed)
         det.fit(x[:n_cal])
         x_eval = x[held]
+        clean = det.curvatures(x_eval)  # shared by every attack's evaluation
         results = []
         for name in [a.strip() for a in settings.attacks.split(",") if a.strip()]:
             # DeepFool comes from the run's shared attacks: the same rows, computed once
             perturbed = (context.deepfool(name.split("-")[1], held) if name.startswith("deepfool")
                          else attacks.by_name(name)(gm, x_eval))
             try:
-                results.append(evaluate(det, x_eval, perturbed, name))
+                results.append(evaluate(det, x_eval, perturbed, name, clean=clean))
             except TfgeomError:  # an attack with no successful perturbation has nothing to detect
                 continue
-        fig = plots.roc({r["attack"]: (r["roc_fpr"], r["roc_tpr"], r["auc"]) for r in results}, out / "roc.png")
+        fig = plots.roc({r.attack: (r.roc_fpr, r.roc_tpr, r.auc) for r in results}, out / "roc.png")
         rows = []
         for r in results:
-            rows.append([r["attack"], "curvature detector", r["perturbed"], flag_auc(r["auc"]), r["tpr"], r["fpr"],
-                         r["recovery"] if r["recovery"] is not None else "none detected", r["recovery_runner_up"]])
-            rows.append([r["attack"], "top-2 logit margin (baseline)", r["perturbed"],
-                         flag_auc(r["auc_margin_baseline"]), "-", "-", "-", "-"])
+            rows.append([r.attack, "curvature detector", r.perturbed, flag_auc(r.auc), r.tpr, r.fpr,
+                         r.recovery if r.recovery is not None else "none detected", r.recovery_runner_up])
+            rows.append([r.attack, "top-2 logit margin (baseline)", r.perturbed,
+                         flag_auc(r.auc_margin_baseline), "-", "-", "-", "-"])
         summary = {"calibration_inputs": n_cal, "evaluation_inputs": int(len(x_eval)), "step_h": det.step,
                    "threshold": det.threshold,
                    "orientation": "score = +rho (clean inputs have negative rho)" if det.orientation > 0
                    else "score = -rho (clean inputs have positive rho)"}
         for r in results:
-            key = r["attack"].replace("-", "_")
-            summary[f"auc_{key}"] = flag_auc(r["auc"])
-            summary[f"auc_margin_baseline_{key}"] = flag_auc(r["auc_margin_baseline"])
-            summary[f"tpr_{key}"] = r["tpr"]
+            key = r.attack.replace("-", "_")
+            summary[f"auc_{key}"] = flag_auc(r.auc)
+            summary[f"auc_margin_baseline_{key}"] = flag_auc(r.auc_margin_baseline)
+            summary[f"tpr_{key}"] = r.tpr
         return {
             "summary": summary,
-            "results": [{k: v for k, v in r.items() if not k.startswith("roc")} for r in results],
+            "results": [r.summary() for r in results],
             "tables": [{"title": "Per attack and detector (evaluation split)",
                         "columns": ["attack", "detector", "perturbed inputs", "AUC", "TPR at threshold",
                                     "FPR at threshold", "recovery (of detected)", "runner-up = original"],
