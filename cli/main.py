@@ -303,8 +303,6 @@ def hull(
     unsafe: UnsafeOpt = False,
 ):
     """Distances of test inputs to the convex hulls of training points, in feature and pixel space."""
-    import numpy as np
-
     from tfgeom.errors import InputError
 
     gm = _load(model, bounds, unsafe, batch_size)

@@ -30,7 +30,7 @@ def main():
     x = ds.x[: args.points]
 
     profile = gm.curvature_profile(x, k=20)
-    curv, index = profile.curvatures, profile.curvatures.index
+    index = profile.curvatures.index
     print(f"{len(index)} boundary points, HVP: {profile.hvp} (h = {profile.step})")
     print(f"mean 5 most negative curvatures: {np.round(profile.mean_negative[:5], 3)}")
     print(f"mean 5 most positive curvatures: {np.round(profile.mean_positive[-5:], 3)}")

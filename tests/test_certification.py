@@ -3,7 +3,6 @@ import cvxpy as cp
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tfgeom
 from tfgeom import attacks, bounds, layer_graph, regions

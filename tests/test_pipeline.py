@@ -3,7 +3,6 @@ import collections
 import json
 import pathlib
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -167,3 +166,14 @@ def test_no_module_reaches_into_another_objects_private_names():
             if re.search(r"from tfgeom[\w.]* import .*\b_[a-z]", code):
                 offenders.append(f"{path.name}:{number}: imports a private name")
     assert not offenders, offenders
+
+
+def test_cli_docs_list_every_setting_with_its_default():
+    """docs/cli.md's settings table names every analysis setting and its default."""
+    page = (ROOT / "docs" / "cli.md").read_text()
+    for name, analysis in REGISTRY.items():
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        for key, default in analysis.Settings()._asdict().items():
+            shown = ", ".join(map(str, default)) if isinstance(default, tuple) else (
+                f'"{default}"' if isinstance(default, str) else str(default))
+            assert f"`{key}` ({shown})" in row, (name, key)

@@ -215,7 +215,8 @@ class _Search:
         self.guard = ROUNDING * np.maximum(1.0, np.abs(logits).max(axis=1))
         own = logits[np.arange(len(x)), cls]
         logits[np.arange(len(x)), cls] = -np.inf
-        self.f_lo = np.where(lo == 0, own - logits.max(axis=1) - self.guard, np.nan)
+        self.f_zero = own - logits.max(axis=1) - self.guard  # at radius 0 the bound is the clean margin
+        self.f_lo = np.where(lo == 0, self.f_zero, np.nan)
         self.f_hi = np.full(len(x), np.nan)
         self.last = np.zeros(len(x), np.int8)  # +1: lo moved last, -1: hi moved last
 
@@ -227,9 +228,13 @@ class _Search:
         f_lo, f_hi = self.f_lo[todo], self.f_hi[todo]
         known = np.isfinite(f_lo) & np.isfinite(f_hi) & (f_lo > 0) & (f_hi <= 0)
         t = lo + (hi - lo) * np.where(known, f_lo / np.where(known, f_lo - f_hi, 1.0), 0.5)
+        # no refuted end yet: extrapolate the line through radius 0 and the certified end
+        f_zero = self.f_zero[todo]
+        line = ~known & (lo > 0) & np.isfinite(f_lo) & (f_lo > 0) & (f_lo < f_zero)
+        t = np.where(line, lo * f_zero / np.where(line, f_zero - f_lo, 1.0), t)
         # stay strictly inside the bracket so every call shrinks it
         t = np.clip(t, lo + 0.01 * (hi - lo), hi - 0.01 * (hi - lo))
-        return np.where(known, t, mid)
+        return np.where(known | line, t, mid)
 
     def update(self, todo, mid, cert):
         f = cert.min_margin.astype(np.float64) - self.guard[todo]

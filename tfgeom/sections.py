@@ -9,7 +9,6 @@ bends: the paper's pictures of "flat in most directions, curved in a few".
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
 
 from tfgeom.errors import InputError
 

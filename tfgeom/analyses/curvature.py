@@ -1,8 +1,6 @@
 """Analysis `curvature`: the curvature profile at DeepFool boundary points and 2-D boundary sections."""
 from typing import NamedTuple
 
-import numpy as np
-
 from tfgeom import plots
 from tfgeom.analyses import Analysis, register
 from tfgeom.curvature import curvature_profile
