@@ -177,3 +177,24 @@ def test_cli_docs_list_every_setting_with_its_default():
             shown = ", ".join(map(str, default)) if isinstance(default, tuple) else (
                 f'"{default}"' if isinstance(default, str) else str(default))
             assert f"`{key}` ({shown})" in row, (name, key)
+
+
+def test_present_draws_from_computed_results_only(small_cnn, digits, tmp_path, monkeypatch):
+    """compute() measures (no tables or figures); present() draws them without running the model again."""
+    from tfgeom.analyses import Context
+
+    gm = tfgeom.GeometryModel(small_cnn)
+    data = tfgeom.data.validate(tfgeom.data.load("digits"), gm)
+    context = Context(gm, data._replace(x=data.x[:10], y=data.y[:10]), tmp_path)
+    analysis = REGISTRY["deepfool"]
+    settings = analysis.Settings()
+    result = analysis.compute(context, settings)
+    assert "tables" not in result and "figures" not in result and result["summary"]["examples"] == 10
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("present() must not compute")
+
+    monkeypatch.setattr(gm.runtime, "program", refuse)
+    shown = analysis.present(result, context, settings)
+    assert [f["file"] for f in shown["figures"]][:2] == ["deepfool_l2_hist.png", "deepfool_linf_hist.png"]
+    assert all((tmp_path / f["file"]).exists() for f in shown["figures"])

@@ -130,8 +130,10 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
         if done.get("status") == "done" and done.get("settings") == wanted:
             continue  # finished earlier with the same settings
         start = time.perf_counter()
-        section = analysis.compute(context, effective[name])
-        section = dict(section, title=analysis.title, intro=analysis.intro, settings=wanted, status="done",
+        result = analysis.compute(context, effective[name])
+        shown = analysis.present(result, context, effective[name]) if "skipped" not in result.get("summary", {}) else {}
+        section = {key: value for key, value in result.items() if key != "data"}
+        section = dict(section, **shown, title=analysis.title, intro=analysis.intro, settings=wanted, status="done",
                        seconds=round(time.perf_counter() - start, 2))
         report["sections"][name] = _jsonable(section)
         report["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -5,11 +5,13 @@ An analysis is a small class, registered under its name with `@register`:
 - `name`, `title`, `intro` (two or three sentences opening its report section);
 - `Settings`: a `NamedTuple` of typed settings with defaults (changed with
   `--set name.key=value` or a TOML table `[name]`; see `tfgeom.settings`);
-- `compute(context, settings) -> dict`: the JSON-ready section, with
-  `summary` (`{snake_case_key: value}`; display labels live in
-  `tfgeom.labels`), optional `tables` (`[{"title", "columns", "rows"}]`),
-  `figures` (`[{"title", "file"}]`, PNGs in `context.out_dir`) and any other
-  arrays or records.
+- `compute(context, settings) -> dict`: the measurements: `summary`
+  (`{snake_case_key: value}`; display labels live in `tfgeom.labels`), other
+  JSON-ready records, and under `data` whatever `present` needs that is not
+  written to `report.json` (arrays, result tuples);
+- `present(result, context, settings) -> dict`: what a reader sees, drawn
+  from `compute`'s result only: `tables` (`[{"title", "columns", "rows"}]`)
+  and `figures` (`[{"title", "file"}]`, PNGs in `context.out_dir`).
 
 The `Context` computes shared work once per run: DeepFool L2 and Linf on the
 analysed inputs (every analysis takes rows of them), predictions, features.
@@ -38,8 +40,12 @@ class Analysis:
         """Refuse settings the types alone cannot (raise `InputError` naming the key); called before any work."""
 
     def compute(self, context, settings):
-        """The report section (a JSON-ready dict) for `context` with `settings`."""
+        """The measurements (see the module docstring) for `context` with `settings`."""
         raise NotImplementedError
+
+    def present(self, result, context, settings):
+        """Tables and figures drawn from `compute`'s result. Defaults to none."""
+        return {}
 
 
 def register(cls):

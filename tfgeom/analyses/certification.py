@@ -16,7 +16,7 @@ def _curve(radius, correct, top):
 
 def _feature_side(context, settings, rows, pred):
     """Feature-space certificates: class hulls (LP), exact certified balls, guaranteed inputs."""
-    gm, out = context.gm, context.out_dir
+    gm = context.gm
     fs = context.feature_space(settings.max_train)
     table_rows = []
     hulls_certified = 0
@@ -38,15 +38,7 @@ def _feature_side(context, settings, rows, pred):
         "feature_in_guaranteed_region": float(np.mean(guaranteed.inside)),
         "feature_median_certified_l2_radius": float(np.median(radius)),
     }
-    table = {
-        "title": "Feature space: is the hull of each class's training features certified?",
-        "columns": ["class", "training features", "certified", "min margin over the hull (status)"],
-        "rows": table_rows,
-    }
-    figure = plots.histogram({"exact L2 radius of the certified ball": radius},
-                             "feature-space L2 distance to the class boundary", f"Feature space ({len(z)} inputs)",
-                             out / "feature_radius.png")
-    return summary, table, figure
+    return summary, table_rows, radius
 
 
 def _exact(gm, x, y, settings):
@@ -94,7 +86,7 @@ class CertificationAnalysis(Analysis):
         max_train: int = 4000  # training points whose class hulls are certified
 
     def compute(self, context, settings):
-        gm, data, out = context.gm, context.data, context.out_dir
+        gm, data = context.gm, context.data
         if not gm.has_feature_split:
             return {"summary": {"skipped": gm.split_error}}
         try:
@@ -134,16 +126,6 @@ class CertificationAnalysis(Analysis):
             summary[f"{m}_median_radius_fraction_of_range"] = float(np.median(radii[m]))
             summary[f"{m}_median_radius_input_units"] = float(np.median(radii[m]) * span)
             summary[f"{m}_seconds_per_input"] = times[m] / n
-        top = max(1e-3, 1.2 * max(float(v.max()) for v in radii.values()))
-        figures = [
-            ("Certified accuracy against eps (L-inf)",
-             plots.certified_accuracy({f"{m} ({n} inputs)": _curve(radii[m], correct, top) for m in radii},
-                                      "L-inf radius eps (fraction of the input range)", out / "certified_accuracy.png")),
-            ("Certified radius per method",
-             plots.histogram({f"{m} ({n} inputs)": radii[m] for m in radii},
-                             "certified L-inf radius (fraction of the input range)", f"Certified radii, same {n} inputs",
-                             out / "certified_radii.png")),
-        ]
         pairs = [(a, b) for a in range(len(x)) for b in range(a + 1, len(x)) if pred[a] == pred[b]]
         pairs = pairs[: 50 * settings.segments]
         pairs = pairs[:: max(1, len(pairs) // max(settings.segments, 1))][: settings.segments]
@@ -157,22 +139,46 @@ class CertificationAnalysis(Analysis):
             summary.update(_exact(gm, x[:k], y[:k], settings))
         except ModelError as err:
             summary["milp"] = f"not run: {err}"
+        result = {"summary": summary, "certified_accuracy": table,
+                  "radii_fraction_of_range": {m: radii[m].tolist() for m in radii},
+                  "data": {"correct": correct, "feature_radius": None}}
+        if data.x_train is not None:
+            m = min(settings.feature_points, len(x))
+            side, result["class_hulls"], result["data"]["feature_radius"] = _feature_side(
+                context, settings, slice(0, m), pred[:m])
+            summary.update(side)
+        return result
+
+    def present(self, result, context, settings):
+        out, span = context.out_dir, context.gm.bounds[1] - context.gm.bounds[0]
+        radii = {m: np.asarray(r) for m, r in result["radii_fraction_of_range"].items()}
+        correct, n = result["data"]["correct"], len(result["data"]["correct"])
+        top = max(1e-3, 1.2 * max(float(v.max()) for v in radii.values()))
+        figures = [
+            ("Certified accuracy against eps (L-inf)",
+             plots.certified_accuracy({f"{m} ({n} inputs)": _curve(radii[m], correct, top) for m in radii},
+                                      "L-inf radius eps (fraction of the input range)", out / "certified_accuracy.png")),
+            ("Certified radius per method",
+             plots.histogram({f"{m} ({n} inputs)": radii[m] for m in radii},
+                             "certified L-inf radius (fraction of the input range)", f"Certified radii, same {n} inputs",
+                             out / "certified_radii.png")),
+        ]
         tables = [{
             "title": f"Certified accuracy on the same {n} inputs (fraction correctly classified and certified at eps; "
             "eps as a fraction of the input range, input units in brackets)",
             "columns": ["method", "inputs", "clean accuracy", "median radius (correct, fraction of range)"]
             + [f"eps={e:g} ({e * span:.3g})" for e in settings.eps] + ["seconds per input"],
-            "rows": table,
+            "rows": result["certified_accuracy"],
         }]
-        if data.x_train is not None:
-            m = min(settings.feature_points, len(x))
-            side, side_table, figure = _feature_side(context, settings, slice(0, m), pred[:m])
-            summary.update(side)
-            tables.append(side_table)
-            figures.append(("Feature space: exact certified ball radius", figure))
-        return {
-            "summary": summary,
-            "tables": tables,
-            "figures": [{"title": t, "file": f.name} for t, f in figures],
-            "radii_fraction_of_range": {m: radii[m].tolist() for m in radii},
-        }
+        radius = result["data"]["feature_radius"]
+        if radius is not None:
+            tables.append({
+                "title": "Feature space: is the hull of each class's training features certified?",
+                "columns": ["class", "training features", "certified", "min margin over the hull (status)"],
+                "rows": result["class_hulls"],
+            })
+            figures.append(("Feature space: exact certified ball radius",
+                            plots.histogram({"exact L2 radius of the certified ball": radius},
+                                            "feature-space L2 distance to the class boundary",
+                                            f"Feature space ({len(radius)} inputs)", out / "feature_radius.png")))
+        return {"tables": tables, "figures": [{"title": t, "file": f.name} for t, f in figures]}

@@ -56,32 +56,41 @@ class ConnectivityAnalysis(Analysis):
         max_anchors: int = 16  # anchors at most per path
 
     def compute(self, context, settings):
-        gm, x, out = context.gm, context.data.x, context.out_dir
+        gm, x = context.gm, context.data.x
         g = context.rng()
         labels = context.predictions()
         idx = same_class_pairs(labels, settings.pairs, g)
         natural = connect(gm, x[idx[:, 0]], x[idx[:, 1]], max_anchors=settings.max_anchors)
         xa, xb = adversarial_pairs(gm, x, labels, settings.adversarial_pairs, g)
         adversarial = connect(gm, xa, xb, max_anchors=settings.max_anchors) if len(xa) else None
-        figures = []
-        if image_like(x) and len(natural.connected):
-            shown = adversarial if adversarial is not None and adversarial.connected.any() else natural
-            best = int(np.argmax(np.where(shown.connected, shown.num_anchors, -1)))
-            kind = "adversarial" if shown is adversarial else "natural"
-            strip = plots.path_strip(shown.anchors[best], gm.runtime.predict(shown.anchors[best]), out / "path.png",
-                                     bounds=gm.bounds)
-            figures.append({"title": f"Images at the vertices of the path with most anchors ({kind} pair)",
-                            "file": strip.name})
         summary = {"natural_connected": _of(natural)}
         summary.update({f"natural_{k}": v for k, v in summarize_paths(natural).items()})
         if adversarial is not None:
             summary["adversarial_connected"] = _of(adversarial)
             summary.update({f"adversarial_{k}": v for k, v in summarize_paths(adversarial).items()})
-        counts = np.bincount(natural.num_anchors, minlength=1)
+        shown = None
+        if len(natural.connected):  # the path with most anchors, adversarial pairs first
+            paths = adversarial if adversarial is not None and adversarial.connected.any() else natural
+            best = int(np.argmax(np.where(paths.connected, paths.num_anchors, -1)))
+            shown = ("adversarial" if paths is adversarial else "natural", paths.anchors[best],
+                     gm.runtime.predict(paths.anchors[best]))
         return {
             "summary": summary,
-            "tables": [{"title": "Anchors per path (natural pairs)", "columns": ["anchors", "pairs"],
-                        "rows": [[int(a), int(c)] for a, c in enumerate(counts) if c]}],
-            "figures": figures,
+            "anchor_counts": np.bincount(natural.num_anchors, minlength=1).tolist(),
             "resolution": natural.resolution,
+            "data": shown,
+        }
+
+    def present(self, result, context, settings):
+        figures = []
+        if image_like(context.data.x) and result["data"] is not None:
+            kind, anchors, labels = result["data"]
+            strip = plots.path_strip(anchors, labels, context.out_dir / "path.png", bounds=context.gm.bounds)
+            figures.append({"title": f"Images at the vertices of the path with most anchors ({kind} pair)",
+                            "file": strip.name})
+        counts = result["anchor_counts"]
+        return {
+            "tables": [{"title": "Anchors per path (natural pairs)", "columns": ["anchors", "pairs"],
+                        "rows": [[a, c] for a, c in enumerate(counts) if c]}],
+            "figures": figures,
         }

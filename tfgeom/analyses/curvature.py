@@ -25,26 +25,21 @@ class CurvatureAnalysis(Analysis):
         sections: int = 4  # inputs with a 2-D section along a curved and a random direction
 
     def compute(self, context, settings):
-        gm, x, out = context.gm, context.data.x, context.out_dir
+        gm, x = context.gm, context.data.x
         rows = slice(0, settings.points)
         context.tell("curvature profile", 0, 1)
         k = max(1, min(settings.k, (gm.runtime.input_dim - 1) // 4))
         profile = curvature_profile(gm, x[rows], k=k, seed=context.seed, attack=context.deepfool("l2", rows))
         context.tell("curvature profile", 1, 1)
-        figures = [{"title": "Curvature profile",
-                    "file": plots.curvature_profile(profile, out / "curvature_profile.png").name}]
         shown = slice(0, settings.sections)
+        sections = {}
         for direction in ("curved", "random"):
             # the profile's curvatures already cover the first inputs: their most curved directions are reused
             reuse = profile.curvatures if settings.sections <= settings.points else None
-            secs = boundary_sections(gm, x[shown], direction=direction, seed=context.seed,
-                                     attack=context.deepfool("l2", shown), curvatures=reuse)
-            if secs:
-                f = plots.boundary_sections(secs, out / f"sections_{direction}.png")
-                figures.append({"title": f"Boundary sections along {direction} directions", "file": f.name})
+            sections[direction] = boundary_sections(gm, x[shown], direction=direction, seed=context.seed,
+                                                    attack=context.deepfool("l2", shown), curvatures=reuse)
         summary = summarize_profile(profile)
-        n = summary["points"]
-        summary["saturated"] = f"{summary['saturated_points']} of {n} points"
+        summary["saturated"] = f"{summary['saturated_points']} of {summary['points']} points"
         return {
             "summary": {key: value for key, value in summary.items() if not isinstance(value, list)},
             "profile": {
@@ -53,6 +48,19 @@ class CurvatureAnalysis(Analysis):
                 "negative_mass": profile.negative_mass,
                 "positive_mass": profile.positive_mass,
             },
+            "data": {"profile": profile, "sections": sections},
+        }
+
+    def present(self, result, context, settings):
+        out = context.out_dir
+        profile = result["data"]["profile"]
+        figures = [{"title": "Curvature profile",
+                    "file": plots.curvature_profile(profile, out / "curvature_profile.png").name}]
+        for direction, secs in result["data"]["sections"].items():
+            if secs:
+                f = plots.boundary_sections(secs, out / f"sections_{direction}.png")
+                figures.append({"title": f"Boundary sections along {direction} directions", "file": f.name})
+        return {
             "tables": [{
                 "title": "Mean principal curvatures by rank",
                 "columns": ["rank", "most negative", "most positive"],

@@ -37,11 +37,29 @@ class DeepFoolAnalysis(Analysis):
         examples_shown: int = 8  # clean/perturbed pairs drawn in the image strip
 
     def compute(self, context, settings):
-        gm, x, out = context.gm, context.data.x, context.out_dir
+        x, out = context.data.x, context.out_dir
         l2, linf = context.deepfool("l2"), context.deepfool("linf")
         np.savez_compressed(out / "deepfool_l2.npz", x_adv=l2.x_adv, boundary_points=l2.boundary_points,
                             labels=l2.labels, adv_labels=l2.adv_labels, norms=l2.norms)
         stats = {"l2": summarize_attack(l2, x), "linf": summarize_attack(linf, x)}
+        return {
+            "summary": {
+                "examples": int(len(x)),
+                "l2_success_rate": stats["l2"]["success_rate"],
+                "l2_median_norm": stats["l2"]["median_norm"],
+                "l2_median_relative_norm": stats["l2"]["median_relative_norm"],
+                "linf_success_rate": stats["linf"]["success_rate"],
+                "linf_median_norm": stats["linf"]["median_norm"],
+            },
+            "l2": stats["l2"],
+            "linf": stats["linf"],
+            "arrays": "deepfool_l2.npz",
+            "data": {"l2": l2, "linf": linf},
+        }
+
+    def present(self, result, context, settings):
+        gm, x, out = context.gm, context.data.x, context.out_dir
+        l2, linf = result["data"]["l2"], result["data"]["linf"]
         figures = [
             {"title": "DeepFool L2 perturbation norms",
              "file": plots.histogram({"L2": l2.norms[l2.success]}, "L2 norm of the minimal perturbation (input units)",
@@ -58,21 +76,10 @@ class DeepFoolAnalysis(Analysis):
                                       out / "deepfool_examples.png", bounds=gm.bounds)
             figures.append({"title": "Clean (top) and DeepFool L2 (bottom)", "file": strip.name})
         return {
-            "summary": {
-                "examples": int(len(x)),
-                "l2_success_rate": stats["l2"]["success_rate"],
-                "l2_median_norm": stats["l2"]["median_norm"],
-                "l2_median_relative_norm": stats["l2"]["median_relative_norm"],
-                "linf_success_rate": stats["linf"]["success_rate"],
-                "linf_median_norm": stats["linf"]["median_norm"],
-            },
-            "l2": stats["l2"],
-            "linf": stats["linf"],
             "tables": [{
                 "title": "Per predicted class",
                 "columns": ["class", "examples", "L2 success", "L2 median norm", "Linf median norm"],
                 "rows": _per_class(l2, linf, gm.num_classes),
             }],
             "figures": figures,
-            "arrays": "deepfool_l2.npz",
         }

@@ -36,7 +36,7 @@ class DetectionAnalysis(Analysis):
                 attacks.by_name(name.strip())
 
     def compute(self, context, settings):
-        gm, x, out = context.gm, context.data.x, context.out_dir
+        gm, x = context.gm, context.data.x
         n_cal = min(settings.calibration, len(x) // 2)
         held = slice(n_cal, n_cal + settings.evaluation)
         det = CurvatureDetector(gm, directions=settings.directions, fpr=settings.fpr, seed=context.seed)
@@ -52,13 +52,6 @@ class DetectionAnalysis(Analysis):
                 results.append(evaluate(det, x_eval, perturbed, name, clean=clean))
             except TfgeomError:  # an attack with no successful perturbation has nothing to detect
                 continue
-        fig = plots.roc({r.attack: (r.roc_fpr, r.roc_tpr, r.auc) for r in results}, out / "roc.png")
-        rows = []
-        for r in results:
-            rows.append([r.attack, "curvature detector", r.perturbed, flag_auc(r.auc), r.tpr, r.fpr,
-                         r.recovery if r.recovery is not None else "none detected", r.recovery_runner_up])
-            rows.append([r.attack, "top-2 logit margin (baseline)", r.perturbed,
-                         flag_auc(r.auc_margin_baseline), "-", "-", "-", "-"])
         summary = {"calibration_inputs": n_cal, "evaluation_inputs": int(len(x_eval)), "step_h": det.step,
                    "threshold": det.threshold,
                    "orientation": "score = +rho (clean inputs have negative rho)" if det.orientation > 0
@@ -68,9 +61,18 @@ class DetectionAnalysis(Analysis):
             summary[f"auc_{key}"] = flag_auc(r.auc)
             summary[f"auc_margin_baseline_{key}"] = flag_auc(r.auc_margin_baseline)
             summary[f"tpr_{key}"] = r.tpr
+        return {"summary": summary, "results": [r.summary() for r in results], "data": results}
+
+    def present(self, result, context, settings):
+        results = result["data"]
+        fig = plots.roc({r.attack: (r.roc_fpr, r.roc_tpr, r.auc) for r in results}, context.out_dir / "roc.png")
+        rows = []
+        for r in results:
+            rows.append([r.attack, "curvature detector", r.perturbed, flag_auc(r.auc), r.tpr, r.fpr,
+                         r.recovery if r.recovery is not None else "none detected", r.recovery_runner_up])
+            rows.append([r.attack, "top-2 logit margin (baseline)", r.perturbed,
+                         flag_auc(r.auc_margin_baseline), "-", "-", "-", "-"])
         return {
-            "summary": summary,
-            "results": [r.summary() for r in results],
             "tables": [{"title": "Per attack and detector (evaluation split)",
                         "columns": ["attack", "detector", "perturbed inputs", "AUC", "TPR at threshold",
                                     "FPR at threshold", "recovery (of detected)", "runner-up = original"],

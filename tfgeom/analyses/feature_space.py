@@ -37,7 +37,7 @@ class FeatureSpaceAnalysis(Analysis):
         morph_steps: int = 9  # images along the morphing line
 
     def compute(self, context, settings):
-        gm, data, out = context.gm, context.data, context.out_dir
+        gm, data = context.gm, context.data
         if data.x_train is None:
             return {"summary": {"skipped": "needs x_train/y_train in the data file (keys x_train, y_train, x_test, y_test)"}}
         if not gm.has_feature_split:
@@ -57,21 +57,8 @@ class FeatureSpaceAnalysis(Analysis):
         guaranteed = fs.guaranteed(x, features=z)
         probs = np.exp(logits - logits.max(1, keepdims=True))
         confidence = (probs / probs.sum(1, keepdims=True)).max(1)
-        figures = [
-            ("Feature-space vs pixel-space boundary distance",
-             plots.scatter(df.norms_l2[ok], regions.distance[ok], "DeepFool L2 distance (pixel space)",
-                           "exact distance to the boundary (feature space)", out / "feature_vs_pixel.png")),
-            ("Distances to the training hull",
-             plots.histogram({"pixel space": pix.distance, "feature space": feat.distance},
-                             "distance to the hull of all training points", "Extrapolation", out / "hull_distances.png")),
-            ("Features (PCA), class hulls and test points",
-             plots.feature_pca(fs.features, fs.predicted, z, pred, out / "feature_pca.png")),
-        ]
         a, b = 0, int(np.flatnonzero(pred != pred[0])[0]) if np.any(pred != pred[0]) else 1
         m = fs.morph(x[a], x[b], steps=settings.morph_steps)
-        if image_like(x):
-            figures.append(("Morphing: pixel line (classes, hull distance)",
-                            plots.morph_strip(m, out / "morph.png", bounds=gm.bounds)))
         inside = guaranteed.inside
         summary = summarize_hulls(fs, feat.distance, pix.distance, guaranteed)
         summary.update({
@@ -94,11 +81,30 @@ class FeatureSpaceAnalysis(Analysis):
              float(np.median(guaranteed.distance[pred == c])), float(np.median(pix.distance[pred == c]))]
             for c in np.unique(pred)
         ]
+        data = {"df": df, "regions": regions, "feat": feat.distance, "pix": pix.distance, "z": z, "pred": pred,
+                "fs": fs, "morph": m}
+        return {"summary": summary, "per_class": per_class, "data": data}
+
+    def present(self, result, context, settings):
+        d, out = result["data"], context.out_dir
+        ok = d["df"].success
+        figures = [
+            ("Feature-space vs pixel-space boundary distance",
+             plots.scatter(d["df"].norms_l2[ok], d["regions"].distance[ok], "DeepFool L2 distance (pixel space)",
+                           "exact distance to the boundary (feature space)", out / "feature_vs_pixel.png")),
+            ("Distances to the training hull",
+             plots.histogram({"pixel space": d["pix"], "feature space": d["feat"]},
+                             "distance to the hull of all training points", "Extrapolation", out / "hull_distances.png")),
+            ("Features (PCA), class hulls and test points",
+             plots.feature_pca(d["fs"].features, d["fs"].predicted, d["z"], d["pred"], out / "feature_pca.png")),
+        ]
+        if image_like(context.data.x):
+            figures.append(("Morphing: pixel line (classes, hull distance)",
+                            plots.morph_strip(d["morph"], out / "morph.png", bounds=context.gm.bounds)))
         return {
-            "summary": summary,
             "tables": [{"title": "Per predicted class",
                         "columns": ["class", "examples", "guaranteed", "median feature distance to class hull",
                                     "median pixel distance to hull"],
-                        "rows": per_class}],
+                        "rows": result["per_class"]}],
             "figures": [{"title": t, "file": f.name} for t, f in figures],
         }

@@ -26,7 +26,7 @@ class SubspaceAnalysis(Analysis):
         dims: tuple = (5, 10, 20, 40)  # subspace dimensions m swept (those with 2m <= d - 1)
 
     def compute(self, context, settings):
-        gm, data, out = context.gm, context.data, context.out_dir
+        gm, data = context.gm, context.data
         n_fit = min(settings.fit, len(data.x) // 2)
         fit, held = slice(0, n_fit), slice(n_fit, n_fit + settings.evaluate)
         x_eval = data.x[held]
@@ -38,9 +38,6 @@ class SubspaceAnalysis(Analysis):
         context.tell("curved subspace", 1, 2)
         res = vulnerability(gm, x_eval, y_eval, sub, dims=dims, seed=context.seed, attack=context.deepfool("l2", held))
         context.tell("curved subspace", 2, 2)
-        fig = plots.subspace_experiments(res, out / "subspace.png")
-        keys = ("dim", "energy_curved", "energy_random", "sqrt_m_over_d", "fooling_curved", "fooling_random",
-                "accuracy_removed", "median_norm_removed")
         best = res.rows[-1]
         return {
             "summary": {
@@ -60,6 +57,16 @@ class SubspaceAnalysis(Analysis):
             },
             "experiments": res._asdict(),
             "eigenvalues": np.asarray(sub.values).tolist(),
+            "data": res,
+        }
+
+    def present(self, result, context, settings):
+        res = result["data"]
+        keys = ("dim", "energy_curved", "energy_random", "sqrt_m_over_d", "fooling_curved", "fooling_random",
+                "accuracy_removed", "median_norm_removed")
+        best = res.rows[-1]
+        fig = plots.subspace_experiments(res, context.out_dir / "subspace.png")
+        return {
             "tables": [
                 {"title": "Sweep over the subspace dimension m",
                  "columns": ["m", "energy in S_c", "energy random", "sqrt(m/d)", "fooling S_c", "fooling random",
