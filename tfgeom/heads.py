@@ -9,6 +9,7 @@ see pre-softmax scores.
 from typing import Callable, NamedTuple, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfgeom.errors import ModelError
@@ -38,6 +39,23 @@ class Head(NamedTuple):
     source: str
     feature_layer: Optional[str]
     split_error: Optional[str]
+
+    def weights(self):
+        """`(W [D, L], b [L])` of the affine head as NumPy arrays (raises `ModelError` without a split)."""
+        if self.dense is None:
+            raise ModelError(f"this model has no feature/head split: {self.split_error}")
+        w = keras.ops.convert_to_numpy(self.dense.kernel)
+        b = keras.ops.convert_to_numpy(self.dense.bias) if self.dense.use_bias else np.zeros(w.shape[1], w.dtype)
+        return w, b
+
+    def describe(self):
+        """JSON-ready facts about the logits and the feature split."""
+        return {
+            "logits_source": self.source,
+            "feature_layer": self.feature_layer,
+            "feature_dim": int(self.dense.kernel.shape[0]) if self.dense is not None else None,
+            "feature_split": self.split_error or "input of the final Dense layer",
+        }
 
 
 def _activation_name(layer):

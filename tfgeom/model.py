@@ -3,7 +3,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tfgeom import certification, curvature, deepfool, sections, subspace
 from tfgeom.errors import InputError, ModelError
@@ -51,15 +50,8 @@ class GeometryModel:
         self.model = model
         self.bounds = check_bounds(bounds)
         self.input_shape = input_shape_of(model, input_shape)
-        head = resolve_head(model, feature_layer)
-        probe = head.logits_fn(tf.zeros([1, *self.input_shape]))
-        if probe.shape.rank != 2 or probe.shape[1] < 2:
-            raise ModelError(
-                f"model output has shape {tuple(probe.shape)}; tfgeom needs a classifier with "
-                "[batch, classes] output and at least 2 classes"
-            )
-        self.num_classes = int(probe.shape[1])
-        self.runtime = Runtime(head, self.input_shape, self.num_classes, batch_size)
+        self.runtime = Runtime(resolve_head(model, feature_layer), self.input_shape, batch_size)
+        self.num_classes = self.runtime.num_classes
         self.batch_size = self.runtime.batch_size
         self._layer_graph = None
 
@@ -88,32 +80,17 @@ class GeometryModel:
     @property
     def head(self):
         """`(W [D, L], b [L])` of the affine head as NumPy arrays."""
-        dense = self._require_split()
-        w = keras.ops.convert_to_numpy(dense.kernel)
-        b = keras.ops.convert_to_numpy(dense.bias) if dense.use_bias else np.zeros(w.shape[1], w.dtype)
-        return w, b
+        return self.runtime.head.weights()
 
     def info(self):
         """A JSON-ready summary of the model."""
-        dense = self.runtime.head.dense
-        return {
-            "name": self.model.name,
-            "kind": type(self.model).__name__,
-            "input_shape": list(self.input_shape),
-            "classes": self.num_classes,
-            "bounds": list(self.bounds),
-            "logits_source": self.logits_source,
-            "feature_layer": self.feature_layer,
-            "feature_dim": int(dense.kernel.shape[0]) if dense is not None else None,
-            "feature_split": self.split_error or "input of the final Dense layer",
-            "parameters": int(self.model.count_params()),
-        }
+        return {"name": self.model.name, "kind": type(self.model).__name__, "input_shape": list(self.input_shape),
+                "classes": self.num_classes, "bounds": list(self.bounds), **self.runtime.head.describe(),
+                "parameters": int(self.model.count_params())}
 
     def _require_split(self):
-        if self.runtime.head.dense is None:
+        if not self.has_feature_split:
             raise ModelError(f"this model has no feature/head split: {self.split_error}")
-        return self.runtime.head.dense
-
     # -- NumPy API (validated here, once) -------------------------------------
 
     def check(self, x, y=None):

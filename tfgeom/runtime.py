@@ -11,6 +11,7 @@ runtime are already validated: checking happens once, at the public boundary
 import numpy as np
 import tensorflow as tf
 
+from tfgeom.errors import ModelError
 from tfgeom.validation import check_positive_int
 
 
@@ -25,15 +26,23 @@ class Runtime:
     Args:
         head: a `tfgeom.heads.Head` (logits function, feature split).
         input_shape: input shape without the batch dimension.
-        num_classes: number of logits `L`.
         batch_size: examples per compiled call unless a call says otherwise.
+
+    Raises:
+        ModelError: the logits are not `[batch, classes]` with at least 2 classes.
     """
 
-    def __init__(self, head, input_shape, num_classes, batch_size):
+    def __init__(self, head, input_shape, batch_size):
         self.head = head
         self.input_shape = tuple(input_shape)
-        self.num_classes = int(num_classes)
         self.batch_size = check_positive_int("batch_size", batch_size)
+        probe = head.logits_fn(tf.zeros([1, *self.input_shape]))
+        if probe.shape.rank != 2 or probe.shape[1] < 2:
+            raise ModelError(
+                f"model output has shape {tuple(probe.shape)}; tfgeom needs a classifier with "
+                "[batch, classes] output and at least 2 classes"
+            )
+        self.num_classes = int(probe.shape[1])
         self.programs = {}  # one cache, owned here: freed with the model
 
     @property
