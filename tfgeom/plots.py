@@ -72,7 +72,7 @@ def curvature_profile(profile, path):
 def boundary_sections(sections, path):
     """One panel per section: classes coloured, the boundary F = 0 traced in black."""
     n = len(sections)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.5), dpi=110, squeeze=False)
     cmap = plt.get_cmap("tab10")
     shown = set()
     for ax, sec in zip(axes[0], sections):
@@ -88,9 +88,9 @@ def boundary_sections(sections, path):
         ax.tick_params(labelsize=6)
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(c % 10), alpha=0.55) for c in sorted(shown)]
     handles.append(plt.Line2D([0], [0], color="black", lw=1.2))
+    fig.tight_layout(rect=(0, 0.16, 1, 1))  # room below the panels for the legend
     fig.legend(handles, [f"class {c}" for c in sorted(shown)] + ["boundary"], loc="lower center",
                ncol=min(len(handles), 6), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
