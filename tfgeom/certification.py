@@ -208,17 +208,17 @@ class _Search:
     end's `f` when the same end moves twice in a row, so neither end stalls.
     """
 
-    def __init__(self, gm, x, cls, lo, hi, kind):
+    def __init__(self, logits, cls, lo, hi, kind):
         self.kind = check_choice("search", kind, ("bisection", "secant"))
         self.lo, self.hi = lo, hi
-        logits = gm.logits(x).astype(np.float64)
+        logits = logits.astype(np.float64)
         self.guard = ROUNDING * np.maximum(1.0, np.abs(logits).max(axis=1))
-        own = logits[np.arange(len(x)), cls]
-        logits[np.arange(len(x)), cls] = -np.inf
+        own = logits[np.arange(len(cls)), cls]
+        logits[np.arange(len(cls)), cls] = -np.inf
         self.f_zero = own - logits.max(axis=1) - self.guard  # at radius 0 the bound is the clean margin
         self.f_lo = np.where(lo == 0, self.f_zero, np.nan)
-        self.f_hi = np.full(len(x), np.nan)
-        self.last = np.zeros(len(x), np.int8)  # +1: lo moved last, -1: hi moved last
+        self.f_hi = np.full(len(cls), np.nan)
+        self.last = np.zeros(len(cls), np.int8)  # +1: lo moved last, -1: hi moved last
 
     def next(self, todo):
         lo, hi = self.lo[todo], self.hi[todo]
@@ -296,13 +296,14 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
         upper[hit] = np.minimum(upper[hit], found.norms[hit])
     hi = _eps_array(upper, len(x)).astype(np.float64)
     lo = np.zeros(len(x)) if lower is None else np.minimum(_eps_array(lower, len(x)).astype(np.float64), hi)
-    ok = gm.predict(x) == cls
+    logits = gm.runtime.logits(x, batch_size)  # once: the labels at the centres and the search's clean margins
+    ok = logits.argmax(axis=1) == cls
     hi[~ok] = 0.0
     lo[~ok] = 0.0
     if method == "milp" and lower is None:  # CROWN's radius is certified, so the exact one is at least that
         lo[ok] = np.minimum(certified_radius(gm, x[ok], norm, "crown", cls[ok], hi[ok], steps, rtol,
                                              batch_size, intermediate=intermediate).radius, hi[ok])
-    search = _Search(gm, x, cls, lo, hi, search)
+    search = _Search(logits, cls, lo, hi, search)
     for _ in range(steps):
         todo = np.flatnonzero(ok & (hi - lo > rtol * hi))
         if len(todo) == 0:
