@@ -11,7 +11,7 @@ import pathlib
 import sys
 from typing import List, Optional, Tuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+import time
 
 import typer  # noqa: E402
 import typer.core  # noqa: E402
@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table  # noqa: E402
 from typing_extensions import Annotated  # noqa: E402
 
-from tfgeom.summaries import (  # noqa: E402  (tfgeom.cli is inside tfgeom: importing it loads the library anyway)
+from tfgeom.summaries import (  # noqa: E402  (numpy only: `import tfgeom` does not import TensorFlow)
     summarize_attack,
     summarize_certificates,
     summarize_hulls,
@@ -66,7 +66,7 @@ app = typer.Typer(
 )
 out_console = Console()
 err_console = Console(stderr=True)
-_state = {"debug": False}
+_state = {"debug": False, "imports": []}
 
 
 class Norm(str, enum.Enum):
@@ -76,12 +76,29 @@ class Norm(str, enum.Enum):
 
 ModelArg = Annotated[pathlib.Path, typer.Argument(help="Saved Keras model (.keras or .h5).")]
 DataOpt = Annotated[
-    str, typer.Option("--data", "-d", help="Data: .npz/.npy file or built-in name (mnist-sample, digits).")
+    str, typer.Option("--data", "-d", help="Data: .npz/.npy file, folder of class folders of images, "
+                      "keras:mnist|fashion_mnist|cifar10|cifar100 (downloaded by Keras), or built-in "
+                      "name (mnist-sample, digits).")
 ]
+ImageSizeOpt = Annotated[Optional[Tuple[int, int]], typer.Option(
+    help="Resize images of a folder to H W (default: the model's input size).")]
+TrainDataOpt = Annotated[Optional[str], typer.Option(
+    help="Training data for feature-space analyses (any --data source; its training split if it has one).")]
+SplitOpt = Annotated[bool, typer.Option(
+    help="When the data has no training split and no --train-data is given, split it 50/50 stratified "
+    "(seeded) for feature-space analyses; --no-split skips those analyses instead.")]
 BoundsOpt = Annotated[Tuple[float, float], typer.Option(help="Valid input range LOW HIGH.")]
 UnsafeOpt = Annotated[
     bool, typer.Option("--unsafe", help="Allow serialized Python code (Lambda layers) in the model file.")
 ]
+class Logits(str, enum.Enum):
+    auto = "auto"
+    pre_activation = "pre-activation"
+
+
+LogitsOpt = Annotated[Logits, typer.Option(
+    help="auto: the model's output (softmax stripped); pre-activation: the final Dense layer's pre-activation, "
+    "for heads ending in ReLU/sigmoid/tanh (one sigmoid unit z gives the scores [0, z]).")]
 LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Analyse only the first N examples.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per compiled batch.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -115,12 +132,50 @@ def cli_errors(command):
     return wrapper
 
 
+def _print_version(value):
+    if value:
+        from tfgeom import __version__
+
+        print(f"tfgeom {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors (implies --verbose).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Let TensorFlow's own log lines through.")] = False,
+    imports: Annotated[Optional[List[str]], typer.Option(
+        "--import", help="Module or .py file to import before loading the model, e.g. the one that registers "
+        "your custom layers or subclassed model (repeatable).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ):
     """Measure the geometry of a trained Keras classifier."""
     _state["debug"] = debug
+    _state["imports"] = list(imports or [])
+    if debug or verbose:
+        os.environ["TFGEOM_VERBOSE"] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
+class LineProgress:
+    """Progress for logs and cluster jobs (stdout not a terminal): a line when a task starts, at each
+    further 10% of it, and when it ends, with the time since the command started."""
+
+    def __init__(self, console):
+        self.console, self.start, self.shown = console, time.perf_counter(), {}
+
+    def __call__(self, description, done, total):
+        if description.startswith("section "):  # the rich bar has no use for these; a log does
+            step = 10 if done >= total else 0
+        else:
+            step = 10 * done // total if total else 10
+        if self.shown.get(description, -1) >= step:
+            return
+        self.shown[description] = step
+        elapsed = time.perf_counter() - self.start
+        what = "started" if done == 0 else ("done" if done >= total else f"{done}/{total}")
+        self.console.print(f"[{elapsed:7.1f} s] {description}: {what}", highlight=False, soft_wrap=True)
 
 
 def _progress():
@@ -136,9 +191,13 @@ def _progress():
 
 
 def _callback(progress):
+    if progress.disable:
+        return LineProgress(err_console)
     tasks = {}
 
     def update(description, done, total):
+        if description.startswith("section "):
+            return
         if description not in tasks:
             tasks[description] = progress.add_task(description, total=total)
         progress.update(tasks[description], completed=done)
@@ -168,16 +227,54 @@ def _note(message):
     err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
 
 
-def _load(model, bounds, unsafe, batch_size=128):
-    from tfgeom import GeometryModel
+def _check_paths(model=None, data=None):
+    """File and data-source errors, answered before TensorFlow is imported."""
+    from tfgeom.data import check_source
+    from tfgeom.loading import check_path
 
-    return GeometryModel(str(model), bounds=bounds, safe_mode=not unsafe, batch_size=batch_size)
+    if model is not None:
+        check_path(model)
+    if data is not None:
+        check_source(data)
 
 
-def _load_data(data, gm, limit):
+def _tensorflow():
+    """Import TensorFlow quietly (unless --verbose) and the user's --import modules."""
+    from tfgeom import backend
+    from tfgeom.loading import import_user_code
+
+    backend.load()
+    import_user_code(_state["imports"])
+
+
+def _load(model, bounds, unsafe, batch_size=128, data=None, logits=Logits.auto):
+    """The GeometryModel of a file: paths checked, TensorFlow and user code imported, then the model loaded."""
+    _check_paths(model, data)
+    _tensorflow()
+    from tfgeom.model import GeometryModel
+
+    return GeometryModel(str(model), bounds=bounds, safe_mode=not unsafe, batch_size=batch_size,
+                         logits=logits.value)
+
+
+def _read(source, gm, image_size):
     from tfgeom import data as tdata
 
-    dataset = tdata.validate(tdata.load(data), gm)
+    shape = gm.input_shape
+    size = image_size or (shape[:2] if len(shape) == 3 else None)
+    return tdata.load(source, image_size=size, channels=shape[-1] if len(shape) == 3 else None)
+
+
+def _load_data(data, gm, limit, image_size=None, train_data=None, split=False, seed=0):
+    """Read, split (when asked and needed), check and cut the data; notes on stderr say what was chosen."""
+    from tfgeom import data as tdata
+
+    dataset = _read(data, gm, image_size)
+    train = _read(train_data, gm, image_size) if train_data else None
+    dataset = tdata.with_training(dataset, train, split=split, seed=seed)
+    if dataset.note:
+        _note(dataset.note)
+    dataset = tdata.validate(dataset, gm)
     if limit is not None and limit > len(dataset.x):
         _note(f"--limit {limit} is more than the {len(dataset.x)} examples in {data}; using all {len(dataset.x)}")
     if limit is not None:
@@ -191,13 +288,23 @@ def _load_data(data, gm, limit):
 @cli_errors
 def info(
     model: ModelArg,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", "-d", help="Also state how often the analysed scores' argmax agrees with the model's own "
+        "prediction on this data (any --data source).")] = None,
+    image_size: ImageSizeOpt = None,
+    limit: LimitOpt = 1000,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
     as_json: JsonOpt = False,
 ):
-    """Describe a model: input shape, classes, logits source, feature layer, parameters."""
-    gm = _load(model, bounds, unsafe)
+    """Describe a model: input shape, classes, logits source, feature layer, parameters, device."""
+    gm = _load(model, bounds, unsafe, data=data, logits=logits)
     summary = gm.info()
+    if data is not None:
+        x = _load_data(data, gm, limit, image_size).x
+        summary["scores_agree_with_model_prediction"] = gm.agreement(x)
+        summary["agreement_examples"] = len(x)
     _show(summary, str(model), as_json)
 
 
@@ -206,6 +313,7 @@ def info(
 def deepfool(
     model: ModelArg,
     data: DataOpt,
+    image_size: ImageSizeOpt = None,
     norm: Annotated[Norm, typer.Option(help="Norm of the perturbation.")] = Norm.l2,
     limit: LimitOpt = None,
     out: Annotated[Optional[pathlib.Path], typer.Option(help="Write x, x_adv, labels... to this .npz.")] = None,
@@ -216,12 +324,13 @@ def deepfool(
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
 ):
     """Minimal adversarial perturbations (DeepFool) and their norms."""
     import numpy as np
 
-    gm = _load(model, bounds, unsafe, batch_size)
-    dataset = _load_data(data, gm, limit)
+    gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
+    dataset = _load_data(data, gm, limit, image_size)
     if candidates > gm.num_classes:
         _note(f"--candidates {candidates} capped at the model's {gm.num_classes} classes")
     with _progress() as progress:
@@ -266,6 +375,7 @@ class At(str, enum.Enum):
 def curvature(
     model: ModelArg,
     data: DataOpt,
+    image_size: ImageSizeOpt = None,
     limit: LimitOpt = 100,
     k: Annotated[int, typer.Option(min=1, help="Curvatures computed at each end of the spectrum.")] = 20,
     hvp: Annotated[Hvp, typer.Option(help="Hessian-vector products (auto: finite differences for ReLU nets).")] = (
@@ -278,12 +388,13 @@ def curvature(
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
 ):
     """Principal curvatures of the decision boundary at DeepFool boundary points (the profile)."""
     import numpy as np
 
-    gm = _load(model, bounds, unsafe, batch_size)
-    dataset = _load_data(data, gm, limit)
+    gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
+    dataset = _load_data(data, gm, limit, image_size)
     profile = gm.curvature_profile(dataset.x, k=k, hvp=hvp.value, at=at.value, seed=seed)
     curv = profile.curvatures
     if out is not None:
@@ -296,17 +407,21 @@ def curvature(
 def hull(
     model: ModelArg,
     data: DataOpt,
+    image_size: ImageSizeOpt = None,
+    train_data: TrainDataOpt = None,
+    split: SplitOpt = True,
     limit: LimitOpt = 500,
     as_json: JsonOpt = False,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
 ):
     """Distances of test inputs to the convex hulls of training points, in feature and pixel space."""
     from tfgeom.errors import InputError
 
-    gm = _load(model, bounds, unsafe, batch_size)
-    dataset = _load_data(data, gm, limit)
+    gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
+    dataset = _load_data(data, gm, limit, image_size, train_data, split)
     if dataset.x_train is None:
         raise InputError(f"{data!r} has no training split; `hull` needs a .npz with x_train, y_train, x_test, y_test")
     fs = gm.feature_space(dataset.x_train, dataset.y_train)
@@ -322,6 +437,7 @@ def hull(
 def connect(
     model: ModelArg,
     data: DataOpt,
+    image_size: ImageSizeOpt = None,
     pairs: Annotated[int, typer.Option(min=1, help="Random same-class pairs.")] = 40,
     adversarial: Annotated[
         bool, typer.Option("--adversarial", help="Pair an input pushed into the class from another with a natural one.")
@@ -333,15 +449,16 @@ def connect(
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
 ):
     """Paths that never leave a classification region, between pairs of same-class inputs."""
     import numpy as np
 
+    gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
     from tfgeom.analyses.connectivity import adversarial_pairs, distinct_pairs, same_class_pairs
     from tfgeom.connectivity import connect as find_paths
 
-    gm = _load(model, bounds, unsafe, batch_size)
-    x = _load_data(data, gm, limit).x
+    x = _load_data(data, gm, limit, image_size).x
     generator = np.random.default_rng(seed)
     labels = gm.predict(x)
     distinct = distinct_pairs(labels)
@@ -369,6 +486,7 @@ class Attack(str, enum.Enum):
 def detect(
     model: ModelArg,
     data: DataOpt,
+    image_size: ImageSizeOpt = None,
     attack: Annotated[Attack, typer.Option(help="Perturbations to detect (deepfool = DeepFool L2).")] = Attack.deepfool,
     calibration: Annotated[int, typer.Option(min=2, help="Clean inputs (the first ones) that set the threshold.")] = 200,
     fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Target false-positive rate.")] = 0.05,
@@ -378,14 +496,16 @@ def detect(
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
 ):
     """Calibrate the curvature-asymmetry detector on clean inputs and evaluate it on the others."""
-    from tfgeom.attacks import by_name
-    from tfgeom.detection import CurvatureDetector, evaluate
     from tfgeom.errors import InputError
 
-    gm = _load(model, bounds, unsafe, batch_size)
-    x = _load_data(data, gm, limit).x
+    gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
+    from tfgeom.attacks import by_name
+    from tfgeom.detection import CurvatureDetector, evaluate
+
+    x = _load_data(data, gm, limit, image_size).x
     if len(x) <= calibration:
         raise InputError(f"--calibration {calibration} leaves no evaluation inputs out of {len(x)}; lower it or raise --limit")
     det = CurvatureDetector(gm, fpr=fpr, seed=seed).fit(x[:calibration])
@@ -430,6 +550,7 @@ def _certify_records(gm, x, y, index, eps, norm, method, radius, intermediate):
 def certify(
     model: ModelArg,
     data: DataOpt,
+    image_size: ImageSizeOpt = None,
     eps: Annotated[float, typer.Option(min=0.0, help="Radius of the input balls, as a fraction of the input range "
                                        "(HIGH - LOW) unless --eps-units input; ignored with --radius.")] = 0.05,
     eps_units: Annotated[EpsUnits, typer.Option(help="fraction: eps is a fraction of the input range (0.01 on "
@@ -449,6 +570,7 @@ def certify(
     batch_size: BatchOpt = 32,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
 ):
     """Certify that every input within eps of each example keeps its label (or find the certified radius).
 
@@ -458,11 +580,11 @@ def certify(
 
     import numpy as np
 
+    gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
     from tfgeom.report import file_digest
     from tfgeom.runlog import ResultLog
 
-    gm = _load(model, bounds, unsafe, batch_size)
-    dataset = _load_data(data, gm, limit)
+    dataset = _load_data(data, gm, limit, image_size)
     x = dataset.x
     pred = gm.predict(x)
     y = pred if dataset.y is None else dataset.y
@@ -537,6 +659,9 @@ def _settings(assignments, config):
 def analyze(
     model: ModelArg,
     data: DataOpt,
+    image_size: ImageSizeOpt = None,
+    train_data: TrainDataOpt = None,
+    split: SplitOpt = True,
     out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for report.json/html and plots.")] = (
         pathlib.Path("tfgeom-report")
     ),
@@ -553,15 +678,22 @@ def analyze(
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
 ):
     """Run the registered analyses and write a JSON + HTML report with plots."""
+    _check_paths(model, data)
+    if train_data:
+        _check_paths(data=train_data)
+    _tensorflow()
     from tfgeom.report import file_digest, select
 
     select(only)  # unknown names fail before any work
     settings = _settings(set_, config)
-    gm = _load(model, bounds, unsafe, batch_size)
-    dataset = _load_data(data, gm, limit)
-    identity = {"model_sha256": file_digest(model), "data": data, "limit": limit, "bounds": list(bounds)}
+    gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
+    dataset = _load_data(data, gm, limit, image_size, train_data, split, seed)
+    identity = {"model_sha256": file_digest(model), "data": data, "train_data": train_data,
+                "data_note": dataset.note, "limit": limit, "bounds": list(bounds), "logits": logits.value,
+                "imports": _state["imports"]}
     _analyze(gm, dataset, out, only, seed, resume, identity, settings)
 
 

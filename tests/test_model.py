@@ -125,13 +125,15 @@ def test_safe_mode_refuses_lambda_model_and_unsafe_loads_it(tmp_path):
     [
         (lambda i: keras.Model(i, [keras.layers.Dense(3)(i), keras.layers.Dense(3)(i)]), "outputs"),
         (lambda i: keras.Model(i, keras.layers.Reshape((2, 2))(keras.layers.Dense(4)(i))), r"\[batch, classes\]"),
-        (lambda i: keras.Model(i, keras.layers.Dense(1)(i)), "at least 2 classes"),
-        (lambda i: keras.Model(i, keras.layers.Dense(3, activation="sigmoid")(i)), "sigmoid"),
+        (lambda i: keras.Model(i, keras.layers.Dense(1)(i)), 'one output unit.*logits="pre-activation"'),
+        (lambda i: keras.Model(i, keras.layers.Dense(3, activation="sigmoid")(i)), 'sigmoid.*logits="pre-activation"'),
+        (lambda i: keras.Model(i, keras.layers.Activation("tanh")(keras.layers.Dense(3)(i))),
+         'tanh.*--logits pre-activation'),
     ],
-    ids=["two-outputs", "rank-3-output", "one-class", "sigmoid"],
+    ids=["two-outputs", "rank-3-output", "one-unit", "sigmoid", "trailing-tanh"],
 )
 def test_non_classifier_models_are_refused_with_the_problem_named(build, message):
-    """Several outputs, non-[N, L] outputs, one class and non-softmax activations are refused."""
+    """Several outputs, non-[N, L] outputs, one unit and squashing activations are refused, naming the fix."""
     with pytest.raises(ModelError, match=message):
         GeometryModel(build(keras.Input((4,))))
 
@@ -196,3 +198,74 @@ def test_residual_functional_model_without_dense_head():
     assert (gm.predict(r.x_adv) != gm.predict(x)).all()
     with pytest.raises(ModelError, match="not Dense"):
         gm.features(x)
+
+
+def _mlp_with_head(head, units=4):
+    """An MLP 6-16-units whose head is given by `head(dense_output_tensor)`; returns (model, pre-activation model)."""
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    dense = keras.layers.Dense(units)
+    z = dense(hidden)
+    return keras.Model(inputs, head(z, dense)), keras.Model(inputs, z)
+
+
+@pytest.mark.parametrize("kind", ["relu-dense", "trailing-sigmoid", "binary-sigmoid", "binary-dense-sigmoid"])
+def test_pre_activation_logits_are_the_final_dense_pre_activation(kind):
+    """With logits="pre-activation" the scores equal the final Dense layer's output before its activation
+    (computed by a separate Keras model); one unit z gives [0, z]; the head weights reproduce the scores."""
+    keras.utils.set_random_seed(kind.__len__())
+    units = 1 if kind.startswith("binary") else 4
+    if kind == "relu-dense" or kind == "binary-dense-sigmoid":
+        act = "relu" if kind == "relu-dense" else "sigmoid"
+        inputs = keras.Input((6,))
+        hidden = keras.layers.Dense(16, activation="relu")(inputs)
+        dense = keras.layers.Dense(units, activation=act)
+        model = keras.Model(inputs, dense(hidden))
+        pre = keras.Model(inputs, keras.ops.matmul(hidden, dense.kernel) + dense.bias)
+    else:
+        model, pre = _mlp_with_head(lambda z, d: keras.layers.Activation("sigmoid")(z), units)
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    gm = GeometryModel(model, bounds=(-10, 10), logits="pre-activation")
+    z = pre(x).numpy()
+    expected = np.concatenate([np.zeros_like(z), z], axis=1) if units == 1 else z
+    np.testing.assert_allclose(gm.logits(x), expected, rtol=1e-5, atol=1e-5)
+    w, b = gm.head
+    np.testing.assert_allclose(gm.features(x) @ w + b, expected, rtol=1e-4, atol=1e-4)
+    own = (model(x).numpy()[:, 0] > 0.5).astype(int) if units == 1 else model(x).numpy().argmax(1)
+    assert gm.agreement(x) == pytest.approx(float(np.mean(own == expected.argmax(1))))
+    assert "pre-activation" in gm.logits_source
+    if units == 1:  # sigmoid(z) > 0.5 exactly when z > 0: the two scores always agree with the model
+        assert gm.agreement(x) == 1.0
+
+
+def test_relu_head_agreement_counts_ties_of_clipped_scores():
+    """A final ReLU that clips every score of an input to 0 makes the model's argmax 0 there; the agreement
+    reported equals the fraction computed directly from the two outputs."""
+    inputs = keras.Input((3,))
+    dense = keras.layers.Dense(3, activation="relu", kernel_initializer="ones", bias_initializer="zeros")
+    model = keras.Model(inputs, dense(inputs))
+    dense.kernel.assign(np.array([[1.0, -1.0, 0.5], [0.0, 1.0, -1.0], [1.0, 0.0, 0.0]], np.float32))
+    x = np.random.default_rng(1).normal(size=(200, 3)).astype(np.float32)
+    gm = GeometryModel(model, bounds=(-10, 10), logits="pre-activation")
+    z = x @ dense.kernel.numpy()
+    direct = float(np.mean(np.maximum(z, 0).argmax(1) == z.argmax(1)))
+    assert direct < 1.0  # the data has inputs whose scores are all negative
+    assert gm.agreement(x) == pytest.approx(direct)
+
+
+def test_mixed_precision_model_is_analysed_in_float32():
+    """A model built under mixed_float16 is cloned in float32 with the same weights: its logits equal a
+    float64 NumPy forward pass of the weights (tighter than float16 allows), and info() says so."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((5,))
+        hidden = keras.layers.Dense(8, activation="relu")(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32")(hidden))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    gm = GeometryModel(model, bounds=(-10, 10))
+    x = np.random.default_rng(2).normal(size=(32, 5)).astype(np.float32)
+    (w1, b1), (w2, b2) = [(layer.kernel.numpy(), layer.bias.numpy()) for layer in model.layers[1:]]
+    exact = np.maximum(x.astype(np.float64) @ w1 + b1, 0) @ w2 + b2
+    np.testing.assert_allclose(gm.logits(x), exact, rtol=1e-5, atol=1e-5)
+    assert "float32" in gm.info()["dtype_policy"] and "float16" in gm.info()["dtype_policy"]

@@ -2,23 +2,39 @@
 
 Decision-boundary distances (DeepFool), and, built on them, curvature,
 connectivity, feature-space regions and certificates.
+
+`import tfgeom` is cheap: TensorFlow is imported (quietly, see
+`tfgeom.backend`) the first time a name below is used.
 """
-from tfgeom import backend  # noqa: F401  (must run before keras is imported)
-from tfgeom import data, zoo
-from tfgeom.deepfool import AttackResult, DeepFoolResult
+import importlib
+
+from tfgeom import backend  # noqa: F401  (sets the environment before keras is imported)
 from tfgeom.errors import BackendError, InputError, ModelError, TfgeomError
-from tfgeom.model import GeometryModel
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AttackResult",
-    "BackendError",
-    "DeepFoolResult",
-    "GeometryModel",
-    "InputError",
-    "ModelError",
-    "TfgeomError",
-    "data",
-    "zoo",
-]
+# public name -> module that defines it (imported on first use, after TensorFlow is loaded quietly)
+_LAZY = {
+    "AttackResult": "tfgeom.deepfool",
+    "DeepFoolResult": "tfgeom.deepfool",
+    "GeometryModel": "tfgeom.model",
+    "data": "tfgeom.data",
+    "zoo": "tfgeom.zoo",
+    "keras": "tfgeom.keras",
+}
+
+__all__ = ["BackendError", "InputError", "ModelError", "TfgeomError", *_LAZY]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tfgeom' has no attribute {name!r}")
+    backend.load()
+    module = importlib.import_module(_LAZY[name])
+    value = module if _LAZY[name].endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,8 +1,21 @@
-"""Make sure Keras runs on the TensorFlow backend before it is imported."""
+"""TensorFlow set up once, before Keras or TensorFlow is first imported.
+
+`import tfgeom` sets the environment only (Keras' backend, TensorFlow's C++
+log level) and does not import TensorFlow, so the command line can check its
+arguments in milliseconds. `load()` imports TensorFlow and Keras the first time
+it is called: quietly (TensorFlow's native code writes absl/CUDA lines straight
+to the process's stderr while it loads, below Python, so they are silenced at
+the file-descriptor level for the import only), then turns on memory growth for
+every visible GPU. Set `TFGEOM_VERBOSE=1` to see TensorFlow's own lines, and
+`TFGEOM_GPU_MEMORY_GROWTH=0` to let TensorFlow reserve all GPU memory.
+"""
+import contextlib
 import os
 import sys
 
 from tfgeom.errors import BackendError
+
+_state = {"loaded": False, "gpus": [], "memory_growth": None}
 
 
 def _require_tensorflow_backend():
@@ -20,6 +33,74 @@ def _require_tensorflow_backend():
             f"tfgeom needs Keras on the TensorFlow backend, but KERAS_BACKEND is "
             f"{requested!r}; set KERAS_BACKEND=tensorflow (or unset it) and restart Python."
         )
+
+
+def verbose():
+    """True when the user asked for TensorFlow's own log lines (`TFGEOM_VERBOSE=1`)."""
+    return os.environ.get("TFGEOM_VERBOSE", "0") not in ("", "0", "false", "no")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null (C++ writes bypass `sys.stderr`); restore it afterwards."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _memory_growth_wanted():
+    return os.environ.get("TFGEOM_GPU_MEMORY_GROWTH", "1") not in ("0", "false", "no")
+
+
+def load():
+    """Import TensorFlow and Keras (quietly unless verbose), set up GPUs; return the `tensorflow` module."""
+    quiet = not verbose() and "tensorflow" not in sys.modules
+    with _native_stderr_silenced() if quiet else contextlib.nullcontext():
+        import keras  # noqa: F401  (keras imports tensorflow: both inside the silenced window)
+        import tensorflow as tf
+
+        if not _state["loaded"]:
+            # Listing devices initialises CUDA (its failure lines come here, not at import).
+            _state["gpus"] = tf.config.list_physical_devices("GPU")
+    if not _state["loaded"]:
+        _state["loaded"] = True
+        if quiet:
+            import absl.logging
+
+            absl.logging.set_verbosity(absl.logging.ERROR)
+        if _memory_growth_wanted():
+            _state["memory_growth"] = _grow_gpu_memory(tf, _state["gpus"])
+    return tf
+
+
+def _grow_gpu_memory(tf, gpus):
+    """Memory growth on every GPU, so analyses share a device with other work (impossible once it is in use)."""
+    try:
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # the device was initialised before tfgeom was loaded: leave it as the user set it
+        return False
+    return bool(gpus)
+
+
+def device():
+    """JSON-ready description of where analyses run: `{"device": ..., "gpus": n, "gpu_memory_growth": ...}`."""
+    tf = load()
+    gpus = _state["gpus"]
+    name = "GPU:0" if gpus else "CPU:0"
+    return {"device": f"/{name}", "gpus": len(gpus), "gpu_memory_growth": _state["memory_growth"],
+            "tensorflow": tf.__version__}
 
 
 # TensorFlow's C++ INFO/WARNING lines (CUDA probing, CPU features) drown the

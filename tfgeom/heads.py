@@ -5,6 +5,12 @@ extractor (everything up to the last hidden layer) and `(W, b)` the final
 Dense layer. A trailing softmax (a `Softmax` layer, an `Activation("softmax")`
 layer or the final Dense layer's own activation) is stripped so that analyses
 see pre-softmax scores.
+
+Other final activations (ReLU, sigmoid, tanh, ...) squash or clip the scores,
+so they are refused unless the user asks for `logits="pre-activation"`: then
+the final Dense layer's pre-activation is the score vector. A binary model with
+one sigmoid (or linear) unit `z` then has the two scores `[0, z]`, whose
+difference is `z`: class 1 wins exactly when `sigmoid(z) > 0.5`.
 """
 from typing import Callable, NamedTuple, Optional
 
@@ -17,6 +23,7 @@ from tfgeom.errors import ModelError
 _PROBABILITY_ACTIVATIONS = ("softmax",)
 _LOG_PROBABILITY_ACTIVATIONS = ("log_softmax",)
 _LINEAR_ACTIVATIONS = ("linear", None)
+LOGITS_CHOICES = ("auto", "pre-activation")
 
 
 class Head(NamedTuple):
@@ -31,6 +38,10 @@ class Head(NamedTuple):
         source: a sentence saying where the logits come from.
         feature_layer: name of the layer whose output are the features, or None.
         split_error: why there is no feature split (when `features_fn` is None).
+        binary: True when the model has one output unit `z`, read as the scores `[0, z]`.
+        model_prediction: `[N, ...] -> [N]` the model's own predicted class
+            (argmax of its output; `output > 0.5` for a sigmoid unit), to check
+            that the scores agree with it.
     """
 
     logits_fn: Callable[[tf.Tensor], tf.Tensor]
@@ -39,6 +50,8 @@ class Head(NamedTuple):
     source: str
     feature_layer: Optional[str]
     split_error: Optional[str]
+    binary: bool = False
+    model_prediction: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
 
     def weights(self):
         """`(W [D, L], b [L])` of the affine head as NumPy arrays (raises `ModelError` without a split)."""
@@ -46,6 +59,9 @@ class Head(NamedTuple):
             raise ModelError(f"this model has no feature/head split: {self.split_error}")
         w = keras.ops.convert_to_numpy(self.dense.kernel)
         b = keras.ops.convert_to_numpy(self.dense.bias) if self.dense.use_bias else np.zeros(w.shape[1], w.dtype)
+        if self.binary:  # scores [0, z]: a zero column first
+            w = np.concatenate([np.zeros_like(w), w], axis=1)
+            b = np.concatenate([np.zeros_like(b), b])
         return w, b
 
     def describe(self):
@@ -81,7 +97,7 @@ def is_functional(model):
         return False
 
 
-def _check_outputs(model):
+def _check_outputs(model, logits):
     outputs = model.outputs
     if len(outputs) != 1 or len(model.inputs) != 1:
         raise ModelError(
@@ -94,21 +110,24 @@ def _check_outputs(model):
             f"model output has shape {shape}; a classifier must output [batch, classes] "
             "(add a Flatten/Dense head or pass the classifier sub-model)"
         )
-    if shape[1] is None or shape[1] < 2:
+    if shape[1] == 1 and logits != "pre-activation":
         raise ModelError(
-            f"model output has {shape[1]} class(es); tfgeom needs a classifier with at least 2 classes "
-            "(for a binary model with one sigmoid unit, output two logits [0, z] instead)"
+            "model has one output unit (a binary classifier); pass logits=\"pre-activation\" "
+            "(CLI: --logits pre-activation) to analyse the two scores [0, z] of its pre-activation z"
         )
+    if shape[1] is None or shape[1] < 1:
+        raise ModelError(f"model output has {shape[1]} units; tfgeom needs a classifier")
 
 
-def strip_softmax(model):
-    """Walk back from the output past softmax layers; return (tensor, layer, inputs, note)."""
+def strip_softmax(model, pre_activation=False):
+    """Walk back from the output past softmax layers (any activation layer when `pre_activation`);
+    return (tensor, layer, inputs, note)."""
     tensor = model.outputs[0]
     layer, inputs = producer(tensor)
     note = ""
-    while isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
-        act = _activation_name(layer)
-        if act not in _PROBABILITY_ACTIVATIONS + _LOG_PROBABILITY_ACTIVATIONS + ("linear",):
+    while isinstance(layer, (keras.layers.Softmax, keras.layers.Activation, keras.layers.ReLU)):
+        act = _activation_name(layer) if not isinstance(layer, keras.layers.ReLU) else "relu"
+        if act not in _PROBABILITY_ACTIVATIONS + _LOG_PROBABILITY_ACTIVATIONS + ("linear",) and not pre_activation:
             break
         if act != "linear":
             note = f" ({act} stripped: input of {type(layer).__name__} layer '{layer.name}')"
@@ -127,17 +146,50 @@ def _find_layer(model, name):
         ) from None
 
 
-def _functional_head(model, feature_layer):
-    _check_outputs(model)
-    tensor, layer, inputs, note = strip_softmax(model)
+def _refuse_activation(layer, act):
+    return ModelError(
+        f"the final layer '{layer.name}' has activation {act!r}, which squashes or clips the class scores; "
+        "pass logits=\"pre-activation\" (CLI: --logits pre-activation) to analyse the final Dense layer's "
+        "pre-activation instead"
+    )
+
+
+def _model_prediction(model, binary):
+    """The model's own predicted class: argmax of its output, or `output > 0.5` for one sigmoid unit."""
+    def predict(x):
+        out = model(x, training=False)
+        if binary:
+            return tf.cast(out[:, 0] > 0.5, tf.int32)
+        return tf.argmax(out, axis=1, output_type=tf.int32)
+
+    return predict
+
+
+def _functional_head(model, feature_layer, logits):
+    _check_outputs(model, logits)
+    pre = logits == "pre-activation"
+    stripped = strip_softmax(model)
+    tensor, layer, inputs, note = strip_softmax(model, pre_activation=pre)
+    if stripped[1] is not layer:
+        last = stripped[1]
+        note = f" (pre-activation: input of {type(last).__name__} layer '{last.name}', by logits=\"pre-activation\")"
+    elif not isinstance(stripped[1], keras.layers.Dense) and isinstance(
+            stripped[1], (keras.layers.Activation, keras.layers.ReLU)):
+        raise _refuse_activation(stripped[1], _activation_name(stripped[1]) or "relu")
     act = _activation_name(layer)
     if isinstance(layer, keras.layers.Dense) and act not in _LINEAR_ACTIVATIONS:
         if act not in _PROBABILITY_ACTIVATIONS + _LOG_PROBABILITY_ACTIVATIONS:
-            raise ModelError(
-                f"final Dense layer '{layer.name}' has activation {act!r}; tfgeom needs logits or "
-                "softmax probabilities (use activation=None or 'softmax')"
-            )
-        note = f" (pre-{act} output of Dense layer '{layer.name}')"
+            if not pre:
+                raise _refuse_activation(layer, act)
+            note = f" (pre-{act} output of Dense layer '{layer.name}', by logits=\"pre-activation\")"
+        else:
+            note = f" (pre-{act} output of Dense layer '{layer.name}')"
+    binary = int(model.outputs[0].shape[1]) == 1
+    if binary and not isinstance(layer, keras.layers.Dense):
+        raise ModelError(
+            f"binary model: its single output comes from '{layer.name}' ({type(layer).__name__}), not a Dense "
+            "layer; tfgeom reads [0, z] from a final Dense layer's pre-activation z"
+        )
 
     if not isinstance(layer, keras.layers.Dense):
         logits_model = keras.Model(model.inputs, tensor)
@@ -154,6 +206,8 @@ def _functional_head(model, feature_layer):
             f"model output{note}",
             None,
             why,
+            False,
+            _model_prediction(model, False),
         )
 
     features = inputs[0]
@@ -179,13 +233,21 @@ def _functional_head(model, feature_layer):
 
     def logits_fn(x):
         z = tf.matmul(features_fn(x), layer.kernel)
-        return z + layer.bias if layer.use_bias else z
+        z = z + layer.bias if layer.use_bias else z
+        return tf.concat([tf.zeros_like(z), z], axis=1) if binary else z
 
     source = f"model output{note}" if note else "model output (linear final Dense layer)"
-    return Head(logits_fn, features_fn, layer, source, feature_name, None)
+    if binary:
+        source += "; one unit z read as the two scores [0, z]"
+    return Head(logits_fn, features_fn, layer, source, feature_name, None, binary, _model_prediction(model, binary))
 
 
-def _subclassed_head(model, feature_layer):
+def _subclassed_head(model, feature_layer, logits):
+    if logits == "pre-activation":
+        raise ModelError(
+            "logits=\"pre-activation\" needs a Sequential or functional model (a layer graph to find the final "
+            "Dense layer's input); this is a subclassed model: return the pre-activation scores from call()"
+        )
     if feature_layer is not None:
         raise ModelError(
             "feature_layer needs a Sequential or functional model; this is a subclassed model "
@@ -206,19 +268,24 @@ def _subclassed_head(model, feature_layer):
             f"log of the softmax output (subclassed model, last layer '{last.name}'); "
             "differences f_i - f_j equal the logits'"
         )
-        return Head(logits_fn, None, None, source, None, why)
+        return Head(logits_fn, None, None, source, None, why, False, _model_prediction(model, False))
     return Head(
-        lambda x: model(x, training=False), None, None, "model output (subclassed model)", None, why
+        lambda x: model(x, training=False), None, None, "model output (subclassed model)", None, why,
+        False, _model_prediction(model, False),
     )
 
 
-def resolve_head(model, feature_layer=None):
+def resolve_head(model, feature_layer=None, logits="auto"):
     """Find a model's logits and its feature/head split.
 
     Args:
         model: a built `keras.Model` (Sequential, functional or subclassed).
         feature_layer: name of the layer whose output are the features. Defaults
             to `None`: the input of the final Dense layer.
+        logits: `"auto"` (model output, softmax stripped; other final
+            activations refused) or `"pre-activation"` (the final Dense layer's
+            pre-activation, past any final activation; one unit `z` becomes
+            `[0, z]`). Defaults to `"auto"`.
 
     Returns:
         A `Head`.
@@ -227,9 +294,11 @@ def resolve_head(model, feature_layer=None):
         ModelError: several inputs/outputs, outputs that are not `[N, classes]`,
             fewer than two classes, or a final activation that is not softmax.
     """
+    if logits not in LOGITS_CHOICES:
+        raise ModelError(f"logits={logits!r} is not one of {list(LOGITS_CHOICES)}")
     if is_functional(model):
-        return _functional_head(model, feature_layer)
-    return _subclassed_head(model, feature_layer)
+        return _functional_head(model, feature_layer, logits)
+    return _subclassed_head(model, feature_layer, logits)
 
 
 def input_shape_of(model, input_shape=None):

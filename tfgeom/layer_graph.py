@@ -337,7 +337,8 @@ def build(model):
             "certification needs a Sequential or functional model (a layer graph); this is a subclassed "
             "model: rebuild it with keras.Input"
         )
-    _, head, inputs, _ = strip_softmax(model)
+    # pre_activation: a final activation is never part of the features (GeometryModel refused it unless asked)
+    _, head, inputs, _ = strip_softmax(model, pre_activation=True)
     if not isinstance(head, keras.layers.Dense):
         raise ModelError(
             f"the logits come from '{head.name}' ({type(head).__name__}), not a Dense layer; certification "

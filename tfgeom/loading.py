@@ -1,12 +1,61 @@
 """Load Keras models from disk safely, with errors that say what to do."""
+import importlib
+import importlib.util
 import os
+import sys
 import zipfile
-
-import keras
 
 from tfgeom.errors import ModelError
 
 _EXTENSIONS = (".keras", ".h5", ".hdf5")
+
+
+def check_path(path):
+    """Refuse a missing, misnamed or corrupt model file (file checks only: no TensorFlow import)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelError(f"model file {path!r} does not exist; pass the path of a .keras or .h5 file")
+    if not path.endswith(_EXTENSIONS):
+        raise ModelError(
+            f"model file {path!r} has an unknown extension; save it with model.save('model.keras')"
+        )
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ModelError(f"model file {path!r} is corrupt (not a .keras zip archive); save the model again")
+    return path
+
+
+def import_user_code(sources):
+    """Import modules or `.py` files that register custom layers/models before a model is loaded.
+
+    Args:
+        sources: module names (`mypackage.layers`) or paths of `.py` files.
+
+    Returns:
+        The imported modules' names, in order.
+
+    Raises:
+        ModelError: a file that does not exist or a module that cannot be imported (one line).
+    """
+    names = []
+    for source in sources:
+        source = os.fspath(source)
+        try:
+            if source.endswith(".py"):
+                if not os.path.isfile(source):
+                    raise ModelError(f"--import {source!r}: no such file; pass a .py file or an importable module name")
+                name = "tfgeom_user_" + os.path.splitext(os.path.basename(source))[0]
+                spec = importlib.util.spec_from_file_location(name, source)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module  # so Keras can find classes registered from it by module name
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(source)
+        except ModelError:
+            raise
+        except Exception as err:  # the user's code: any error it raises is reported in one line
+            raise ModelError(f"--import {source!r} failed: {type(err).__name__}: {_first_line(str(err))}") from err
+        names.append(module.__name__)
+    return names
 
 
 def load_model(path, safe_mode=True):
@@ -24,15 +73,9 @@ def load_model(path, safe_mode=True):
     Raises:
         ModelError: missing, unreadable or unsafe file.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelError(f"model file {path!r} does not exist; pass the path of a .keras or .h5 file")
-    if not path.endswith(_EXTENSIONS):
-        raise ModelError(
-            f"model file {path!r} has an unknown extension; save it with model.save('model.keras')"
-        )
-    if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise ModelError(f"model file {path!r} is corrupt (not a .keras zip archive); save the model again")
+    import keras
+
+    path = check_path(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
     except ValueError as err:
@@ -45,8 +88,9 @@ def load_model(path, safe_mode=True):
         raise ModelError(f"cannot load model {path!r}: {_first_line(text)}") from err
     except (TypeError, OSError, KeyError, zipfile.BadZipFile) as err:
         raise ModelError(
-            f"cannot load model {path!r}: {_first_line(str(err))} (custom layers must be registered "
-            "with keras.saving.register_keras_serializable and imported before loading)"
+            f"cannot load model {path!r}: {_first_line(str(err))} (custom layers and subclassed models must "
+            "be registered with keras.saving.register_keras_serializable and imported before loading; "
+            "CLI: --import your_module or --import your_file.py)"
         ) from err
 
 

@@ -10,6 +10,7 @@ from tfgeom.feature_space import FeatureSpace
 from tfgeom.heads import input_shape_of, resolve_head
 from tfgeom.layer_graph import build as build_layer_graph
 from tfgeom.loading import load_model
+from tfgeom.precision import as_float32
 from tfgeom.runtime import Runtime
 from tfgeom.validation import check_bounds, check_inputs, check_labels
 
@@ -34,6 +35,11 @@ class GeometryModel:
             subclassed model that was never called. Defaults to `None`.
         batch_size: examples per compiled call in the NumPy methods.
             Defaults to `128`.
+        logits: `"auto"` (the model's output, a final softmax stripped) or
+            `"pre-activation"` (the final Dense layer's pre-activation, for
+            heads ending in ReLU, sigmoid, tanh...; one sigmoid unit `z` gives
+            the scores `[0, z]`). Defaults to `"auto"`, which refuses such
+            heads with a message naming this option.
 
     Example:
         >>> gm = GeometryModel("model.keras")  # doctest: +SKIP
@@ -42,15 +48,17 @@ class GeometryModel:
     """
 
     def __init__(self, model, bounds=(0.0, 1.0), feature_layer=None, *, safe_mode=True, input_shape=None,
-                 batch_size=128):
+                 batch_size=128, logits="auto"):
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, safe_mode=safe_mode)
         if not isinstance(model, keras.Model):
             raise ModelError(f"expected a keras.Model or a path to a .keras/.h5 file; got {type(model).__name__}")
-        self.model = model
+        self.model, self.dtype_note = as_float32(model)
+        model = self.model
         self.bounds = check_bounds(bounds)
         self.input_shape = input_shape_of(model, input_shape)
-        self.runtime = Runtime(resolve_head(model, feature_layer), self.input_shape, batch_size)
+        self.logits_mode = logits
+        self.runtime = Runtime(resolve_head(model, feature_layer, logits), self.input_shape, batch_size)
         self.num_classes = self.runtime.num_classes
         self.batch_size = self.runtime.batch_size
         self._layer_graph = None
@@ -84,9 +92,12 @@ class GeometryModel:
 
     def info(self):
         """A JSON-ready summary of the model."""
+        from tfgeom import backend
+
         return {"name": self.model.name, "kind": type(self.model).__name__, "input_shape": list(self.input_shape),
-                "classes": self.num_classes, "bounds": list(self.bounds), **self.runtime.head.describe(),
-                "parameters": int(self.model.count_params())}
+                "classes": self.num_classes, "bounds": list(self.bounds), "logits": self.logits_mode,
+                **self.runtime.head.describe(), "parameters": int(self.model.count_params()),
+                "dtype_policy": self.dtype_note, "device": backend.device()["device"]}
 
     def _require_split(self):
         if not self.has_feature_split:
@@ -107,6 +118,10 @@ class GeometryModel:
     def predict(self, x, batch_size=None):
         """Predicted labels `[N]`."""
         return self.runtime.predict(self.check(x), batch_size)
+
+    def agreement(self, x, batch_size=None):
+        """Fraction of `x` on which the argmax of the analysed scores equals the model's own prediction."""
+        return self.runtime.agreement(self.check(x), batch_size)
 
     def features(self, x, batch_size=None):
         """Features `[N, D]` at the split layer (the input of the affine head)."""

@@ -27,19 +27,61 @@ def histogram(series, xlabel, title, path, bins=40):
     return _save(fig, path)
 
 
-def image_pairs(originals, perturbed, titles, path, bounds=(0.0, 1.0), cmap="gray"):
-    """A strip: originals on top, perturbed below, titled per column; writes `path`."""
+def _as_picture(img, bounds):
+    """An image scaled from the data's `bounds` to [0, 1] for imshow: `[H, W]` (one channel) or `[H, W, 3]`.
+
+    imshow clips RGB floats to [0, 1] and ignores vmin/vmax for them, so every
+    range (0..255, -1..1, normalised) is mapped here, and values a float
+    rounding puts just outside are clipped silently.
+    """
+    img = np.asarray(img, np.float64)
+    low, high = bounds
+    img = np.clip((img - low) / (high - low), 0.0, 1.0)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        return img[..., 0]
+    if img.ndim == 3 and img.shape[-1] != 3:
+        return img.mean(axis=-1)  # neither gray nor RGB: show the channel mean
+    return img
+
+
+def show_image(ax, img, bounds):
+    """Draw one input on `ax` with the data's bounds (gray for one channel, RGB for three)."""
+    picture = _as_picture(img, bounds)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def image_pairs(originals, perturbed, titles, path, bounds=(0.0, 1.0)):
+    """A strip: originals on top, perturbed in the middle, the perturbation below; writes `path`.
+
+    The perturbation `perturbed - original` (channel mean for RGB) is drawn with a
+    diverging colour map whose scale is the largest |value| in the strip, so it is
+    amplified to be visible; the colour bar gives its values in input units.
+    """
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.2), dpi=110, squeeze=False)
+    diff = np.asarray(perturbed, np.float64) - np.asarray(originals, np.float64)
+    diff = diff.mean(axis=-1) if diff.ndim == 4 else diff
+    scale = float(np.abs(diff).max()) or 1.0
+    fig, axes = plt.subplots(3, n, figsize=(1.4 * n + 0.8, 4.6), dpi=110, squeeze=False)
     for i in range(n):
-        for row, img in enumerate((originals[i], perturbed[i])):
-            ax = axes[row][i]
-            img = np.asarray(img)
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap=cmap, vmin=bounds[0], vmax=bounds[1])
-            ax.set_xticks([])
-            ax.set_yticks([])
+        show_image(axes[0][i], originals[i], bounds)
+        show_image(axes[1][i], perturbed[i], bounds)
+        shown = axes[2][i].imshow(diff[i], cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
+        axes[2][i].set_xticks([])
+        axes[2][i].set_yticks([])
         axes[0][i].set_title(titles[i], fontsize=7)
-    return _save(fig, path)
+    axes[0][0].set_ylabel("input", fontsize=7)
+    axes[1][0].set_ylabel("perturbed", fontsize=7)
+    span = bounds[1] - bounds[0]
+    axes[2][0].set_ylabel(f"perturbation\nx{span / scale:.3g}", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    bar = fig.colorbar(shown, cax=fig.add_axes([0.92, 0.06, 0.015, 0.25]))
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("input units", fontsize=6)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def curvature_profile(profile, path):
@@ -153,12 +195,9 @@ def morph_strip(morph, path, bounds=(0.0, 1.0)):
     n = len(morph.t)
     fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.8), dpi=110, squeeze=False)
     for i, ax in enumerate(axes[0]):
-        img = morph.pixel_path[i]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=bounds[0], vmax=bounds[1])
+        show_image(ax, morph.pixel_path[i], bounds)
         ax.set_title(f"t={morph.t[i]:.2g}: class {morph.pixel_classes[i]}\nhull dist {morph.pixel_hull_distance[i]:.2f}",
                      fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
     return _save(fig, path)
 
 
@@ -167,12 +206,9 @@ def path_strip(anchors, labels, path, bounds=(0.0, 1.0)):
     n = len(anchors)
     fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.7), dpi=110, squeeze=False)
     for i, ax in enumerate(axes[0]):
-        img = anchors[i]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=bounds[0], vmax=bounds[1])
+        show_image(ax, anchors[i], bounds)
         name = "start" if i == 0 else "end" if i == n - 1 else f"anchor {i}"
         ax.set_title(f"{name}\nclass {labels[i]}", fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
     return _save(fig, path)
 
 

@@ -116,7 +116,7 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
         "schema_version": SCHEMA_VERSION,
         "tfgeom": _version(),
         "identity": identity,
-        "model": _jsonable(gm.info()),
+        "model": _jsonable(dict(gm.info(), scores_agree_with_model_prediction=gm.agreement(dataset.x))),
         "settings": {name: _jsonable(effective[name]._asdict()) for name in names},
         "sections": {},
     }
@@ -130,12 +130,14 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
         if done.get("status") == "done" and done.get("settings") == wanted:
             continue  # finished earlier with the same settings
         start = time.perf_counter()
+        context.tell(f"section {name}", 0, 1)
         result = analysis.compute(context, effective[name])
         shown = analysis.present(result, context, effective[name]) if "skipped" not in result.get("summary", {}) else {}
         section = {key: value for key, value in result.items() if key != "data"}
         section = dict(section, **shown, title=analysis.title, intro=analysis.intro, settings=wanted, status="done",
                        seconds=round(time.perf_counter() - start, 2))
         report["sections"][name] = _jsonable(section)
+        context.tell(f"section {name}", 1, 1)
         report["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         _write_atomic(path, json.dumps(report, indent=2))
         _write_atomic(out / "report.html", render_html(report, out))
@@ -182,7 +184,10 @@ def _run_line(report):
         ("tfgeom", report.get("tfgeom")),
         ("written", report.get("written", "")),
     ]
-    return "<p>" + " · ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in items) + "</p>"
+    line = "<p>" + " · ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in items) + "</p>"
+    extra = [f"training data: {ident['train_data']}" if ident.get("train_data") else "", ident.get("data_note") or "",
+             f"user code imported: {', '.join(ident['imports'])}" if ident.get("imports") else ""]
+    return line + "".join(f"<p><small>{html.escape(e)}</small></p>" for e in extra if e)
 
 
 def render_html(report, out):

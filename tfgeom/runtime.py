@@ -127,6 +127,13 @@ class Runtime:
         """Predicted labels `[N]` of validated inputs."""
         return self.logits(x, batch_size).argmax(axis=1).astype(np.int32)
 
+    def agreement(self, x, batch_size=None):
+        """Fraction of validated inputs whose score argmax equals the model's own prediction (1.0 when
+        the scores are the model's output; below 1 when e.g. a final ReLU ties negative scores at 0)."""
+        program = self.program("model_prediction", lambda: self.head.model_prediction, [self.spec()])
+        own = self.map(program, [x], batch_size)
+        return float(np.mean(own == self.predict(x, batch_size)))
+
     def features(self, x, batch_size=None):
         """Features `[N, D]` of validated inputs."""
         return self.map(self.features_program(), [x], batch_size)
