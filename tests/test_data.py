@@ -50,7 +50,7 @@ def test_file_errors_name_the_problem(tmp_path, arrays, message):
 
 def test_unreadable_and_unknown_sources(tmp_path):
     """Missing files, unknown extensions and corrupt files get InputError."""
-    with pytest.raises(InputError, match="neither a file nor a built-in"):
+    with pytest.raises(InputError, match="neither a file, a folder.*nor a built-in"):
         load(tmp_path / "nope.npz")
     (tmp_path / "d.csv").write_text("1,2")
     with pytest.raises(InputError, match="extension"):
