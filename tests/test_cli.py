@@ -88,7 +88,7 @@ def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path)
     "args, message",
     [
         (["info", "missing.keras"], "does not exist"),
-        (["deepfool", "{model}", "--data", "nope.npz"], "neither a file nor a built-in"),
+        (["deepfool", "{model}", "--data", "nope.npz"], "nor a built-in dataset"),
         (["deepfool", "{model}", "--data", "mnist-sample"], "shape"),
         (["analyze", "{model}", "--data", "{data}", "--only", "bogus"], "unknown analysis"),
     ],

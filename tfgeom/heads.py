@@ -214,7 +214,7 @@ def _functional_head(model, feature_layer, logits):
     if feature_layer is not None:
         wanted = _find_layer(model, feature_layer)
         made_by, _ = producer(features)
-        if made_by is not wanted:
+        if made_by is not wanted and _named_feature_layer(features) != wanted.name:
             raise ModelError(
                 f"feature_layer={feature_layer!r} does not feed the final Dense layer '{layer.name}' "
                 f"directly (its input comes from '{made_by.name}'); the part after the feature layer "
@@ -226,7 +226,7 @@ def _functional_head(model, feature_layer, logits):
             "tfgeom needs a flat [batch, features] input to the head (add Flatten or pooling)"
         )
     feature_model = keras.Model(model.inputs, features)
-    feature_name = producer(features)[0].name
+    feature_name = _named_feature_layer(features)
 
     def features_fn(x):
         return feature_model(x, training=False)
@@ -240,6 +240,19 @@ def _functional_head(model, feature_layer, logits):
     if binary:
         source += "; one unit z read as the two scores [0, z]"
     return Head(logits_fn, features_fn, layer, source, feature_name, None, binary, _model_prediction(model, binary))
+
+
+_INFERENCE_IDENTITY = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
+                       keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout)
+
+
+def _named_feature_layer(features):
+    """The layer that computes the features, looking past layers that are the identity at inference
+    (EfficientNet's `top_dropout` follows `avg_pool`: the features are the pooled vector)."""
+    layer, inputs = producer(features)
+    while isinstance(layer, _INFERENCE_IDENTITY) and len(inputs) == 1:
+        layer, inputs = producer(inputs[0])
+    return layer.name
 
 
 def _subclassed_head(model, feature_layer, logits):

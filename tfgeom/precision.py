@@ -12,9 +12,16 @@ import keras
 from tfgeom.errors import ModelError
 
 
+def _all_layers(model):
+    """Every layer, nested models' layers included (depth first)."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
 def low_precision_layers(model):
     """Names of layers whose compute dtype is not float32."""
-    return [layer.name for layer in model._flatten_layers(include_self=False)
+    return [layer.name for layer in _all_layers(model)
             if getattr(layer, "compute_dtype", "float32") not in ("float32", None)]
 
 
@@ -41,7 +48,7 @@ def as_float32(model):
 
 
 def _dtype_of(model, name):
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _all_layers(model):
         if layer.name == name:
             return layer.compute_dtype
     return "low precision"

@@ -131,7 +131,10 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
             continue  # finished earlier with the same settings
         start = time.perf_counter()
         context.tell(f"section {name}", 0, 1)
-        result = analysis.compute(context, effective[name])
+        try:
+            result = analysis.compute(context, effective[name])
+        except InputError as err:  # a property of this model and data (e.g. no boundary reached): say so, go on
+            result = {"summary": {"skipped": str(err)}}
         shown = analysis.present(result, context, effective[name]) if "skipped" not in result.get("summary", {}) else {}
         section = {key: value for key, value in result.items() if key != "data"}
         section = dict(section, **shown, title=analysis.title, intro=analysis.intro, settings=wanted, status="done",
