@@ -186,3 +186,17 @@ def test_profile_counts_flat_directions(smooth_gm):
     expected = 1 - (np.abs(curv.values) > 0.1 * top).sum(1) / (D - 1)
     np.testing.assert_allclose(prof.flat_fraction, expected)
     assert -1 <= prof.asymmetry <= 1
+
+
+def test_lanczos_batches_shrink_to_the_memory_budget(monkeypatch):
+    """The Krylov bases [b, steps, d] of one call fit the budget: 224x224x3 with 80 steps is 3 points per
+    call in 600 MB, the batch size itself when memory is plentiful, never 0."""
+    from tfgeom import curvature as curvature_lib
+
+    d = 224 * 224 * 3
+    monkeypatch.setenv("TFGEOM_MEMORY_BUDGET_MIB", "600")
+    assert curvature_lib.lanczos_batch(128, 80, d) == int(600 * 2**20 // (3 * 80 * d * 4))
+    monkeypatch.setenv("TFGEOM_MEMORY_BUDGET_MIB", "1")
+    assert curvature_lib.lanczos_batch(128, 80, d) == 1
+    monkeypatch.setenv("TFGEOM_MEMORY_BUDGET_MIB", "100000")
+    assert curvature_lib.lanczos_batch(128, 80, 784) == 128

@@ -58,3 +58,20 @@ def test_bad_points_are_refused():
         HullEngine(np.array([[0.0, np.nan]]))
     with pytest.raises(InputError):
         HullEngine(np.zeros((3, 2))).distance(np.zeros((1, 3)))
+
+
+def test_streamed_points_give_the_exact_distances_without_a_copy():
+    """With a memory budget far below the points' size the engine streams the caller's float32 array in
+    chunks (no copy kept) and returns the in-memory engine's distances, which match cvxpy's direct QP."""
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(300, 40)).astype(np.float32)
+    queries = np.concatenate([rng.normal(size=(4, 40)) * 2.0, points[:2].astype(np.float64) * 0.5])
+    whole = HullEngine(points)
+    streamed = HullEngine(points, memory_budget=20_000)  # ~ 60 rows per chunk
+    assert streamed.streamed and not whole.streamed and streamed.chunk < 100
+    assert streamed._data is points
+    a, b = whole.distance(queries), streamed.distance(queries)
+    np.testing.assert_allclose(b.distance, a.distance, rtol=1e-9, atol=1e-9)
+    for q, d in zip(queries, b.distance):
+        ref, _ = direct_distance(points.astype(np.float64), q)
+        assert d == pytest.approx(ref, rel=1e-4, abs=1e-6)

@@ -23,6 +23,7 @@ from tfgeom import hvp as hvp_lib
 from tfgeom.errors import InputError
 from tfgeom.lanczos import lanczos_extremes
 from tfgeom.layer_graph import layer_piecewise_linear
+from tfgeom.resources import FLOAT32, memory_budget
 
 
 class Curvatures(NamedTuple):
@@ -162,6 +163,14 @@ def _is_affine(layer):
     return type(layer).__name__ in affine or type(layer).__name__.startswith(("Sequential", "Functional"))
 
 
+def lanczos_batch(batch_size, steps, d):
+    """Points per Lanczos call: `batch_size`, lowered so that the float32 Krylov bases `[b, steps, d]`
+    (and the copy each basis update makes) fit the memory budget; at 224x224x3 with 80 steps a basis
+    is 48 MB per point, so 128 points at once would need 12 GB."""
+    per_point = 3 * steps * d * FLOAT32
+    return int(max(1, min(batch_size, memory_budget() // per_point)))
+
+
 def margin_coefficients(labels, others, num_classes):
     """`[N, L]` rows `e_k - e_j`: the coefficients of the margins `f_k - f_j` (labels `k`, others `j`)."""
     return (np.eye(num_classes, dtype=np.float32)[labels] - np.eye(num_classes, dtype=np.float32)[others])
@@ -230,6 +239,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         [rt.spec(), tf.TensorSpec([None, gm.num_classes], tf.float32), tf.TensorSpec([None, d], tf.float32)],
     )
     v0 = np.random.default_rng(seed).normal(size=(len(z), d)).astype(np.float32)
+    batch_size = lanczos_batch(batch_size or rt.batch_size, steps, d)
     values, dirs, gnorm = rt.map(program, [z, coeffs, v0], batch_size) if len(z) else (
         np.zeros((0, 2 * k)), np.zeros((0, 2 * k, d)), np.zeros(0))
     dirs = dirs.reshape(len(z), 2 * k, *gm.input_shape)

@@ -19,6 +19,14 @@ on at most `D + 1` of them. The engine therefore
 
 On exit every query satisfies the optimality condition over all points (to
 `tol`), so the result is the exact projection, not an approximation.
+
+Memory: the points are copied once, centred and scaled, in float64 when that
+copy fits the memory budget (`tfgeom.resources.memory_budget`). Otherwise (224x224x3
+images: 1.2 MB per point in float64) the engine keeps a reference to the
+caller's array and streams it in row chunks, normalising each chunk as it
+goes: every pass over all points (nearest points, the optimality check) is a
+chunked matrix product, and a working set gathers only its own rows. The
+results are the same; only the peak memory differs.
 """
 from typing import NamedTuple
 
@@ -27,6 +35,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from tfgeom.errors import InputError, TfgeomError
+from tfgeom.resources import memory_budget
 
 
 INSIDE = 1e-9  # distance (in coordinates scaled to max-abs 1) below which q is in the hull
@@ -61,28 +70,68 @@ class HullEngine:
             set has `(z_i - p)^T (q - p) > tol ||q - p||` (coordinates scaled to
             max-abs 1). Defaults to `1e-6`.
         max_rounds: column-generation rounds at most. Defaults to `50`.
+        memory_budget: bytes the normalised float64 copy may take; above it the
+            points are streamed in chunks of this size. Defaults to `None`:
+            `tfgeom.resources.memory_budget()`.
 
     Example:
         >>> engine = HullEngine(train_features)  # doctest: +SKIP
         >>> engine.distance(test_features).distance  # doctest: +SKIP
     """
 
-    def __init__(self, points, working_size=None, tol=1e-6, max_rounds=50):
-        points = np.asarray(points, np.float64)
+    def __init__(self, points, working_size=None, tol=1e-6, max_rounds=50, memory_budget=None):
+        if not isinstance(points, np.ndarray) or points.dtype.kind != "f":
+            points = np.asarray(points, np.float64)
         if points.ndim != 2 or len(points) == 0:
             raise InputError(f"points must be a non-empty [n, D] array; got shape {points.shape}")
-        if not np.all(np.isfinite(points)):
-            raise InputError("points contain NaN/Inf; clean them first")
+        n, dim = points.shape
+        budget = _budget(memory_budget)
+        self.chunk = max(1, min(n, budget // (8 * dim * 4)))  # rows per streamed chunk (a few float64 temporaries)
+        self.streamed = n * dim * 8 > budget
+        self.center, sq_max = self._moments(points)
         # Work in centred, scaled coordinates for conditioning; distances scale back.
-        self.center = points.mean(axis=0)
-        self.scale = float(np.abs(points - self.center).max()) or 1.0
-        self.points = (points - self.center) / self.scale
-        self.sq_norms = np.einsum("nd,nd->n", self.points, self.points)
+        self.scale = sq_max or 1.0
+        if self.streamed:
+            self._data = points  # the caller's array, normalised chunk by chunk
+        else:
+            self._data = (points.astype(np.float64) - self.center) / self.scale
+            self.chunk = n
+        self.sq_norms = np.concatenate([np.einsum("nd,nd->n", c, c) for _, c in self._chunks()])
         self.radius = float(np.sqrt(self.sq_norms.max())) * self.scale  # largest distance from the centre
-        n, dim = self.points.shape
+        self.n, self.dim = n, dim
         self.working_size = min(n, working_size or 32)
         self.tol = tol
         self.max_rounds = max_rounds
+
+    def _moments(self, points):
+        """Mean and max-abs deviation of the points, in chunks; refuses NaN/Inf."""
+        n = len(points)
+        total = np.zeros(points.shape[1])
+        for i in range(0, n, self.chunk):
+            block = np.asarray(points[i : i + self.chunk], np.float64)
+            if not np.all(np.isfinite(block)):
+                raise InputError("points contain NaN/Inf; clean them first")
+            total += block.sum(axis=0)
+        center = total / n
+        deviation = max(float(np.abs(np.asarray(points[i : i + self.chunk], np.float64) - center).max())
+                        for i in range(0, n, self.chunk))
+        return center, deviation
+
+    def _normalise(self, rows):
+        return rows if not self.streamed else (np.asarray(rows, np.float64) - self.center) / self.scale
+
+    def _chunks(self):
+        """`(start, normalised rows)` over all points, `self.chunk` rows at a time."""
+        for i in range(0, len(self._data), self.chunk):
+            yield i, self._normalise(self._data[i : i + self.chunk])
+
+    def rows(self, index):
+        """`[k, D]` normalised points `index` (a working set)."""
+        return self._normalise(self._data[index])
+
+    def products(self, v):
+        """`[n, k]` products of every normalised point with the columns of `v [D, k]` (streamed)."""
+        return np.concatenate([block @ v for _, block in self._chunks()])
 
     @staticmethod
     def _solve_one(basis, query):
@@ -99,8 +148,8 @@ class HullEngine:
     def distance(self, queries, chunk=1024):
         """Distances, projections and supports for `queries [m, D]` (in chunks, bounding memory)."""
         q = np.asarray(queries, np.float64)
-        if q.ndim != 2 or q.shape[1] != self.points.shape[1] or len(q) == 0:
-            raise InputError(f"queries must have shape [m >= 1, {self.points.shape[1]}]; got {q.shape}")
+        if q.ndim != 2 or q.shape[1] != self.dim or len(q) == 0:
+            raise InputError(f"queries must have shape [m >= 1, {self.dim}]; got {q.shape}")
         if not np.all(np.isfinite(q)):
             raise InputError("queries contain NaN/Inf; clean them first")
         parts = [self._distance((q[i : i + chunk] - self.center) / self.scale) for i in range(0, len(q), chunk)]
@@ -113,10 +162,10 @@ class HullEngine:
         )
 
     def _distance(self, q):
-        m, n = len(q), len(self.points)
+        m, n = len(q), self.n
         size = self.working_size
         # Start from each query's nearest points.
-        sq = self.sq_norms[None, :] - 2.0 * q @ self.points.T
+        sq = self.sq_norms[None, :] - 2.0 * self.products(q.T).T
         sets = np.argsort(sq, axis=1)[:, :size]
         proj = np.zeros_like(q)
         weights = [None] * m
@@ -129,12 +178,13 @@ class HullEngine:
                     "raise max_rounds or working_size"
                 )
             for r in todo:
-                weights[r] = self._solve_one(self.points[sets[r]], q[r])
-                proj[r] = weights[r] @ self.points[sets[r]]
+                basis = self.rows(sets[r])
+                weights[r] = self._solve_one(basis, q[r])
+                proj[r] = weights[r] @ basis
                 rounds[r] += 1
             # Optimality over all points: (z_i - p)^T (q - p) <= tol.
             gap = q[todo] - proj[todo]
-            viol = self.points @ gap.T - np.einsum("md,md->m", proj[todo], gap)[None, :]
+            viol = self.products(gap.T) - np.einsum("md,md->m", proj[todo], gap)[None, :]
             limit = self.tol * np.maximum(np.linalg.norm(gap, axis=1), 1e-12)
             updates = {}
             inside = np.linalg.norm(gap, axis=1) <= INSIDE
@@ -166,6 +216,14 @@ class HullEngine:
             support.append(sets[r][: len(weights[r])][on])
             weight_out.append(weights[r][on] / weights[r][on].sum())
         return HullResult(dist, proj * self.scale + self.center, support, weight_out, rounds)
+
+
+def _budget(value):
+    if value is None:
+        return memory_budget()
+    if not value > 0:
+        raise InputError(f"memory_budget must be a positive number of bytes; got {value!r}")
+    return int(value)
 
 
 # Tight gaps: for a query inside the hull the optimum is 0, and Clarabel's

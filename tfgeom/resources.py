@@ -1,4 +1,10 @@
-"""Memory estimates checked before work starts, so a size option cannot take the machine down."""
+"""Memory estimates checked before work starts, so a size option cannot take the machine down.
+
+The budget is half of the memory available when the check runs, or
+`TFGEOM_MEMORY_BUDGET_MIB` when set (a cluster job's limit is not what
+`/proc/meminfo` says). Arrays above it are refused before work starts, or,
+where an algorithm can stream (the pixel-space hull), processed in chunks.
+"""
 import os
 
 from tfgeom.errors import InputError
@@ -23,6 +29,17 @@ def available_memory():
         return 1 << 34  # unknown platform: assume 16 GiB
 
 
+def memory_budget():
+    """Bytes an analysis may allocate: `TFGEOM_MEMORY_BUDGET_MIB` if set, else half of the available memory."""
+    override = os.environ.get("TFGEOM_MEMORY_BUDGET_MIB")
+    if override:
+        try:
+            return int(float(override) * 2**20)
+        except ValueError:
+            raise InputError(f"TFGEOM_MEMORY_BUDGET_MIB={override!r} is not a number of MiB") from None
+    return int(USABLE_FRACTION * available_memory())
+
+
 def _gib(nbytes):
     return f"{nbytes / 2**30:.1f} GiB"
 
@@ -35,7 +52,7 @@ def check_memory(what, nbytes, fix):
         nbytes: the estimate in bytes.
         fix: what to do instead ("lower --pairs").
     """
-    budget = USABLE_FRACTION * available_memory()
+    budget = memory_budget()
     if nbytes > budget:
         raise InputError(
             f"{what} needs about {_gib(nbytes)} of memory but only {_gib(budget)} can be used here; {fix}"
