@@ -198,3 +198,18 @@ def test_present_draws_from_computed_results_only(small_cnn, digits, tmp_path, m
     shown = analysis.present(result, context, settings)
     assert [f["file"] for f in shown["figures"]][:2] == ["deepfool_l2_hist.png", "deepfool_linf_hist.png"]
     assert all((tmp_path / f["file"]).exists() for f in shown["figures"])
+
+
+def test_unset_sizes_scale_with_the_input_dimension_and_set_ones_do_not():
+    """At d = 3072 (32x32x3) an unset curvature.points default of 100 becomes round(100 sqrt(784/3072)) = 51,
+    a value the user set is kept, small inputs keep every default, and the change is described."""
+    from tfgeom import settings as settings_lib
+    from tfgeom.report import configure
+
+    overrides = {"subspace": {"fit": 30}}
+    effective, changed = settings_lib.scale_defaults(configure(overrides), overrides, 3072)
+    assert effective["curvature"].points == 51 and "100 -> 51" in changed["curvature.points"]
+    assert effective["subspace"].fit == 30 and "subspace.fit" not in changed
+    assert effective["deepfool"] == configure()["deepfool"]
+    same, none = settings_lib.scale_defaults(configure(), {}, 64)
+    assert none == {} and same["curvature"].points == 100

@@ -226,6 +226,9 @@ class FeatureSpace:
         inside = np.zeros(len(z), bool)
         for c in np.unique(cls):
             rows = np.flatnonzero(cls == c)
+            if not np.any((self.predicted == c) & self.correct):  # no training hull for c: nothing guaranteed
+                dist[rows] = np.inf
+                continue
             res = self.hull_distance(z[rows], "feature", int(c))
             dist[rows] = res.distance
             inside[rows] = self.inside(res.distance, "feature", int(c), tol)

@@ -107,7 +107,7 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
         The report as a dict (what `report.json` holds).
     """
     names = select(only)
-    effective = configure(settings)
+    effective, scaled = settings_lib.scale_defaults(configure(settings), settings, gm.runtime.input_dim)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.json"
@@ -118,6 +118,7 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
         "identity": identity,
         "model": _jsonable(dict(gm.info(), scores_agree_with_model_prediction=gm.agreement(dataset.x))),
         "settings": {name: _jsonable(effective[name]._asdict()) for name in names},
+        "scaled_defaults": {k: v for k, v in scaled.items() if k.split(".")[0] in names},
         "sections": {},
     }
     if resume and path.exists():
@@ -188,7 +189,9 @@ def _run_line(report):
         ("written", report.get("written", "")),
     ]
     line = "<p>" + " · ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in items) + "</p>"
+    scaled = "; ".join(f"{k} {v}" for k, v in report.get("scaled_defaults", {}).items())
     extra = [f"training data: {ident['train_data']}" if ident.get("train_data") else "", ident.get("data_note") or "",
+             f"sizes chosen for this input size: {scaled}" if scaled else "",
              f"user code imported: {', '.join(ident['imports'])}" if ident.get("imports") else ""]
     return line + "".join(f"<p><small>{html.escape(e)}</small></p>" for e in extra if e)
 

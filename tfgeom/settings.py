@@ -122,3 +122,37 @@ def merge(*layers):
         for name, values in (layer or {}).items():
             out.setdefault(name, {}).update(values)
     return out
+
+
+# Settings that count inputs whose cost grows with the input dimension d (Lanczos runs, bound propagation).
+# Their defaults were chosen on 28x28 digits (d = 784); for larger inputs a default the user did not set
+# is scaled by sqrt(784 / d) (at least MIN_SCALED): 100 curvature points become 50 at 32x32x3 and 7 at
+# 224x224x3. The report lists every value changed this way.
+SCALED = {"curvature": ("points", "sections"), "subspace": ("fit", "evaluate"), "certification": ("points",)}
+REFERENCE_DIM = 784
+MIN_SCALED = 2
+
+
+def scale_defaults(effective, overrides, input_dim):
+    """`(effective settings, {"name.key": sentence})`: unset per-input sizes scaled to the input dimension."""
+    factor = (REFERENCE_DIM / input_dim) ** 0.5
+    if factor >= 1:
+        return effective, {}
+    changed = {}
+    for name, keys in SCALED.items():
+        if name not in effective:
+            continue
+        given = (overrides or {}).get(name, {})
+        updates = {}
+        for key in keys:
+            default = getattr(effective[name], key)
+            if key in given:
+                continue
+            scaled = max(MIN_SCALED, int(round(default * factor)))
+            if scaled < default:
+                updates[key] = scaled
+                changed[f"{name}.{key}"] = (f"{default} -> {scaled} for inputs of dimension {input_dim} "
+                                            f"(x sqrt(784 / d); set {name}.{key} to choose)")
+        if updates:
+            effective = dict(effective, **{name: effective[name]._replace(**updates)})
+    return effective, changed
