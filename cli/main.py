@@ -6,7 +6,6 @@ Errors in the user's input print one line on stderr and exit with code 2;
 import enum
 import functools
 import json
-import os
 import pathlib
 import sys
 from typing import List, Optional, Tuple
@@ -153,9 +152,9 @@ def main_options(
     """Measure the geometry of a trained Keras classifier."""
     _state["debug"] = debug
     _state["imports"] = list(imports or [])
-    if debug or verbose:
-        os.environ["TFGEOM_VERBOSE"] = "1"
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    from tfgeom import backend
+
+    backend.set_verbose(debug or verbose)
 
 
 class LineProgress:

@@ -1,5 +1,6 @@
 """The command line as a process: nothing from TensorFlow on stderr, path errors before TensorFlow loads,
 custom classes registered with --import."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -7,11 +8,13 @@ import textwrap
 import pytest
 
 ENTRY = "from tfgeom.cli.main import main; main()"
+# a user's shell: none of the variables that change TensorFlow's or tfgeom's logging
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFGEOM_VERBOSE")}
 
 
 def _tfgeom(*args, cwd=None):
     return subprocess.run([sys.executable, "-c", ENTRY, *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=300, env=CLEAN_ENV)
 
 
 def test_info_prints_nothing_on_stderr(small_cnn_path):

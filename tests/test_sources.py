@@ -111,3 +111,14 @@ def test_cli_info_reads_an_image_folder_and_reports_agreement(small_cnn_path, di
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["scores_agree_with_model_prediction"] == 1.0 and info["agreement_examples"] == 12
+
+
+def test_geometry_model_methods_take_a_tf_data_dataset(small_cnn, digits):
+    """gm.deepfool(dataset) equals gm.deepfool(arrays) for a batched dataset of (x, y)."""
+    from tfgeom import GeometryModel
+
+    gm = GeometryModel(small_cnn)
+    x = digits.x[:10]
+    ds = tf.data.Dataset.from_tensor_slices((x, digits.y[:10])).batch(4)
+    np.testing.assert_array_equal(gm.predict(ds), gm.predict(x))
+    np.testing.assert_allclose(gm.deepfool(ds).norms, gm.deepfool(x).norms, rtol=1e-6)

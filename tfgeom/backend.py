@@ -15,7 +15,7 @@ import sys
 
 from tfgeom.errors import BackendError
 
-_state = {"loaded": False, "gpus": [], "memory_growth": None}
+_state = {"loaded": False, "gpus": [], "memory_growth": None, "verbose": False}
 
 
 def _require_tensorflow_backend():
@@ -36,8 +36,15 @@ def _require_tensorflow_backend():
 
 
 def verbose():
-    """True when the user asked for TensorFlow's own log lines (`TFGEOM_VERBOSE=1`)."""
-    return os.environ.get("TFGEOM_VERBOSE", "0") not in ("", "0", "false", "no")
+    """True when the user asked for TensorFlow's own log lines (`TFGEOM_VERBOSE=1`, CLI `--verbose`)."""
+    return _state["verbose"] or os.environ.get("TFGEOM_VERBOSE", "0") not in ("", "0", "false", "no")
+
+
+def set_verbose(on=True):
+    """Let TensorFlow's own log lines through (call before TensorFlow is imported to see its C++ lines)."""
+    _state["verbose"] = bool(on)
+    if on and "tensorflow" not in sys.modules:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # read by TensorFlow's C++ runtime when it loads
 
 
 @contextlib.contextmanager

@@ -3,8 +3,10 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfgeom import certification, curvature, deepfool, sections, subspace
+from tfgeom.data import from_tf_dataset
 from tfgeom.errors import InputError, ModelError
 from tfgeom.feature_space import FeatureSpace
 from tfgeom.heads import input_shape_of, resolve_head
@@ -105,7 +107,12 @@ class GeometryModel:
     # -- NumPy API (validated here, once) -------------------------------------
 
     def check(self, x, y=None):
-        """Validate inputs (and labels) against this model; return them as arrays."""
+        """Validate inputs (and labels) against this model; return them as arrays.
+
+        `x` may be a `tf.data.Dataset` of `(x, y)` pairs or of inputs, batched or not (read whole).
+        """
+        if isinstance(x, tf.data.Dataset):
+            x = from_tf_dataset(x)[0]
         x = check_inputs(x, self.input_shape, self.bounds)
         if y is None:
             return x
