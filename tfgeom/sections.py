@@ -9,6 +9,7 @@ bends: the paper's pictures of "flat in most directions, curved in a few".
 from typing import NamedTuple
 
 import numpy as np
+import tensorflow as tf
 
 from tfgeom.errors import InputError
 
@@ -35,6 +36,22 @@ class Section(NamedTuple):
     direction: np.ndarray
     curvature: object
     classes: tuple
+
+
+def grid_logits_program(rt):
+    """Compiled `(a [B], b [B], point, normal, u) -> logits [B, L]` of the images `point + a normal + b u`."""
+
+    def build():
+        def grid_logits(a, b, point, normal, u):
+            expand = [-1] + [1] * len(rt.input_shape)
+            images = point[None] + tf.reshape(a, expand) * normal[None] + tf.reshape(b, expand) * u[None]
+            return rt.logits_fn(images)
+
+        return grid_logits
+
+    spec = tf.TensorSpec(rt.input_shape, tf.float32)
+    scalar = tf.TensorSpec([None], tf.float32)
+    return rt.program("section_grid", build, [scalar, scalar, spec, spec, spec])
 
 
 def section(gm, point, k, j, direction, radius, resolution=81, curvature=None):
@@ -65,8 +82,11 @@ def section(gm, point, k, j, direction, radius, resolution=81, curvature=None):
     u = u / np.linalg.norm(u)
     offsets = np.linspace(-radius, radius, resolution, dtype=np.float32)
     a, b = np.meshgrid(offsets, offsets, indexing="ij")
-    grid = point[None] + a.reshape(-1, *[1] * point.ndim) * normal + b.reshape(-1, *[1] * point.ndim) * u
-    logits = gm.runtime.logits(grid.astype(np.float32), batch_size=1024)
+    # The grid's images are made batch by batch inside the program: all of them at once would be
+    # resolution^2 x d floats (3.9 GB at 224x224x3).
+    rt = gm.runtime
+    plane = [tf.constant(v.astype(np.float32)) for v in (point, normal, u)]
+    logits = rt.map(grid_logits_program(rt), [a.ravel(), b.ravel()], constants=plane)
     shape = (resolution, resolution)
     return Section(
         offsets=offsets,

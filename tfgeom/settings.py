@@ -128,9 +128,10 @@ def merge(*layers):
 # Their defaults were chosen on 28x28 digits (d = 784); for larger inputs a default the user did not set
 # is scaled by sqrt(784 / d) (at least MIN_SCALED): 100 curvature points become 50 at 32x32x3 and 7 at
 # 224x224x3. The report lists every value changed this way.
-SCALED = {"curvature": ("points", "sections"), "subspace": ("fit", "evaluate"), "certification": ("points",)}
+SCALED = {"curvature": ("points", "sections", "resolution"), "subspace": ("fit", "evaluate"),
+          "certification": ("points",)}
 REFERENCE_DIM = 784
-MIN_SCALED = 2
+MIN_SCALED = {"resolution": 21}  # a section coarser than 21x21 shows little; other sizes keep at least 2
 
 
 def scale_defaults(effective, overrides, input_dim):
@@ -148,7 +149,7 @@ def scale_defaults(effective, overrides, input_dim):
             default = getattr(effective[name], key)
             if key in given:
                 continue
-            scaled = max(MIN_SCALED, int(round(default * factor)))
+            scaled = max(MIN_SCALED.get(key, 2), int(round(default * factor)))
             if scaled < default:
                 updates[key] = scaled
                 changed[f"{name}.{key}"] = (f"{default} -> {scaled} for inputs of dimension {input_dim} "

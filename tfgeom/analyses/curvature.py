@@ -23,6 +23,7 @@ class CurvatureAnalysis(Analysis):
         points: int = 100  # inputs whose boundary points are averaged in the profile
         k: int = 20  # curvatures at each end (capped at (d - 1) / 4 for small inputs)
         sections: int = 4  # inputs with a 2-D section along a curved and a random direction
+        resolution: int = 81  # grid points per axis of a section (resolution^2 forward passes each)
 
     def compute(self, context, settings):
         gm, x = context.gm, context.data.x
@@ -37,7 +38,8 @@ class CurvatureAnalysis(Analysis):
             # the profile's curvatures already cover the first inputs: their most curved directions are reused
             reuse = profile.curvatures if settings.sections <= settings.points else None
             sections[direction] = boundary_sections(gm, x[shown], direction=direction, seed=context.seed,
-                                                    attack=context.deepfool("l2", shown), curvatures=reuse)
+                                                    attack=context.deepfool("l2", shown), curvatures=reuse,
+                                                    resolution=max(3, settings.resolution))
         summary = summarize_profile(profile)
         summary["saturated"] = f"{summary['saturated_points']} of {summary['points']} points"
         return {
