@@ -40,12 +40,35 @@ def residual(digits):
 
 
 @pytest.fixture(scope="module")
+def mobile(digits):
+    """MobileNet-style layers: Normalization (adapted), Cropping, nearest UpSampling, ZeroPadding, a depthwise
+    convolution with relu6, ReLU(max_value=6) layers, a separable convolution, global average pooling."""
+    keras.utils.set_random_seed(5)
+    norm = keras.layers.Normalization(axis=-1)
+    norm.adapt(digits.x_train)
+    i = keras.Input((8, 8, 1))
+    h = norm(i)
+    h = keras.layers.Cropping2D(1)(h)
+    h = keras.layers.UpSampling2D(2)(h)
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same")(h)
+    h = keras.layers.ReLU(max_value=6.0)(h)
+    h = keras.layers.ZeroPadding2D(1)(h)
+    h = keras.layers.DepthwiseConv2D(3, activation="relu6")(h)
+    h = keras.layers.SeparableConv2D(32, 3, padding="same")(h)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU(6.0)(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(i, keras.layers.Dense(10, activation="softmax")(h))
+    return tfgeom.GeometryModel(tfgeom.zoo.train(model, digits.x_train, digits.y_train, epochs=30, seed=5))
+
+
+@pytest.fixture(scope="module")
 def cnn(small_cnn):
     return tfgeom.GeometryModel(small_cnn)
 
 
 def _all(request):
-    return [request.getfixturevalue(name) for name in ("mlp", "cnn", "residual")]
+    return [request.getfixturevalue(name) for name in ("mlp", "cnn", "residual", "mobile")]
 
 
 def test_layer_graph_reproduces_the_features(request, digits):

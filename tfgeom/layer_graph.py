@@ -5,10 +5,14 @@ run Keras layers; each Keras layer becomes operators by a lookup table from
 layer class to converter (`CONVERTERS`):
 
 - `Affine`: `y = L(x) + c` with `L` linear (Dense, Conv1D/2D/3D,
-  BatchNormalization in inference mode, average pooling, Flatten, Reshape,
-  Permute, ZeroPadding, Rescaling), with `L`, `|L|`, `L^T` and the bias `c`;
+  DepthwiseConv1D/2D, SeparableConv1D/2D (two nodes: depthwise, pointwise),
+  BatchNormalization in inference mode, Normalization, average pooling,
+  Flatten, Reshape, Permute, ZeroPadding, Cropping, nearest UpSampling,
+  Rescaling), with `L`, `|L|`, `L^T` and the bias `c`;
 - `ReLU` (also leaky) and `SShaped` (tanh, sigmoid): element-wise monotone
-  activations, standalone or a layer's own `activation`;
+  activations, standalone or a layer's own `activation`; a ReLU with
+  `max_value` m (ReLU6) is the exact identity `relu(x) - relu(x - m)` in four
+  nodes;
 - `MaxPool`: a maximum over windows (MaxPooling1D/2D, GlobalMaxPooling1D/2D);
 - `Add`: the sum of several nodes (residual `Add`).
 
@@ -39,6 +43,9 @@ _IDENTITY = (
 )
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _AVERAGE = (
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.Cropping3D,
     keras.layers.AveragePooling1D,
     keras.layers.AveragePooling2D,
     keras.layers.GlobalAveragePooling1D,
@@ -53,11 +60,12 @@ _MAXPOOL = (
     keras.layers.GlobalMaxPooling1D,
     keras.layers.GlobalMaxPooling2D,
 )
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid")
 SUPPORTED = (
-    "Dense, Conv1D/2D/3D, BatchNormalization, Average/Max pooling (1D/2D, global), Flatten, "
-    "Reshape, Permute, ZeroPadding, Rescaling, Dropout-like layers, Add, and the activations "
-    "relu, leaky_relu, tanh, sigmoid, linear"
+    "Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D, BatchNormalization, Normalization, "
+    "Average/Max pooling (1D/2D, global), Flatten, Reshape, Permute, ZeroPadding, Cropping, UpSampling "
+    "(nearest), Rescaling, Dropout-like layers, Add, ReLU (negative_slope, max_value), and the activations "
+    "relu, relu6, leaky_relu, tanh, sigmoid, linear"
 )
 
 
@@ -128,6 +136,8 @@ def _activation_spec(layer, fn):
         return None, 0.0
     if name == "relu":
         return "relu", 0.0
+    if name == "relu6":
+        return "relu6", 0.0
     if name == "leaky_relu":
         return "leaky_relu", 0.2  # keras.activations.leaky_relu's default
     if name in ("tanh", "sigmoid"):
@@ -142,10 +152,10 @@ def _standalone_activation(layer):
     if isinstance(layer, keras.layers.LeakyReLU):
         return "leaky_relu", float(layer.negative_slope)
     if isinstance(layer, keras.layers.ReLU):
-        if layer.max_value is not None or float(layer.threshold) != 0.0:
+        if float(layer.threshold) != 0.0 or (layer.max_value is not None and float(layer.negative_slope)):
             raise ModelError(
-                f"ReLU layer '{layer.name}' has max_value/threshold set; bound propagation supports "
-                "the plain ReLU and negative_slope only"
+                f"ReLU layer '{layer.name}' has threshold={float(layer.threshold):g} (a jump at the threshold) "
+                "or max_value with negative_slope; bound propagation supports negative_slope or max_value alone"
             )
         slope = float(layer.negative_slope)
         return ("leaky_relu", slope) if slope else ("relu", 0.0)
@@ -202,7 +212,7 @@ def _dense(layer, inputs, in_shape):
                    lambda r: tf.tensordot(r, tf.abs(kernel), [[last], [0]]),
                    bias,
                    lambda a: tf.tensordot(a, kernel, [[last], [1]]))
-    return [node, _activation(layer.name, (-1,), node.shape, _activation_spec(layer, layer.activation))]
+    return [node] + _activation_nodes(layer, (-1,), node.shape, _activation_spec(layer, layer.activation))
 
 
 def _conv(layer, inputs, in_shape):
@@ -214,7 +224,7 @@ def _conv(layer, inputs, in_shape):
                    lambda x: layer.convolution_op(x, kernel),
                    lambda r: layer.convolution_op(r, tf.abs(kernel)),
                    bias)
-    return [node, _activation(layer.name, (-1,), node.shape, _activation_spec(layer, layer.activation))]
+    return [node] + _activation_nodes(layer, (-1,), node.shape, _activation_spec(layer, layer.activation))
 
 
 def _batch_norm(layer, inputs, in_shape):
@@ -256,9 +266,82 @@ def _average(layer, inputs, in_shape):
     return [_affine(layer.name, inputs, in_shape, call, call)]
 
 
+def _clipped_relu(name, inputs, shape, top):
+    """`min(max(x, 0), top) = relu(x) - relu(x - top)`: four operators, exact; `inputs` the parent id.
+
+    Operator inputs < 0 are relative to the node's own position (see `build`)."""
+    shift = _affine(f"{name}/shift", inputs, shape, lambda x: x, lambda r: r, tf.constant(-float(top)),
+                    lambda a: a, diagonal=True)
+    negate = _affine(f"{name}/negate", (-1,), shape, lambda x: -x, lambda r: r, None, lambda a: -a, diagonal=True)
+    return [ReLU(f"{name}/low", inputs, shape, 0.0), shift, ReLU(f"{name}/high", (-1,), shape, 0.0), negate,
+            Add(name, (-4, -1), shape)]
+
+
+def _activation_nodes(layer, inputs, shape, spec):
+    """Operators of an activation `spec` applied to `inputs` (relu6 needs four)."""
+    if spec[0] == "relu6":
+        return _clipped_relu(layer.name, inputs, shape, 6.0)
+    return [_activation(layer.name, inputs, shape, spec)]
+
+
+def _depthwise(layer, inputs, in_shape, kernel=None, bias="layer", activation=True, name=None):
+    """A depthwise convolution (`kernel` defaults to the layer's) as an affine node, then its activation."""
+    if layer.data_format != "channels_last":
+        raise ModelError(f"layer '{layer.name}' uses channels_first; certification needs channels_last")
+    kernel = tf.convert_to_tensor(layer.kernel if kernel is None else kernel)
+
+    def conv(x, k):  # keras.ops.depthwise_conv takes 1-D and 2-D inputs alike
+        return keras.ops.depthwise_conv(x, k, layer.strides, layer.padding, layer.data_format, layer.dilation_rate)
+
+    use_bias = layer.use_bias if bias == "layer" else bias is not None
+    b = tf.convert_to_tensor(layer.bias) if bias == "layer" and layer.use_bias else (None if bias == "layer" else bias)
+    node = _affine(name or layer.name, inputs, in_shape, lambda x: conv(x, kernel), lambda r: conv(r, tf.abs(kernel)),
+                   b if use_bias else None)
+    if not activation:
+        return [node]
+    return [node] + _activation_nodes(layer, (-1,), node.shape, _activation_spec(layer, layer.activation))
+
+
+def _separable(layer, inputs, in_shape):
+    """SeparableConv: depthwise (no bias) then a 1x1 pointwise convolution with the bias and activation."""
+    if layer.data_format != "channels_last":
+        raise ModelError(f"layer '{layer.name}' uses channels_first; certification needs channels_last")
+    depthwise = _depthwise(layer, inputs, in_shape, kernel=layer.depthwise_kernel, bias=None, activation=False,
+                           name=f"{layer.name}/depthwise")[0]
+    pointwise = tf.convert_to_tensor(layer.pointwise_kernel)
+    bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+
+    def point(x, k):
+        return keras.ops.conv(x, k, 1, "valid", layer.data_format)
+
+    node = _affine(layer.name, (-1,), depthwise.shape, lambda x: point(x, pointwise),
+                   lambda r: point(r, tf.abs(pointwise)), bias)
+    return [depthwise, node] + _activation_nodes(layer, (-1,), node.shape, _activation_spec(layer, layer.activation))
+
+
+def _normalization(layer, inputs, in_shape):
+    """Keras `Normalization` in inference: element-wise `(x - mean) / max(sqrt(var), eps)`, read off the layer."""
+    if getattr(layer, "invert", False):
+        raise ModelError(f"Normalization layer '{layer.name}' has invert=True; certification supports the forward map")
+    zero = layer(tf.zeros([1, *in_shape]))[0]
+    scale = layer(tf.ones([1, *in_shape]))[0] - zero
+    return [_affine(layer.name, inputs, in_shape, lambda x: x * scale, lambda r: r * tf.abs(scale), zero,
+                    lambda a: a * scale, diagonal=True)]
+
+
+def _upsampling(layer, inputs, in_shape):
+    if getattr(layer, "interpolation", "nearest") != "nearest":
+        raise ModelError(f"UpSampling layer '{layer.name}' interpolates {layer.interpolation!r}; certification "
+                         "supports nearest")
+    return _average(layer, inputs, in_shape)
+
+
 def _standalone(layer, inputs, in_shape):
-    node = _activation(layer.name, inputs, in_shape, _standalone_activation(layer))
-    return [("alias", inputs[0])] if node is None else [node]
+    if isinstance(layer, keras.layers.ReLU) and layer.max_value is not None:
+        _standalone_activation(layer)  # refuses threshold
+        return _clipped_relu(layer.name, inputs, in_shape, float(layer.max_value))
+    spec = _standalone_activation(layer)
+    return [("alias", inputs[0])] if spec[0] is None else _activation_nodes(layer, inputs, in_shape, spec)
 
 
 # Keras layer class -> converter `(layer, inputs, in_shape) -> [operators]` (the last one is the output),
@@ -268,6 +351,13 @@ CONVERTERS = {
     keras.layers.Conv1D: (_conv, None),
     keras.layers.Conv2D: (_conv, None),
     keras.layers.Conv3D: (_conv, None),
+    keras.layers.DepthwiseConv1D: (_depthwise, None),
+    keras.layers.DepthwiseConv2D: (_depthwise, None),
+    keras.layers.SeparableConv1D: (_separable, None),
+    keras.layers.SeparableConv2D: (_separable, None),
+    keras.layers.Normalization: (_normalization, True),
+    keras.layers.UpSampling1D: (_average, True),
+    keras.layers.UpSampling2D: (_upsampling, True),
     keras.layers.BatchNormalization: (_batch_norm, True),
     keras.layers.Rescaling: (_rescaling, True),
     keras.layers.Flatten: (_reshape, True),
@@ -302,7 +392,7 @@ def layer_piecewise_linear(layer):
     if isinstance(layer, keras.layers.ReLU):
         return True
     # a final softmax is stripped before any analysis, so it does not make the logits smooth
-    return name in ("relu", "leaky_relu", "linear", "identity", "softmax", "log_softmax", None)
+    return name in ("relu", "relu6", "leaky_relu", "linear", "identity", "softmax", "log_softmax", None)
 
 
 def _layer_nodes(layer, inputs, in_shapes):
@@ -379,8 +469,9 @@ def build(model):
             if isinstance(item, tuple) and item and item[0] == "alias":
                 index[key] = item[1]
                 return item[1]
-            if item.inputs == (-1,):
-                item.inputs = (len(nodes) - 1,)  # a layer's own activation reads the layer's affine node
+            # inputs < 0 count back from this node: -1 is the node made just before it (a layer's own
+            # activation reads the layer's affine node; multi-node converters chain this way)
+            item.inputs = tuple(len(nodes) + i if i < 0 else i for i in item.inputs)
             nodes.append(item)
         index[key] = len(nodes) - 1
         return index[key]
