@@ -213,14 +213,12 @@ def load(source, image_size=None, channels=None):
 def from_tf_dataset(dataset):
     """NumPy arrays `(x [N, ...], y [N] or None)` of a `tf.data.Dataset` of `(x, y)` pairs or of `x` alone.
 
-    Batched and unbatched datasets are both accepted (told apart by the rank
-    of their elements against the first element's). Reads the whole dataset.
+    Batched and unbatched datasets are both accepted (told apart by their
+    element spec, see `_looks_batched`). Reads the whole dataset.
     """
-    try:
-        import tensorflow as tf
-    except ImportError:  # pragma: no cover - TensorFlow is a dependency
-        tf = None
-    if tf is None or not isinstance(dataset, tf.data.Dataset):
+    import tensorflow as tf
+
+    if not isinstance(dataset, tf.data.Dataset):
         raise InputError(
             f"data of type {type(dataset).__name__} is not supported; pass a path, a tf.data.Dataset "
             "of (x, y) or a tuple (x, y) of arrays"

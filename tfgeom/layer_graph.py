@@ -284,7 +284,7 @@ def _activation_nodes(layer, inputs, shape, spec):
     return [_activation(layer.name, inputs, shape, spec)]
 
 
-def _depthwise(layer, inputs, in_shape, kernel=None, bias="layer", activation=True, name=None):
+def _depthwise(layer, inputs, in_shape, kernel=None, with_bias=True, activation=True, name=None):
     """A depthwise convolution (`kernel` defaults to the layer's) as an affine node, then its activation."""
     if layer.data_format != "channels_last":
         raise ModelError(f"layer '{layer.name}' uses channels_first; certification needs channels_last")
@@ -293,10 +293,9 @@ def _depthwise(layer, inputs, in_shape, kernel=None, bias="layer", activation=Tr
     def conv(x, k):  # keras.ops.depthwise_conv takes 1-D and 2-D inputs alike
         return keras.ops.depthwise_conv(x, k, layer.strides, layer.padding, layer.data_format, layer.dilation_rate)
 
-    use_bias = layer.use_bias if bias == "layer" else bias is not None
-    b = tf.convert_to_tensor(layer.bias) if bias == "layer" and layer.use_bias else (None if bias == "layer" else bias)
+    bias = tf.convert_to_tensor(layer.bias) if with_bias and layer.use_bias else None
     node = _affine(name or layer.name, inputs, in_shape, lambda x: conv(x, kernel), lambda r: conv(r, tf.abs(kernel)),
-                   b if use_bias else None)
+                   bias)
     if not activation:
         return [node]
     return [node] + _activation_nodes(layer, (-1,), node.shape, _activation_spec(layer, layer.activation))
@@ -306,7 +305,7 @@ def _separable(layer, inputs, in_shape):
     """SeparableConv: depthwise (no bias) then a 1x1 pointwise convolution with the bias and activation."""
     if layer.data_format != "channels_last":
         raise ModelError(f"layer '{layer.name}' uses channels_first; certification needs channels_last")
-    depthwise = _depthwise(layer, inputs, in_shape, kernel=layer.depthwise_kernel, bias=None, activation=False,
+    depthwise = _depthwise(layer, inputs, in_shape, kernel=layer.depthwise_kernel, with_bias=False, activation=False,
                            name=f"{layer.name}/depthwise")[0]
     pointwise = tf.convert_to_tensor(layer.pointwise_kernel)
     bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
