@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfgeom import patches
 from tfgeom.errors import ModelError
 from tfgeom.heads import is_functional, producer, strip_softmax
 from tfgeom.operators import Add, Affine, Input, MaxPool, ReLU, SShaped
@@ -224,6 +225,10 @@ def _conv(layer, inputs, in_shape):
                    lambda x: layer.convolution_op(x, kernel),
                    lambda r: layer.convolution_op(r, tf.abs(kernel)),
                    bias)
+    if len(in_shape) == 3 and tuple(layer.dilation_rate) == (1, 1) and getattr(layer, "groups", 1) == 1:
+        strides = tuple(int(s) for s in layer.strides)
+        node.conv = patches.ConvGeometry(kernel, strides,
+                                         patches.same_pads(in_shape, kernel.shape[:2], strides, layer.padding))
     return [node] + _activation_nodes(layer, (-1,), node.shape, _activation_spec(layer, layer.activation))
 
 

@@ -65,6 +65,8 @@ class Affine(Operator):
         diagonal: the map scales or reshapes element-wise (IBP is exact on boxes through it).
     """
 
+    conv = None  # a `tfgeom.patches.ConvGeometry` for 2-D convolutions (CROWN's patch form)
+
     def __init__(self, name, inputs, shape, linear, abs_linear, transpose, bias, diagonal=False):
         super().__init__(name, inputs, shape)
         self.linear, self.abs_linear, self.transpose = linear, abs_linear, transpose
@@ -145,10 +147,16 @@ class Activation(Operator):
         return self.evaluate([l]), self.evaluate([u])
 
     def backward(self, a, const, parent, in_shape):
-        al, bl, au, bu = self.relaxation(*parent)
+        const, passed = self.backward_relaxed(a, const, [r[:, None] for r in self.relaxation(*parent)])
+        return const, [(self.inputs[0], passed)]
+
+    def backward_relaxed(self, a, const, relaxation):
+        """CROWN's step with the relaxation `(al, bl, au, bu)` already laid out like `a` (broadcastable):
+        positive coefficients take the lower line, negative ones the upper line. Returns `(const, coeffs)`."""
+        al, bl, au, bu = relaxation
         ap, an = tf.maximum(a, 0.0), tf.minimum(a, 0.0)
-        const = const + tf.reduce_sum(ap * bl[:, None] + an * bu[:, None], list(range(2, a.shape.rank)))
-        return const, [(self.inputs[0], ap * al[:, None] + an * au[:, None])]
+        const = const + tf.reduce_sum(ap * bl + an * bu, list(range(2, a.shape.rank)))
+        return const, ap * al + an * au
 
     def forward(self, ins, parent, fold):
         (a_lo, c_lo), (a_up, c_up) = ins[0]
