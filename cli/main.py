@@ -522,6 +522,7 @@ class Intermediate(str, enum.Enum):
 class Method(str, enum.Enum):
     ibp = "ibp"
     crown = "crown"
+    alpha_crown = "alpha-crown"
     milp = "milp"
 
 
@@ -557,7 +558,8 @@ def certify(
         EpsUnits.fraction
     ),
     norm: Annotated[Norm, typer.Option(help="Norm of the balls.")] = Norm.linf,
-    method: Annotated[Method, typer.Option(help="ibp (fast, loose), crown (tighter) or milp (exact, small ReLU nets).")] = Method.crown,
+    method: Annotated[Method, typer.Option(help="ibp (fast, loose), crown (tighter), alpha-crown (tighter still: optimised ReLU slopes) "
+                                                "or milp (exact, small ReLU nets).")] = Method.crown,
     radius: Annotated[bool, typer.Option("--radius", help="Find each input's certified radius by bisection.")] = False,
     intermediate: Annotated[Intermediate, typer.Option(help="CROWN's neuron bounds: backward (tight) or forward (cheaper).")] = Intermediate.backward,
     limit: LimitOpt = 100,

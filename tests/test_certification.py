@@ -143,15 +143,19 @@ def test_no_attack_breaks_a_certificate(request, digits, norm):
 
 
 def test_milp_is_exact_and_orders_the_bounds(mlp, cnn, digits):
-    """On every point: MILP's exact margin >= CROWN's bound >= IBP's bound; the MILP minimiser is attained."""
+    """On every point: MILP's exact margin >= alpha-CROWN's >= CROWN's bound >= IBP's bound (alpha-CROWN
+    strictly closer to the MILP on average); the MILP minimiser is attained."""
     for gm, eps, n in ((mlp, 0.03, 12), (cnn, 0.005, 3)):
         x, y = digits.x[:n], digits.y[:n]
         exact = gm.certify(x, eps, method="milp", cls=y)
+        alpha = gm.certify(x, eps, method="alpha-crown", cls=y)
         crown = gm.certify(x, eps, method="crown", cls=y)
         ibp = gm.certify(x, eps, method="ibp", cls=y)
         assert all(s == "optimal" for s in exact.status)
         finite = np.isfinite(exact.margins)
-        assert np.all(exact.margins[finite] >= crown.margins[finite] - 1e-4)
+        assert np.all(exact.margins[finite] >= alpha.margins[finite] - 1e-4)
+        assert np.all(alpha.margins[finite] >= crown.margins[finite] - 1e-5)
+        assert np.mean(alpha.margins[finite] - crown.margins[finite]) > 1e-3
         assert np.all(crown.margins[finite] >= ibp.margins[finite] - 1e-6)
         # exact means attained: PGD on the weakest margin cannot go below it
         adv = attacks.pgd(gm, x, eps, steps=40).x_adv
@@ -323,3 +327,30 @@ def test_class_hulls_are_certified(cnn, digits):
     d = float(fs.boundary_distance(z, np.array([c]))[0])
     assert fs.certify_region(regions.Ball(z[0], 0.99 * d), c).certified
     assert not fs.certify_region(regions.Ball(z[0], 1.01 * d), c).certified
+
+
+def test_patch_form_equals_the_dense_backward_pass(monkeypatch):
+    """CROWN's intermediate bounds of convolutional neurons by the patch pass equal the dense pass's (1e-5
+    relative), with valid and same padding, strides, BatchNorm and tanh; the patch pass is really taken."""
+    layers = keras.layers
+    rng = np.random.default_rng(0)
+    for padding in ("valid", "same"):
+        keras.utils.set_random_seed(6)
+        model = keras.Sequential([
+            keras.Input((14, 14, 2)), layers.Conv2D(4, 3, strides=2, padding=padding), layers.BatchNormalization(),
+            layers.ReLU(), layers.Conv2D(6, 4, padding=padding, activation="relu"),
+            layers.Conv2D(5, 3, strides=2, padding=padding, activation="tanh"), layers.Flatten(), layers.Dense(10)])
+        bn = model.layers[1]
+        bn.set_weights([w + rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in bn.get_weights()])
+        x = rng.uniform(size=(3, 14, 14, 2)).astype("float32")
+        results = {}
+        for use in (False, True):
+            monkeypatch.setattr(bounds, "PATCHES", use)
+            gm = tfgeom.GeometryModel(model)
+            input_set = bounds.ball(x, np.full(3, 0.05, np.float32), "linf", gm.bounds)
+            results[use] = bounds.crown_bounds(gm.layer_graph, input_set)
+            assert any(key[0] == "patches" for key in gm.layer_graph.programs) == use
+        for (l0, u0), (l1, u1) in zip(results[False], results[True]):
+            scale = 1 + np.abs(np.asarray(l0)).max() + np.abs(np.asarray(u0)).max()
+            assert np.abs(np.asarray(l0) - np.asarray(l1)).max() <= 1e-5 * scale
+            assert np.abs(np.asarray(u0) - np.asarray(u1)).max() <= 1e-5 * scale

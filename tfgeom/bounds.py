@@ -187,12 +187,14 @@ def interval_bounds(graph, input_set, refine=None):
 # -- backward (CROWN) ----------------------------------------------------------
 
 
-def backward(graph, target, a, const, bounds, input_set):
+def backward(graph, target, a, const, bounds, input_set, alphas=None):
     """Lower bound of `a^T y_target + const` over the input set (CROWN's backward pass).
 
     Args:
         a: `[N, S, *shape of target]` coefficients, `const` `[N, S]`.
         bounds: `(l, u)` of every node before `target` (pre-activation bounds).
+        alphas: `{node: [N, S, *shape]}` lower slopes of (leaky) ReLU nodes
+            (alpha-CROWN); other nodes use CROWN's adaptive slopes.
 
     Returns:
         `[N, S]` lower bounds.
@@ -207,7 +209,11 @@ def backward(graph, target, a, const, bounds, input_set):
         if n == 0:
             return const + input_set.concretize(a)
         parent = node.inputs[0]
-        const, passed = node.backward(a, const, bounds[parent], nodes[parent].shape)
+        if alphas is not None and n in alphas:
+            const, coeff = node.backward_alpha(a, const, bounds[parent], alphas[n])
+            passed = [(parent, coeff)]
+        else:
+            const, passed = node.backward(a, const, bounds[parent], nodes[parent].shape)
         for i, coeff in passed:
             pending[i] = pending[i] + coeff if i in pending else coeff
     raise AssertionError("backward pass did not reach the input")
@@ -266,8 +272,20 @@ def _rows(n_total, idx, shape, nb):
     return tf.broadcast_to(tf.reshape(eye, [1, -1, *shape]), [nb, tf.shape(idx)[0], *shape])
 
 
-def crown_bounds(graph, input_set, memory=MEMORY):
-    """CROWN bounds `[(l, u)]` of every node (intermediate bounds by backward passes, chunked)."""
+def tighten(l, u, idx, lows, highs):
+    """`(l, u)` with the entries `idx` (flat, shared by the batch) raised to `lows` / lowered to `highs` `[N, K]`."""
+    nb = tf.shape(l)[0]
+    flat_l, flat_u = tf.reshape(l, [nb, -1]), tf.reshape(u, [nb, -1])
+    scatter = idx[:, None]
+    new_l = tf.transpose(tf.tensor_scatter_nd_max(tf.transpose(flat_l), scatter, tf.transpose(lows)))
+    new_u = tf.transpose(tf.tensor_scatter_nd_min(tf.transpose(flat_u), scatter, tf.transpose(highs)))
+    return tf.reshape(new_l, tf.shape(l)), tf.reshape(new_u, tf.shape(u))
+
+
+def crown_bounds(graph, input_set, memory=MEMORY, refined=None):
+    """CROWN bounds `[(l, u)]` of every node (intermediate bounds by backward passes, chunked).
+
+    `refined`, a dict, receives `{node: flat indices [K]}` of the neurons bounded by backward passes."""
     feeds, exact = _needs_refining(graph)
     largest = max(node.size for node in graph.nodes)
     nb = int(input_set.center.shape[0])
@@ -307,11 +325,9 @@ def crown_bounds(graph, input_set, memory=MEMORY):
                     tf.concat([part, part], 0), signs, prior, input_set)
             lows.append(lower[:, :size])
             highs.append(-lower[:, chunk:chunk + size])
-        lows, highs = tf.concat(lows, 1), tf.concat(highs, 1)
-        scatter = idx[:, None]
-        new_l = tf.transpose(tf.tensor_scatter_nd_max(tf.transpose(flat_l), scatter, tf.transpose(lows)))
-        new_u = tf.transpose(tf.tensor_scatter_nd_min(tf.transpose(flat_u), scatter, tf.transpose(highs)))
-        return tf.reshape(new_l, l.shape), tf.reshape(new_u, u.shape)
+        if refined is not None:
+            refined[n] = idx
+        return tighten(l, u, idx, tf.concat(lows, 1), tf.concat(highs, 1))
 
     return interval_bounds(graph, input_set, refine)
 
@@ -390,8 +406,10 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, 
     Args:
         coeffs: `[N, S, D]` rows of the margins (e.g. `w_c - w_j`).
         const: `[N, S]`.
-        method: `"ibp"` (minimise over the feature box in closed form) or
-            `"crown"` (backward pass from the margins, never looser than IBP).
+        method: `"ibp"` (minimise over the feature box in closed form),
+            `"crown"` (backward pass from the margins, never looser than IBP)
+            or `"alpha-crown"` (CROWN with optimised slopes in the margins'
+            backward pass, `tfgeom.alpha_crown`; never looser than CROWN).
         combine: for `"crown"`, return `max(CROWN, IBP)`; `False` gives the
             backward pass's own bound (for measuring it).
         intermediate: for `"crown"`, how pre-activation bounds are found:
@@ -404,6 +422,10 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, 
     """
     if method == "ibp":
         bounds = interval_bounds(graph, input_set)
+    elif method == "alpha-crown":
+        from tfgeom import alpha_crown  # it builds on this module
+
+        crown, bounds = alpha_crown.optimise(graph, input_set, coeffs, const, memory=memory)
     elif intermediate == "forward":
         bounds = forward_bounds(graph, input_set, memory)
     else:
@@ -415,5 +437,6 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, 
     if method == "ibp":
         return MarginBounds(ibp, bounds)
     last = len(graph.nodes) - 1
-    crown = compiled_backward(graph, last, input_set.kind)(coeffs, const, tuple(bounds[:last]), input_set)
+    if method != "alpha-crown":
+        crown = compiled_backward(graph, last, input_set.kind)(coeffs, const, tuple(bounds[:last]), input_set)
     return MarginBounds(tf.maximum(crown, ibp) if combine else crown, bounds)

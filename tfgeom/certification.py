@@ -21,7 +21,7 @@ from tfgeom import milp
 from tfgeom.errors import InputError
 from tfgeom.validation import check_choice, check_labels, check_positive_int
 
-METHODS = ("ibp", "crown", "milp")
+METHODS = ("ibp", "crown", "alpha-crown", "milp")
 INTERMEDIATE = ("backward", "forward")
 NORMS = ("linf", "l2")
 ROUNDING = 1e-5
@@ -36,7 +36,7 @@ class Certificate(NamedTuple):
             exact minima for `"milp"`, `-inf` where a solve failed).
         cls: `[N]` the class certified.
         eps: `[N]` the radius (`0` for segments).
-        method: `"ibp"`, `"crown"` or `"milp"`.
+        method: `"ibp"`, `"crown"`, `"alpha-crown"` or `"milp"`.
         norm: `"linf"`, `"l2"` or `"segment"`.
         status: `[N]` solver status for `"milp"` (`"optimal"` or why not), else None.
     """
@@ -111,7 +111,8 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
         x: `[N, ...]` centres.
         eps: radius, a scalar or `[N]`.
         norm: `"linf"` or `"l2"`. Defaults to `"linf"`.
-        method: `"ibp"`, `"crown"` or `"milp"`. Defaults to `"crown"`.
+        method: `"ibp"`, `"crown"`, `"alpha-crown"` (CROWN with optimised ReLU
+            slopes, `tfgeom.alpha_crown`) or `"milp"`. Defaults to `"crown"`.
         cls: `[N]` classes to certify. Defaults to the predicted classes.
         batch_size: examples per bound computation. Defaults to the model's
             (CROWN's memory is also bounded per chunk of neurons).
@@ -177,7 +178,7 @@ class Radius(NamedTuple):
             starting upper end): the true certified radius of the method lies
             in `[radius, upper]`.
         cls: `[N]` the class certified.
-        method: `"ibp"`, `"crown"` or `"milp"`.
+        method: `"ibp"`, `"crown"`, `"alpha-crown"` or `"milp"`.
         norm: `"linf"` or `"l2"`.
         rtol: the relative resolution asked for: bisection stops when
             `upper - radius <= rtol * upper`.
@@ -259,7 +260,7 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
     Args:
         x: `[N, ...]` centres.
         norm: `"linf"` or `"l2"` (as in `certify`).
-        method: `"ibp"`, `"crown"` or `"milp"` (as in `certify`).
+        method: `"ibp"`, `"crown"`, `"alpha-crown"` or `"milp"` (as in `certify`).
         cls: `[N]` classes; defaults to the predicted ones.
         upper: `[N]` or scalar starting upper end: a radius cannot exceed the
             distance of an adversarial example. Defaults to the norm of the

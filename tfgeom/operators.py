@@ -182,9 +182,20 @@ class ReLU(Activation):
         chord = _safe_div(u - alpha * l, u - l)
         au = tf.where(pos, 1.0, tf.where(neg, alpha, chord))
         bu = tf.where(pos | neg, 0.0, alpha * l - chord * l)
-        adaptive = tf.where(u > -l, 1.0, alpha)  # CROWN's choice of lower slope
-        al = tf.where(pos, 1.0, tf.where(neg, alpha, adaptive))
+        al = tf.where(pos, 1.0, tf.where(neg, alpha, self.adaptive_slope(l, u)))
         return al, tf.zeros_like(l), au, bu
+
+    def adaptive_slope(self, l, u):
+        """CROWN's lower slope of an unstable unit: 1 when `u > -l`, else the negative-side slope."""
+        return tf.where(u > -l, 1.0, self.slope)
+
+    def backward_alpha(self, a, const, parent, alpha):
+        """CROWN's step with the lower slopes of unstable units set to `alpha` (`[N, S, *shape]`, each in
+        `[slope, 1]`; alpha-CROWN's variables): any such slope gives a valid lower line."""
+        l, u = parent
+        _, bl, au, bu = self.relaxation(l, u)
+        al = tf.where((l >= 0)[:, None], 1.0, tf.where((u <= 0)[:, None], self.slope, alpha))
+        return self.backward_relaxed(a, const, (al, bl[:, None], au[:, None], bu[:, None]))
 
     def milp(self, program, ins, parent, cons):
         x = ins[0]
