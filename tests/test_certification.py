@@ -354,3 +354,25 @@ def test_patch_form_equals_the_dense_backward_pass(monkeypatch):
             scale = 1 + np.abs(np.asarray(l0)).max() + np.abs(np.asarray(u0)).max()
             assert np.abs(np.asarray(l0) - np.asarray(l1)).max() <= 1e-5 * scale
             assert np.abs(np.asarray(u0) - np.asarray(u1)).max() <= 1e-5 * scale
+
+
+def test_branch_and_bound_agrees_with_the_milp(mlp, digits):
+    """At 1.1x each input's CROWN radius (CROWN fails there by construction) branch and bound's verdicts
+    equal the MILP's; it certifies some; its counterexamples lie in the ball and are misclassified; with
+    no time it answers "unknown", never "certified"."""
+    x, y = digits.x[:10], digits.y[:10]
+    keep = mlp.predict(x) == y
+    x, y = x[keep], y[keep]
+    eps = 1.1 * mlp.certified_radius(x, method="crown", cls=y, rtol=0.01).radius
+    exact = mlp.certify(x, eps, method="milp", cls=y)
+    found = mlp.certify(x, eps, method="bab", cls=y, time_limit=60)
+    assert list(found.certified) == list(exact.certified)
+    assert found.certified.any() and not mlp.certify(x, eps, method="crown", cls=y).certified.any()
+    assert set(found.status) <= {"certified", "counterexample"}
+    bad = np.array([s == "counterexample" for s in found.status])
+    assert list(bad) == list(~exact.certified)
+    cex = found.counterexamples[bad]
+    assert np.all(np.abs(cex - x[bad]).reshape(len(cex), -1).max(axis=1) <= eps[bad] + 1e-6)
+    assert np.all((cex >= 0) & (cex <= 1)) and np.all(mlp.predict(cex) != y[bad])
+    rushed = mlp.certify(x[:3], eps[:3], method="bab", cls=y[:3], time_limit=0.0)
+    assert not rushed.certified.any() and set(rushed.status) <= {"unknown", "counterexample"}

@@ -282,10 +282,12 @@ def tighten(l, u, idx, lows, highs):
     return tf.reshape(new_l, tf.shape(l)), tf.reshape(new_u, tf.shape(u))
 
 
-def crown_bounds(graph, input_set, memory=MEMORY, refined=None):
+def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
     """CROWN bounds `[(l, u)]` of every node (intermediate bounds by backward passes, chunked).
 
-    `refined`, a dict, receives `{node: flat indices [K]}` of the neurons bounded by backward passes."""
+    `refined`, a dict, receives `{node: flat indices [K]}` of the neurons bounded by backward passes;
+    `constrain(n, l, u) -> (l, u)` may tighten each node's bounds before later nodes use them (the
+    splits of branch and bound)."""
     feeds, exact = _needs_refining(graph)
     largest = max(node.size for node in graph.nodes)
     nb = int(input_set.center.shape[0])
@@ -329,7 +331,9 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None):
             refined[n] = idx
         return tighten(l, u, idx, tf.concat(lows, 1), tf.concat(highs, 1))
 
-    return interval_bounds(graph, input_set, refine)
+    if constrain is None:
+        return interval_bounds(graph, input_set, refine)
+    return interval_bounds(graph, input_set, lambda n, bounds: constrain(n, *refine(n, bounds)))
 
 
 # -- forward linear bounds -----------------------------------------------------

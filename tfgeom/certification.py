@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom import bounds as bd
-from tfgeom import milp
+from tfgeom import bab, milp
 from tfgeom.errors import InputError
 from tfgeom.validation import check_choice, check_labels, check_positive_int
 
-METHODS = ("ibp", "crown", "alpha-crown", "milp")
+METHODS = ("ibp", "crown", "alpha-crown", "bab", "milp")
 INTERMEDIATE = ("backward", "forward")
 NORMS = ("linf", "l2")
 ROUNDING = 1e-5
@@ -38,7 +38,10 @@ class Certificate(NamedTuple):
         eps: `[N]` the radius (`0` for segments).
         method: `"ibp"`, `"crown"`, `"alpha-crown"` or `"milp"`.
         norm: `"linf"`, `"l2"` or `"segment"`.
-        status: `[N]` solver status for `"milp"` (`"optimal"` or why not), else None.
+        status: `[N]` solver status for `"milp"` (`"optimal"` or why not), the verdict
+            for `"bab"` (`"certified"`, `"counterexample"`, `"unknown"`), else None.
+        counterexamples: for `"bab"`, `[N, ...]` an input of the set that the
+            network does not give class `c` (NaN where none was found), else None.
     """
 
     certified: np.ndarray
@@ -48,6 +51,7 @@ class Certificate(NamedTuple):
     method: str
     norm: str
     status: Optional[list] = None
+    counterexamples: Optional[np.ndarray] = None
 
     @property
     def min_margin(self):
@@ -102,8 +106,22 @@ def _eps_array(eps, n):
     return eps
 
 
+def _branch_and_bound(gm, x, eps, cls, crown, scale, time_limit):
+    """`Certificate` of method `"bab"`: CROWN's certificates stand, the rest go to `tfgeom.bab.verify`."""
+    certified = crown.certified.copy()
+    status = ["certified" if c else "unknown" for c in certified]
+    found = np.full(x.shape, np.nan, np.float32)
+    for i in np.flatnonzero(~certified):
+        verdict = bab.verify(gm, x[i], eps[i], cls[i], time_limit=time_limit, scale=scale[i])
+        status[i] = verdict.verdict
+        certified[i] = verdict.verdict == "certified"
+        if verdict.counterexample is not None:
+            found[i] = verdict.counterexample
+    return Certificate(certified, crown.margins, cls, eps, "bab", "linf", status, found)
+
+
 def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, max_units=milp.MAX_UNITS,
-            intermediate="backward"):
+            intermediate="backward", time_limit=60.0):
     """Certify the `norm`-balls of radius `eps` around `x` (intersected with the bounds).
 
     Args:
@@ -112,7 +130,9 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
         eps: radius, a scalar or `[N]`.
         norm: `"linf"` or `"l2"`. Defaults to `"linf"`.
         method: `"ibp"`, `"crown"`, `"alpha-crown"` (CROWN with optimised ReLU
-            slopes, `tfgeom.alpha_crown`) or `"milp"`. Defaults to `"crown"`.
+            slopes, `tfgeom.alpha_crown`), `"bab"` (branch and bound on the
+            inputs CROWN does not certify, `tfgeom.bab`: complete, with a time
+            limit per input) or `"milp"`. Defaults to `"crown"`.
         cls: `[N]` classes to certify. Defaults to the predicted classes.
         batch_size: examples per bound computation. Defaults to the model's
             (CROWN's memory is also bounded per chunk of neurons).
@@ -121,6 +141,8 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
             proper, one backward pass per neuron) or `"forward"` (forward
             linear bounds: several times cheaper on CNNs, looser). Defaults to
             `"backward"`.
+        time_limit: for `"bab"`, seconds per input before its verdict is
+            `"unknown"`. Defaults to `60`.
 
     Returns:
         A `Certificate`.
@@ -128,10 +150,16 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
     norm = check_choice("norm", norm, NORMS)
     method = check_choice("method", method, METHODS)
     intermediate = check_choice("intermediate", intermediate, INTERMEDIATE)
+    if method == "bab" and norm != "linf":
+        raise InputError("method='bab' supports norm='linf' (its exact leaves are linear programs over a box); "
+                         "use method='alpha-crown' for L2")
     x = gm.check(x)
     cls = _check_cls(gm, x, cls)
     eps = _eps_array(eps, len(x))
     scale = np.abs(gm.logits(x)).max(axis=1)
+    if method == "bab":
+        crown = certify(gm, x, eps, norm, "crown", cls, batch_size, intermediate=intermediate)
+        return _branch_and_bound(gm, x, eps, cls, crown, scale, time_limit)
     margins, statuses = [], []
     for s in gm.runtime.batches(len(x), batch_size):
         size = len(x[s])

@@ -48,14 +48,17 @@ def check_size(graph, max_units=MAX_UNITS):
         )
 
 
-class _Program:
-    """The MILP of one input set (example `i` of `input_set`): each operator adds its own constraints."""
+class Program:
+    """The MILP of one input set (example `i` of `input_set`): each operator adds its own constraints.
+
+    `input` is the cvxpy variable of the (flattened) input; `features` that of the features."""
 
     def __init__(self, graph, matrices, bounds, input_set, i):
         nodes = graph.nodes
         self.binaries = 0
         self._matrices = matrices
         x = cp.Variable(nodes[0].size)
+        self.input = x
         cons = list(input_set.milp_constraints(x, i))
         values = [x]
         for node in nodes[1:]:
@@ -83,6 +86,12 @@ class _Program:
         if status != cp.OPTIMAL:
             return -np.inf, status, None
         return float(value), status, self.features.value
+
+
+def affine_matrices(graph):
+    """`{id(node): sparse matrix}` of the graph's affine operators (built once, shared by every program)."""
+    return {id(node): node.matrix(graph.nodes[node.inputs[0]].shape)
+            for node in graph.nodes if isinstance(node, Affine)}
 
 
 class ExactMargins(NamedTuple):
@@ -124,15 +133,14 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
     input_set.milp_constraints(cp.Variable(graph.nodes[0].size), 0)  # refuses sets the MILP cannot express
     found = crown_bounds(graph, input_set) if tighten else interval_bounds(graph, input_set)
     bounds = [(l.numpy().astype(np.float64), u.numpy().astype(np.float64)) for l, u in found]
-    matrices = {id(node): node.matrix(graph.nodes[node.inputs[0]].shape)
-                for node in graph.nodes if isinstance(node, Affine)}
+    matrices = affine_matrices(graph)
     w, b = np.asarray(weights, np.float64), np.asarray(bias, np.float64)
     n_ex, classes = len(cls), w.shape[1]
     margins = np.full((n_ex, classes), np.inf)
     statuses, binaries = [], []
     for i in range(n_ex):
         per = [(bl[i], bu[i]) for bl, bu in bounds]
-        prog = _Program(graph, matrices, per, input_set, i)
+        prog = Program(graph, matrices, per, input_set, i)
         worst = "optimal"
         c = int(cls[i])
         for j in range(classes):

@@ -204,10 +204,12 @@ class ReLU(Activation):
         y = cp.Variable(x.shape[0])
         pos, neg = l >= 0, u <= 0
         unstable = ~(pos | neg)
+        # stable units are linear; their sign constraints are implied by valid bounds, and enforce the
+        # splits of a branch-and-bound subdomain (bounds clamped at 0)
         if pos.any():
-            cons.append(y[pos] == x[pos])
+            cons += [y[pos] == x[pos], x[pos] >= l[pos]]
         if neg.any():
-            cons.append(y[neg] == slope * x[neg])
+            cons += [y[neg] == slope * x[neg], x[neg] <= u[neg]]
         k = int(unstable.sum())
         if k:
             program.binaries += k
