@@ -129,7 +129,7 @@ def _program(graph, kind):
             new_m[key], new_v[key] = m, v
         return lower, tightest, new_a, new_m, new_v
 
-    graph.programs[key] = tf.function(step, jit_compile=bd.JIT, autograph=False)
+    graph.programs[key] = tf.function(step, jit_compile=bd.use_xla(graph, last), autograph=False)
     return graph.programs[key]
 
 

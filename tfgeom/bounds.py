@@ -220,19 +220,32 @@ def backward(graph, target, a, const, bounds, input_set, alphas=None):
 
 
 PATCHES = True  # convolutional neurons' bounds by the patch-form pass where it applies (tfgeom.patches)
-JIT = True  # XLA-compile backward passes (2-3x faster on CPU than plain graphs)
+JIT = True  # XLA-compile backward passes (2-3x faster on CPU than plain graphs, but see `use_xla`)
+
+
+def use_xla(graph, target):
+    """Whether to XLA-compile a backward pass from `target`: yes unless it crosses a convolution, whose
+    transpose XLA's CPU backend runs ~2x slower than TensorFlow's own kernel (measured on the benchmark CNNs)."""
+    return JIT and not any(getattr(node, "conv", None) is not None for node in graph.nodes[1:target + 1])
 
 
 def compiled_backward(graph, target, kind):
-    """`backward` for one graph, target node and input-set kind, compiled once (XLA) and cached on the graph."""
+    """`backward` for one graph, target node and input-set kind, compiled once and cached on the graph."""
     key = (target, kind)
     if key not in graph.programs:
         graph.programs[key] = tf.function(
             lambda a, const, bounds, input_set: backward(graph, target, a, const, bounds, input_set),
-            jit_compile=JIT,
+            jit_compile=use_xla(graph, target),
             autograph=False,
         )
     return graph.programs[key]
+
+
+def row_chunk(count, most):
+    """Rows per backward call for `count` neurons (at most `most`): powers of two up to 32, then multiples of
+    32, so that padding wastes little and a radius search compiles few shapes."""
+    size = 1 << max(0, (count - 1).bit_length()) if count <= 32 else -(-count // 32) * 32
+    return max(1, min(most, size))
 
 
 def _needs_refining(graph):
@@ -310,7 +323,7 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
             return l, u
         window = patches.row_size(graph, n) if PATCHES else None
         per_row = largest if window is None else window  # coefficients per row on the largest tensor
-        chunk = min(max(1, memory // (4 * per_row * nb * 2)), 1 << (count - 1).bit_length())
+        chunk = row_chunk(count, memory // (4 * per_row * nb * 2))
         prior = tuple(bounds[:n])
         lows, highs = [], []
         for start in range(0, count, chunk):
@@ -323,7 +336,7 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
                     tf.concat([rows, -rows], 1), tf.zeros([nb, 2 * chunk]), prior, input_set)
             else:
                 signs = tf.concat([tf.ones([chunk]), -tf.ones([chunk])], 0)
-                lower = patches.compiled(graph, n, input_set.kind, JIT)(
+                lower = patches.compiled(graph, n, input_set.kind, use_xla(graph, n))(
                     tf.concat([part, part], 0), signs, prior, input_set)
             lows.append(lower[:, :size])
             highs.append(-lower[:, chunk:chunk + size])
