@@ -109,6 +109,9 @@ def _eps_array(eps, n):
 
 def _branch_and_bound(gm, x, eps, cls, crown, scale, time_limit):
     """`Certificate` of method `"bab"`: CROWN's certificates stand, the rest go to `tfgeom.bab.verify`."""
+    if not gm.layer_graph.piecewise_linear():
+        raise InputError("method='bab' needs a piecewise-linear network (its subdomains end in linear programs); "
+                         "this one has smooth units: use method='alpha-crown'")
     certified = crown.certified.copy()
     status = ["certified" if c else "unknown" for c in certified]
     found = np.full(x.shape, np.nan, np.float32)

@@ -30,7 +30,7 @@ import tensorflow as tf
 from tfgeom import patches
 from tfgeom.errors import ModelError
 from tfgeom.heads import is_functional, producer, strip_softmax
-from tfgeom.operators import Add, Affine, Input, MaxPool, ReLU, SShaped
+from tfgeom.operators import Add, Affine, Concatenate, Input, MaxPool, ReLU, Smooth, SShaped
 
 _IDENTITY = (
     keras.layers.Dropout,
@@ -61,12 +61,14 @@ _MAXPOOL = (
     keras.layers.GlobalMaxPooling1D,
     keras.layers.GlobalMaxPooling2D,
 )
-ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid")
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "silu", "swish", "elu",
+               "gelu")
 SUPPORTED = (
     "Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D, BatchNormalization, Normalization, "
     "Average/Max pooling (1D/2D, global), Flatten, Reshape, Permute, ZeroPadding, Cropping, UpSampling "
-    "(nearest), Rescaling, Dropout-like layers, Add, ReLU (negative_slope, max_value), and the activations "
-    "relu, relu6, leaky_relu, tanh, sigmoid, linear"
+    "(nearest), Rescaling, Dropout-like layers, Add, Concatenate, ReLU (negative_slope, max_value), "
+    "LeakyReLU, ELU (alpha=1), and the activations relu, relu6, leaky_relu, tanh, sigmoid, hard_sigmoid, "
+    "softplus, silu/swish, elu, gelu, linear"
 )
 
 
@@ -127,6 +129,8 @@ def _activation(name, inputs, shape, spec):
         return None
     if kind in ("relu", "leaky_relu"):
         return ReLU(name, inputs, shape, slope)
+    if kind in Smooth.FUNCTIONS:
+        return Smooth(name, inputs, shape, kind)
     return SShaped(name, inputs, shape, kind)
 
 
@@ -141,7 +145,9 @@ def _activation_spec(layer, fn):
         return "relu6", 0.0
     if name == "leaky_relu":
         return "leaky_relu", 0.2  # keras.activations.leaky_relu's default
-    if name in ("tanh", "sigmoid"):
+    if name in ("tanh", "sigmoid", "hard_sigmoid", "softplus", "silu"):
+        return name, 0.0
+    if name in ("elu", "gelu"):  # keras.activations' defaults: alpha = 1, the exact (erf) GELU
         return name, 0.0
     raise ModelError(
         f"layer '{layer.name}' uses activation {name!r}, which bound propagation does not support; "
@@ -150,6 +156,11 @@ def _activation_spec(layer, fn):
 
 
 def _standalone_activation(layer):
+    if isinstance(layer, keras.layers.ELU):
+        if float(layer.alpha) != 1.0:
+            raise ModelError(f"ELU layer '{layer.name}' has alpha={float(layer.alpha):g}; bound propagation "
+                             "supports alpha=1 (the smooth ELU)")
+        return "elu", 0.0
     if isinstance(layer, keras.layers.LeakyReLU):
         return "leaky_relu", float(layer.negative_slope)
     if isinstance(layer, keras.layers.ReLU):
@@ -198,9 +209,14 @@ def _maxpool(layer, inputs, in_shape):
         else:
             out_shape = (in_shape[-1],)
     else:
-        pool = tuple(np.broadcast_to(layer.pool_size, dims))
-        strides = tuple(np.broadcast_to(layer.strides, dims))
+        pool = tuple(int(p) for p in np.broadcast_to(layer.pool_size, dims))
+        strides = tuple(int(s) for s in np.broadcast_to(layer.strides, dims))
         table, out_shape = _window_table(in_shape, pool, strides, layer.padding)
+        if dims == 2:  # CROWN's patch form treats it like a convolution with this geometry
+            node = MaxPool(layer.name, inputs, out_shape, tf.constant(table))
+            node.conv = patches.PoolGeometry(pool, strides, patches.same_pads(in_shape, pool, strides, layer.padding),
+                                             in_shape[-1])
+            return node
     return MaxPool(layer.name, inputs, out_shape, tf.constant(table))
 
 
@@ -275,17 +291,29 @@ def _clipped_relu(name, inputs, shape, top):
     """`min(max(x, 0), top) = relu(x) - relu(x - top)`: four operators, exact; `inputs` the parent id.
 
     Operator inputs < 0 are relative to the node's own position (see `build`)."""
-    shift = _affine(f"{name}/shift", inputs, shape, lambda x: x, lambda r: r, tf.constant(-float(top)),
-                    lambda a: a, diagonal=True)
+    # the second node reads the same parent: a relative input (< 0) counts one node further back
+    shift = _affine(f"{name}/shift", tuple(i - 1 if i < 0 else i for i in inputs), shape, lambda x: x, lambda r: r,
+                    tf.constant(-float(top)), lambda a: a, diagonal=True)
     negate = _affine(f"{name}/negate", (-1,), shape, lambda x: -x, lambda r: r, None, lambda a: -a, diagonal=True)
     return [ReLU(f"{name}/low", inputs, shape, 0.0), shift, ReLU(f"{name}/high", (-1,), shape, 0.0), negate,
             Add(name, (-4, -1), shape)]
 
 
+def _hard_sigmoid(name, inputs, shape):
+    """Keras' `hard_sigmoid(x) = relu6(x + 3) / 6`, exact: shift, clipped ReLU, scale."""
+    plus = _affine(f"{name}/plus3", inputs, shape, lambda x: x, lambda r: r, tf.constant(3.0), lambda a: a,
+                   diagonal=True)
+    scale = _affine(f"{name}/scale", (-1,), shape, lambda x: x / 6.0, lambda r: r / 6.0, None, lambda a: a / 6.0,
+                    diagonal=True)
+    return [plus] + _clipped_relu(f"{name}/relu6", (-1,), shape, 6.0) + [scale]
+
+
 def _activation_nodes(layer, inputs, shape, spec):
-    """Operators of an activation `spec` applied to `inputs` (relu6 needs four)."""
+    """Operators of an activation `spec` applied to `inputs` (relu6 needs five, hard_sigmoid seven)."""
     if spec[0] == "relu6":
         return _clipped_relu(layer.name, inputs, shape, 6.0)
+    if spec[0] == "hard_sigmoid":
+        return _hard_sigmoid(layer.name, inputs, shape)
     return [_activation(layer.name, inputs, shape, spec)]
 
 
@@ -370,6 +398,7 @@ CONVERTERS = {
     **{cls: (lambda layer, inputs, in_shape: [_maxpool(layer, inputs, in_shape)], True) for cls in _MAXPOOL},
     keras.layers.ReLU: (_standalone, None),
     keras.layers.LeakyReLU: (_standalone, True),
+    keras.layers.ELU: (_standalone, False),
     keras.layers.Activation: (_standalone, None),
 }
 
@@ -396,7 +425,8 @@ def layer_piecewise_linear(layer):
     if isinstance(layer, keras.layers.ReLU):
         return True
     # a final softmax is stripped before any analysis, so it does not make the logits smooth
-    return name in ("relu", "relu6", "leaky_relu", "linear", "identity", "softmax", "log_softmax", None)
+    return name in ("relu", "relu6", "leaky_relu", "hard_sigmoid", "linear", "identity", "softmax", "log_softmax",
+                    None)
 
 
 def _layer_nodes(layer, inputs, in_shapes):
@@ -406,6 +436,8 @@ def _layer_nodes(layer, inputs, in_shapes):
         if any(s != in_shapes[0] for s in in_shapes):
             raise ModelError(f"Add '{name}' broadcasts inputs of shapes {in_shapes}; certification needs equal shapes")
         return [Add(name, tuple(inputs), in_shapes[0])]
+    if type(layer).__name__ == "Concatenate" and len(inputs) >= 2:
+        return [_concatenate(layer, inputs, in_shapes)]
     if len(inputs) != 1:
         raise ModelError(
             f"layer '{name}' ({type(layer).__name__}) has {len(inputs)} tensor inputs; "
@@ -417,6 +449,19 @@ def _layer_nodes(layer, inputs, in_shapes):
             f"layer '{name}' ({type(layer).__name__}) is not supported by certification; supported: {SUPPORTED}"
         )
     return [node for node in entry[0](layer, tuple(inputs), in_shapes[0]) if node is not None]
+
+
+def _concatenate(layer, inputs, in_shapes):
+    rank = len(in_shapes[0])
+    axis = layer.axis % (rank + 1) - 1  # Keras counts the batch axis
+    others = {tuple(d for k, d in enumerate(shape) if k != axis) for shape in in_shapes}
+    if axis < 0 or len(others) != 1 or any(len(shape) != rank for shape in in_shapes):
+        raise ModelError(f"Concatenate '{layer.name}' joins shapes {in_shapes} on axis {layer.axis}; certification "
+                         "needs inputs of one rank that differ only along a non-batch axis")
+    sizes = [shape[axis] for shape in in_shapes]
+    shape = list(in_shapes[0])
+    shape[axis] = sum(sizes)
+    return Concatenate(layer.name, tuple(inputs), shape, axis, sizes)
 
 
 def build(model):

@@ -38,7 +38,7 @@ def check_size(graph, max_units=MAX_UNITS):
     if not graph.piecewise_linear():
         raise ModelError(
             "method='milp' needs a piecewise-linear network (ReLU/LeakyReLU, max-pooling); this one has "
-            "tanh/sigmoid units: use method='crown'"
+            "smooth units (tanh, sigmoid, softplus, silu, elu or gelu): use method='crown'"
         )
     units = sum(graph.counts().values())
     if units > max_units:

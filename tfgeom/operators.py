@@ -247,11 +247,99 @@ class SShaped(Activation):
         return lam, fl - lam * l, lam, fu - lam * u
 
 
+class Smooth(Activation):
+    """A smooth activation `f` with `|f''| <= curvature` (softplus, silu/swish, elu, gelu): sound linear bounds
+    on any interval without case analysis.
+
+    Both lines take the chord's slope `lam = (f(u) - f(l)) / (u - l)`; their
+    intercepts are the extremes of `g = f - lam x` on `[l, u]`, read on a grid
+    of `POINTS` points spaced `h` and widened by `curvature h^2 / 8` (between
+    two grid points `g` stays within that of its chord, since `|g''| <= curvature`)
+    plus a float32 rounding allowance. For convex `f` (softplus, elu) the
+    lower line is then the tangent parallel to the chord and the upper line
+    the chord, up to the widening. Interval bounds are the same extremes of `f`.
+    """
+
+    piecewise_linear = False
+    POINTS = 17
+    FUNCTIONS = {
+        "softplus": (tf.nn.softplus, 0.25),
+        "silu": (tf.nn.silu, 0.5),
+        "elu": (tf.nn.elu, 1.0),  # alpha = 1: C1 at 0, f'' jumps from 1 to 0
+        "gelu": (lambda x: tf.nn.gelu(x, approximate=False), 0.8),
+        "gelu_tanh": (lambda x: tf.nn.gelu(x, approximate=True), 0.8),
+    }
+
+    def __init__(self, name, inputs, shape, activation):
+        super().__init__(name, inputs, shape)
+        self.activation = activation
+        self.function, self.curvature = self.FUNCTIONS[activation]
+
+    def evaluate(self, xs):
+        return self.function(xs[0])
+
+    def _extremes(self, l, u, lam):
+        """`(min, max)` of `f(x) - lam x` over `[l, u]` (sound, see the class)."""
+        t = tf.linspace(0.0, 1.0, self.POINTS)
+        x = l[..., None] + (u - l)[..., None] * t
+        g = self.function(x) - lam[..., None] * x
+        h = (u - l) / (self.POINTS - 1)
+        slack = self.curvature * h * h / 8 + 1e-6 * (1.0 + tf.reduce_max(tf.abs(g), -1))
+        return tf.reduce_min(g, -1) - slack, tf.reduce_max(g, -1) + slack
+
+    def interval(self, ins):
+        (l, u), = ins
+        return self._extremes(l, u, tf.zeros_like(l))
+
+    def relaxation(self, l, u):
+        lam = _safe_div(self.function(u) - self.function(l), u - l)
+        low, high = self._extremes(l, u, lam)
+        return lam, low, lam, high
+
+    def forward(self, ins, parent, fold):
+        (a_lo, c_lo), (a_up, c_up) = ins[0]
+        al, bl, au, bu = self.relaxation(*parent)
+        # a negative slope (silu, gelu below their minimum) turns the input's upper bound into a lower one
+        pos_l, pos_u = al >= 0, au >= 0
+        lower = (tf.where(pos_l[:, None], a_lo, a_up) * al[:, None], tf.where(pos_l, c_lo, c_up) * al + bl)
+        upper = (tf.where(pos_u[:, None], a_up, a_lo) * au[:, None], tf.where(pos_u, c_up, c_lo) * au + bu)
+        return lower, upper
+
+
+class Concatenate(Operator):
+    """Inputs joined along `axis` (of the shape without batch); `sizes` their extents along it."""
+
+    def __init__(self, name, inputs, shape, axis, sizes):
+        super().__init__(name, inputs, shape)
+        self.axis, self.sizes = axis, list(sizes)
+
+    def evaluate(self, xs):
+        return tf.concat(xs, self.axis + 1)
+
+    def interval(self, ins):
+        return tf.concat([b[0] for b in ins], self.axis + 1), tf.concat([b[1] for b in ins], self.axis + 1)
+
+    def backward(self, a, const, parent, in_shape):
+        return const, list(zip(self.inputs, tf.split(a, self.sizes, self.axis + 2)))
+
+    def forward(self, ins, parent, fold):
+        return tuple((tf.concat([i[k][0] for i in ins], self.axis + 2),
+                      tf.concat([i[k][1] for i in ins], self.axis + 1)) for k in (0, 1))
+
+    def milp(self, program, ins, parent, cons):
+        positions = np.split(np.arange(self.size).reshape(self.shape), np.cumsum(self.sizes)[:-1], self.axis)
+        y = cp.Variable(self.size)
+        for x, pos in zip(ins, positions):
+            cons.append(y[pos.reshape(-1)] == x)
+        return y
+
+
 class MaxPool(Operator):
     """A maximum over windows, stored as an index table `window [outputs, k]` into the flattened input
     (padded positions point at the extra entry `size`)."""
 
     units = True
+    conv = None  # a `tfgeom.patches.PoolGeometry` for 2-D pooling (CROWN's patch form)
 
     def __init__(self, name, inputs, shape, window):
         super().__init__(name, inputs, shape)

@@ -20,15 +20,23 @@ out of the maps with `tf.image.extract_patches`. Positions of a window that
 fall outside the tensor (padding) are zeroed after each convolution, so
 they never contribute.
 
-Used for chains `Input -> (Conv2D | diagonal affine | activation)* -> target`
-on 2-D (`[H, W, C]`) tensors, where every window is smaller than the map;
-anything else (pooling, residual adds, dense layers) takes the dense pass.
+Max-pooling is a convolution-like step: each window entry spreads its
+coefficient over the pooling window with the relaxation's selection
+weights (the lower bound's for positive coefficients, the upper bound's for
+negative ones), an overlap-add done by a transposed convolution with a 0/1
+kernel.
+
+Used for chains `Input -> (Conv2D | MaxPooling2D | diagonal affine |
+activation)* -> target` on 2-D (`[H, W, C]`) tensors, where every window is
+at most half its map; anything else (residual adds, concatenations, dense
+layers, depthwise convolutions) takes the dense pass.
 """
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
-from tfgeom.operators import Activation, Affine
+from tfgeom.operators import Activation, Affine, MaxPool
 
 
 class ConvGeometry(NamedTuple):
@@ -37,6 +45,28 @@ class ConvGeometry(NamedTuple):
     kernel: tf.Tensor
     strides: tuple
     pads: tuple
+
+
+class PoolGeometry(NamedTuple):
+    """A 2-D max-pooling as the patch pass needs it: `pool` size, `strides`, `pads` (top, left), `channels`."""
+
+    pool: tuple
+    strides: tuple
+    pads: tuple
+    channels: int
+
+    @property
+    def kernel(self):
+        """`[ph, pw, C, C k]`: window entry `(di, dj)` of channel `c` (input channel `c k + di pw + dj` of a
+        transposed convolution) goes to offset `(di, dj)`, channel `c`; `k = ph pw` (the pool's window order)."""
+        ph, pw = self.pool
+        k = ph * pw
+        kernel = np.zeros((ph, pw, self.channels, self.channels * k), np.float32)
+        for c in range(self.channels):
+            for di in range(ph):
+                for dj in range(pw):
+                    kernel[di, dj, c, c * k + di * pw + dj] = 1.0
+        return tf.constant(kernel)
 
 
 def same_pads(in_shape, kernel_size, strides, padding):
@@ -58,8 +88,8 @@ class Window(NamedTuple):
     pad: tuple
 
     def through(self, conv):
-        """The window on a convolution's input."""
-        kh, kw = int(conv.kernel.shape[0]), int(conv.kernel.shape[1])
+        """The window on a convolution's (or pooling's) input."""
+        kh, kw = conv.pool if isinstance(conv, PoolGeometry) else (int(conv.kernel.shape[0]), int(conv.kernel.shape[1]))
         (sh, sw), (ph, pw) = conv.strides, conv.pads
         return Window(((self.size[0] - 1) * sh + kh, (self.size[1] - 1) * sw + kw),
                       (self.stride[0] * sh, self.stride[1] * sw),
@@ -132,10 +162,11 @@ def _cut(v, window, positions, out_hw):
 def _conv_back(a, conv, window):
     """Coefficients on a convolution's input from those on its output (`a [N, S, Kh, Kw, cout]`)."""
     nb, s = tf.shape(a)[0], tf.shape(a)[1]
-    kh, kw, cin, _ = (int(d) for d in conv.kernel.shape)
+    kernel = conv.kernel
+    cin = int(kernel.shape[2])
     new = window.through(conv)
     flat = tf.reshape(a, [-1, *a.shape[2:]])
-    out = tf.nn.conv2d_transpose(flat, conv.kernel, [tf.shape(flat)[0], new.size[0], new.size[1], cin],
+    out = tf.nn.conv2d_transpose(flat, kernel, [tf.shape(flat)[0], new.size[0], new.size[1], cin],
                                  list(conv.strides), "VALID")
     return tf.reshape(out, [nb, s, new.size[0], new.size[1], cin]), new
 
@@ -171,7 +202,18 @@ def backward(graph, target, rows, signs, bounds, input_set):
         node = nodes[n]
         parent = node.inputs[0]
         conv = _geometry(node)
-        if conv is not None:
+        if isinstance(node, MaxPool):
+            select, select_u, bu = node.relaxation(*bounds[parent])
+            k = int(select.shape[-1])
+            grid = [-1, *node.shape[:2], node.shape[2] * k]
+            lower, upper = cut(tf.reshape(select, grid)), cut(tf.reshape(select_u, grid))
+            ap, an = tf.maximum(a, 0.0), tf.minimum(a, 0.0)
+            const = const + dot(an, tf.reshape(bu, [-1, *node.shape]))
+            entries = tf.repeat(ap, k, -1) * lower + tf.repeat(an, k, -1) * upper  # [N, S, Kh, Kw, C k]
+            a, window = _conv_back(entries, conv, window)
+            h, w = nodes[parent].shape[:2]
+            a = a * cut(tf.ones([1, h, w, 1]))
+        elif conv is not None:
             const = const + tf.reduce_sum(a * conv_bias(node), [2, 3, 4])
             a, window = _conv_back(a, conv, window)
             h, w = nodes[parent].shape[:2]
