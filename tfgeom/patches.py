@@ -171,6 +171,36 @@ def _conv_back(a, conv, window):
     return tf.reshape(out, [nb, s, new.size[0], new.size[1], cin]), new
 
 
+def _pool_entries(node, a, const, l, u, cut):
+    """`(const, coefficients of the window entries [N, S, Kh, Kw, C k])` of a max-pooling's relaxation."""
+    select, select_u, bu = node.relaxation(l, u)
+    k = int(select.shape[-1])
+    grid = [-1, *node.shape[:2], node.shape[2] * k]
+    ap, an = tf.maximum(a, 0.0), tf.minimum(a, 0.0)
+    const = const + tf.reduce_sum(an * cut(tf.reshape(bu, [-1, *node.shape])), [2, 3, 4])
+    return const, tf.repeat(ap, k, -1) * cut(tf.reshape(select, grid)) + tf.repeat(an, k, -1) * cut(
+        tf.reshape(select_u, grid))
+
+
+def _fused(step):
+    """`step` XLA-compiled: it gathers and multiplies tensors `S` times larger than the maps, which XLA fuses
+    (the passes around it stay TensorFlow graphs: XLA's CPU transposed convolutions are slower)."""
+    return tf.function(step, jit_compile=True, autograph=False)
+
+
+def _pool_back(entries, pool, window):
+    """Coefficients on a max-pooling's input from its window entries `[N, S, Kh, Kw, C k]`: a plain
+    rearrangement when the windows tile the input (stride = pool size), else an overlap-add."""
+    if tuple(pool.strides) != tuple(pool.pool):
+        return _conv_back(entries, pool, window)
+    (ph, pw), c = pool.pool, pool.channels
+    nb, s = tf.shape(entries)[0], tf.shape(entries)[1]
+    kh, kw = window.size
+    tiles = tf.reshape(entries, [nb, s, kh, kw, c, ph, pw])
+    tiles = tf.transpose(tiles, [0, 1, 2, 5, 3, 6, 4])  # [N, S, Kh, ph, Kw, pw, C]
+    return tf.reshape(tiles, [nb, s, kh * ph, kw * pw, c]), window.through(pool)
+
+
 def backward(graph, target, rows, signs, bounds, input_set):
     """Lower bounds of `sign * y_target[row]` over the input set, by CROWN's backward pass in patch form.
 
@@ -203,14 +233,9 @@ def backward(graph, target, rows, signs, bounds, input_set):
         parent = node.inputs[0]
         conv = _geometry(node)
         if isinstance(node, MaxPool):
-            select, select_u, bu = node.relaxation(*bounds[parent])
-            k = int(select.shape[-1])
-            grid = [-1, *node.shape[:2], node.shape[2] * k]
-            lower, upper = cut(tf.reshape(select, grid)), cut(tf.reshape(select_u, grid))
-            ap, an = tf.maximum(a, 0.0), tf.minimum(a, 0.0)
-            const = const + dot(an, tf.reshape(bu, [-1, *node.shape]))
-            entries = tf.repeat(ap, k, -1) * lower + tf.repeat(an, k, -1) * upper  # [N, S, Kh, Kw, C k]
-            a, window = _conv_back(entries, conv, window)
+            const, entries = _fused(lambda a, const, l, u: _pool_entries(node, a, const, l, u, cut))(
+                a, const, *bounds[parent])
+            a, window = _pool_back(entries, conv, window)
             h, w = nodes[parent].shape[:2]
             a = a * cut(tf.ones([1, h, w, 1]))
         elif conv is not None:
@@ -219,8 +244,8 @@ def backward(graph, target, rows, signs, bounds, input_set):
             h, w = nodes[parent].shape[:2]
             a = a * cut(tf.ones([1, h, w, 1]))  # padding positions carry no coefficient
         elif isinstance(node, Activation):
-            relax = node.relaxation(*bounds[parent])
-            const, a = node.backward_relaxed(a, const, [cut(r) for r in relax])
+            const, a = _fused(lambda a, const, l, u: node.backward_relaxed(
+                a, const, [cut(r) for r in node.relaxation(l, u)]))(a, const, *bounds[parent])
         else:  # diagonal affine: y = scale * x + bias
             scale = node.linear(tf.ones([1, *node.shape]))
             const = const + dot(a, node.bias[None])
