@@ -34,7 +34,10 @@ setup(
             "mkdocs-material>=9",
             "mkdocstrings[python]>=0.24",
         ],
-        "bench": ["foolbox>=3.3", "adversarial-robustness-toolbox>=1.17"],
+        # peers for benchmarks only; auto_LiRPA 0.7.1 itself is not on the registry (0.3 is): install its wheel
+        # with --no-deps (docs/benchmarks.md), these are PyTorch (CPU) and its import-time dependencies
+        "bench": ["foolbox>=3.3", "adversarial-robustness-toolbox>=1.17", "torch>=2.2", "appdirs", "pyyaml", "tqdm",
+                  "packaging", "graphviz", "ninja"],
     },
     entry_points={"console_scripts": ["tfgeom=tfgeom.cli.main:main"]},
     classifiers=[

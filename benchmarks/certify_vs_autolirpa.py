@@ -10,7 +10,9 @@ For the same inputs and the same L-inf balls clipped to [0, 1] both
 libraries bound the margins `f_c - f_j` (c the label): the report gives the
 largest difference of the bounds, the fraction of margins where tfgeom is
 tighter / looser by more than 1e-4, the certified fraction and the warm time
-per input for a batch of `--batch` inputs and for one input per call.
+per input for a batch of `--batch` inputs and for one input per call, and the
+time of certified radii by the same bisection (8 steps on every input,
+CROWN) on both sides. auto_LiRPA runs in a worker process of its own.
 
 Needs the `bench` extra (PyTorch CPU and auto_LiRPA; see ../shared/wheels).
 
@@ -147,6 +149,45 @@ def reference_here(net, x, labels, eps, method):
     return timed(run)
 
 
+def reference_radius(net, x, labels, upper, steps):
+    """The reference's certified radii by the same bisection as tfgeom's (`_midpoint`), all inputs every step."""
+    return WORKER.apply(reference_radius_here, (net, x, labels, upper, steps))
+
+
+def reference_radius_here(net, x, labels, upper, steps):
+    from tfgeom.certification import _midpoint
+
+    x_t = torch.tensor(x.transpose(0, 3, 1, 2))
+    bounded = BoundedModule(net, torch.zeros_like(x_t[:1]), device="cpu", verbose=False)
+    c = spec(labels)
+    start = time.perf_counter()
+    lo, hi = np.zeros(len(x)), np.full(len(x), upper)
+    for _ in range(steps):
+        mid = _midpoint(lo, hi)
+        e = torch.tensor(mid, dtype=torch.float32)[:, None, None, None]
+        inp = BoundedTensor(x_t, PerturbationLpNorm(norm=np.inf, eps=e, x_L=torch.clamp(x_t - e, 0, 1),
+                                                    x_U=torch.clamp(x_t + e, 0, 1)))
+        with torch.no_grad():
+            lb, _ = bounded.compute_bounds(x=(inp,), C=c, method="CROWN", bound_upper=False)
+        ok = lb.min(dim=1).values.numpy() > 0
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    return lo, time.perf_counter() - start
+
+
+def radius_comparison(name, gm, net, x, labels, upper=0.1, steps=8):
+    """Certified radii by CROWN and bisection, `steps` steps on every input (tiny rtol: no early stop)."""
+    gm.certified_radius(x[:2], method="crown", cls=labels[:2], upper=upper, steps=2, rtol=1e-6)  # warm-up
+    start = time.perf_counter()
+    ours = gm.certified_radius(x, method="crown", cls=labels, upper=upper, steps=steps, rtol=1e-6).radius
+    t_ours = time.perf_counter() - start
+    time.sleep(0.3)
+    ref, t_ref = reference_radius(net, x, labels, upper, steps)
+    agree = np.mean(np.isclose(ours, ref, rtol=1e-3, atol=1e-7))
+    print(f"{name} | CROWN radius, {steps} bisection steps | {len(x)} | radii equal on {agree:.2f} | | | "
+          f"median {np.median(ours):.4f} / {np.median(ref):.4f} | {1e3 * t_ours / len(x):.1f} | "
+          f"{1e3 * t_ref / len(x):.1f} | {t_ref / t_ours:.2f}x", flush=True)
+
+
 def compare(name, ours, ref, t_ours, t_ref, n, method, tol=1e-4):
     diff = ours - ref
     print(f"{name} | {method} | {n} | {np.abs(diff).max():.2e} | {np.mean(diff > tol):.3f} | "
@@ -167,6 +208,8 @@ def main():
     parser.add_argument("--single", type=int, default=5, help="inputs timed one per call")
     parser.add_argument("--networks", default="mlp,cnn,cnn_bn,demo")
     parser.add_argument("--methods", default="IBP,CROWN,alpha-CROWN")
+    parser.add_argument("--radius", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time certified radii by bisection")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only; "
           f"tfgeom {tfgeom.__version__}, torch {torch.__version__}, TF threads default")
@@ -194,6 +237,8 @@ def main():
             t1_ref = sum(reference(net, x[i:i + 1], labels[i:i + 1], eps, method)[1] for i in range(k))
             print(f"{name} | {method} one per call | {k} | | | | | {1e3 * t1 / k:.1f} | {1e3 * t1_ref / k:.1f} | "
                   f"{t1_ref / t1:.2f}x", flush=True)
+        if args.radius:
+            radius_comparison(name, gm, net, x, labels)
 
 
 if __name__ == "__main__":

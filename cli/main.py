@@ -531,15 +531,21 @@ class EpsUnits(str, enum.Enum):
     input = "input"
 
 
-def _certify_records(gm, x, y, index, eps, norm, method, radius, intermediate):
+def _certify_records(gm, x, y, index, eps, norm, method, radius, intermediate, time_limit):
     """Certify inputs `index` (one chunk); one JSON-ready record per input."""
     span = gm.bounds[1] - gm.bounds[0]
     if radius:
+        if method == "bab":
+            from tfgeom.errors import InputError
+
+            raise InputError("--radius with --method bab would run branch and bound at every bisection step; "
+                             "use --method alpha-crown for radii, or bab at one --eps")
         r = gm.certified_radius(x[index], norm=norm, method=method, cls=y[index], intermediate=intermediate)
         return [{"index": int(i), "radius_input_units": float(r.radius[k]),
                  "radius_fraction_of_range": float(r.radius[k] / span), "converged": bool(r.converged[k])}
                 for k, i in enumerate(index)]
-    cert = gm.certify(x[index], eps, norm=norm, method=method, cls=y[index], intermediate=intermediate)
+    extra = {"time_limit": time_limit} if method == "bab" else {}
+    cert = gm.certify(x[index], eps, norm=norm, method=method, cls=y[index], intermediate=intermediate, **extra)
     status = cert.status or ["-"] * len(index)
     return [{"index": int(i), "certified": bool(cert.certified[k]), "min_margin": float(cert.min_margin[k]),
              "status": status[k]} for k, i in enumerate(index)]
@@ -562,6 +568,7 @@ def certify(
                                                 "or milp (exact, small ReLU nets).")] = Method.crown,
     radius: Annotated[bool, typer.Option("--radius", help="Find each input's certified radius by bisection.")] = False,
     intermediate: Annotated[Intermediate, typer.Option(help="CROWN's neuron bounds: backward (tight) or forward (cheaper).")] = Intermediate.backward,
+    time_limit: Annotated[float, typer.Option(min=0.0, help="bab: seconds per input before its verdict is 'unknown'.")] = 60.0,
     limit: LimitOpt = 100,
     out: Annotated[pathlib.Path, typer.Option(help="Per-input results, written as each input finishes (JSON lines).")] = (
         pathlib.Path("certify.jsonl")
@@ -592,7 +599,8 @@ def certify(
     span = gm.bounds[1] - gm.bounds[0]
     eps_input = eps * span if eps_units is EpsUnits.fraction else eps
     settings = {"eps_input_units": None if radius else eps_input, "norm": norm.value, "method": method.value,
-                "radius": radius, "intermediate": intermediate.value}
+                "radius": radius, "intermediate": intermediate.value,
+                "time_limit": time_limit if method is Method.bab else None}
     identity = {"model_sha256": file_digest(model), "data": data, "limit": limit, "bounds": list(gm.bounds), **settings}
     log = ResultLog(out, identity, resume)
     todo = [i for i in range(len(x)) if i not in log.records]
@@ -603,7 +611,8 @@ def certify(
         _note(f"resuming: {done} of {len(x)} inputs already in {out}")
     for k in range(0, len(todo), chunk):
         index = np.array(todo[k : k + chunk])
-        log.append(_certify_records(gm, x, y, index, eps_input, norm.value, method.value, radius, intermediate.value))
+        log.append(_certify_records(gm, x, y, index, eps_input, norm.value, method.value, radius, intermediate.value,
+                                    time_limit))
         done += len(index)
         elapsed = time.perf_counter() - start
         if k == 0 and len(todo) > len(index):
@@ -621,6 +630,9 @@ def certify(
         summary.update(summarize_certificates(
             np.array([rec["certified"] for rec in records]), [rec["min_margin"] for rec in records], correct,
             eps_input, span, [rec["status"] for rec in records] if method is Method.milp else None))
+        if method is Method.bab:
+            verdicts = [rec["status"] for rec in records]
+            summary.update({"counterexamples": verdicts.count("counterexample"), "unknown": verdicts.count("unknown")})
     summary["seconds"] = time.perf_counter() - start
     summary["out"] = str(out)
     _show(summary, f"Certification of {dataset.name}", as_json)

@@ -187,6 +187,13 @@ def test_certify_json_radius_and_refusals(small_cnn_path, digits_npz, tmp_path):
         assert summary["inputs"] == 16 and 0 <= summary["certified_accuracy"] <= summary["clean_accuracy"]
         fractions[method] = summary["certified_accuracy"]
     assert fractions["crown"] >= fractions["ibp"]
+    result = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 4, "--eps", 0.03, "--method", "bab",
+                  "--time-limit", 20, "--json", "--out", tmp_path / "bab.jsonl")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    verdicts = [json.loads(line).get("status") for line in open(tmp_path / "bab.jsonl")][1:]
+    assert summary["counterexamples"] == verdicts.count("counterexample") and len(verdicts) == 4
+    assert summary["certified_accuracy"] * 4 == sum(v == "certified" for v in verdicts)
     result = _run("certify", small_cnn_path, "--data", digits_npz, "--limit", 8, "--radius", "--method", "ibp", "--json",
                   "--out", tmp_path / "r.jsonl")
     assert result.exit_code == 0, result.output
