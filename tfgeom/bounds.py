@@ -184,6 +184,14 @@ def interval_bounds(graph, input_set, refine=None):
     return bounds
 
 
+def compiled_interval_bounds(graph, input_set):
+    """`interval_bounds` as one compiled program per graph and input-set kind (no per-node Python overhead)."""
+    key = ("ibp", input_set.kind)
+    if key not in graph.programs:
+        graph.programs[key] = tf.function(lambda s: interval_bounds(graph, s), autograph=False)
+    return graph.programs[key](input_set)
+
+
 # -- backward (CROWN) ----------------------------------------------------------
 
 
@@ -438,7 +446,7 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, 
         A `MarginBounds`.
     """
     if method == "ibp":
-        bounds = interval_bounds(graph, input_set)
+        bounds = compiled_interval_bounds(graph, input_set)
     elif method == "alpha-crown":
         from tfgeom import alpha_crown  # it builds on this module
 
