@@ -19,9 +19,11 @@ CROWN's adaptive slopes).
 Settings follow auto_LiRPA's defaults (20 iterations, learning rate 0.5
 decayed by 0.98 per iteration, early stop after 10 iterations without
 improvement). Intermediate slopes take memory `N x 2K x` (earlier units) per
-layer; when they exceed the memory budget only the margins' slopes are
-optimised (auto_LiRPA keeps only the unstable units' slopes; tfgeom keeps
-dense slopes).
+layer, and their backward passes are dense (auto_LiRPA keeps only the
+unstable units' slopes and patch-form passes): they are optimised when they
+fit in the memory budget, else only the margins' slopes are.
+`Settings(intermediate=False)` trades tightness for speed (on the benchmark
+CNN ~40x faster, median margin bound 0.002 looser).
 """
 from typing import NamedTuple
 
@@ -159,6 +161,8 @@ def optimise(graph, input_set, coeffs, const, settings=Settings(), memory=bd.MEM
     with_intermediate = {**targets, **{n: 2 * int(idx.shape[0]) for n, idx in refined.items()}}
     # slopes, two Adam moments, gradients and the backward passes' coefficients: ~8 copies
     fits = 8 * _slope_bytes(graph, nb, with_intermediate) <= memory_budget()
+    # through convolutions the intermediate layers' passes are dense and un-fused: on the benchmark CNN they make
+    # alpha-CROWN ~40x slower (1.6 s vs 0.04 s per input) and the median margin bound 0.002 tighter
     if settings.intermediate or (settings.intermediate is None and fits):
         targets = with_intermediate
     else:
