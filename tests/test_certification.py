@@ -456,3 +456,16 @@ def test_concatenate_in_the_milp_and_bounds(digits):
     logits = gm.logits(x)
     clean = logits[np.arange(4), y][:, None] - logits
     assert np.all(exact.margins[finite] <= clean[finite] + 1e-4)
+
+
+def test_overflowing_bounds_are_minus_infinity_not_nan():
+    """Intervals that overflow float32 (inf - inf in a later layer) give a margin bound of -inf, never NaN,
+    and certify nothing."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)])
+    model.layers[0].set_weights([np.full((3, 4), 2e38, np.float32), np.zeros(4, np.float32)])
+    model.layers[1].set_weights([np.array([[1, -1, 1, -1]] * 4, np.float32), np.zeros(4, np.float32)])
+    gm = tfgeom.GeometryModel(model, bounds=(-1.0, 1.0))
+    cert = gm.certify(np.zeros((2, 3), np.float32), 1.0, method="ibp", cls=[0, 0])
+    assert not np.isnan(cert.margins).any() and np.isneginf(cert.margins[:, 1]).all()
+    assert not cert.certified.any()

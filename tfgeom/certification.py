@@ -86,6 +86,8 @@ def _bound(gm, input_set, cls, method, max_units=milp.MAX_UNITS, intermediate="b
         coeffs, const = _margin_rows(weights, bias, cls)
         lower, _ = bd.margin_lower_bounds(graph, input_set, coeffs, const, method, intermediate=intermediate)
         margins = lower.numpy().astype(np.float64)
+        # intervals that overflow float32 on deep nets (inf - inf) give NaN: no bound at all
+        margins[np.isnan(margins)] = -np.inf
     margins[np.arange(len(cls)), cls] = np.inf
     return margins, status
 
