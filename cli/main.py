@@ -523,6 +523,7 @@ class Method(str, enum.Enum):
     ibp = "ibp"
     crown = "crown"
     alpha_crown = "alpha-crown"
+    bab = "bab"
     milp = "milp"
 
 
