@@ -83,6 +83,12 @@ def _segment_margins(gm, nodes, pending, labels, resolution):
             chunk, rows = [], 0
 
 
+def default_resolution(gm, x1, x2):
+    """1/256 of the median L2 distance between the endpoints (1e-3 of the input range if they coincide)."""
+    dist = np.linalg.norm((x2 - x1).reshape(len(x1), -1), axis=1)
+    return float(np.median(dist)) / 256 or 1e-3 * (gm.bounds[1] - gm.bounds[0])
+
+
 def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=None):
     """Find paths inside the region of the common class between pairs `(x1[p], x2[p])`.
 
@@ -119,7 +125,7 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
                  len(x1) * (max_anchors + 2) * d * FLOAT32, "use fewer pairs or a lower max_anchors")
     dist = np.linalg.norm((x2 - x1).reshape(len(x1), -1), axis=1)
     if resolution is None:
-        resolution = float(np.median(dist)) / 256 or 1e-3 * (gm.bounds[1] - gm.bounds[0])
+        resolution = default_resolution(gm, x1, x2)
     nodes = [[x1[p], x2[p]] for p in range(len(x1))]
     pending = [(p, 0) for p in range(len(x1))]  # (pair, index of the segment's first node)
     failed = np.zeros(len(x1), bool)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tfgeom import hvp as hvp_lib
 from tfgeom.errors import InputError
+from tfgeom.executor import example_rng
 from tfgeom.lanczos import lanczos_extremes
 from tfgeom.layer_graph import layer_piecewise_linear
 from tfgeom.resources import FLOAT32, memory_budget
@@ -177,7 +178,7 @@ def margin_coefficients(labels, others, num_classes):
 
 
 def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, step=None, at="boundary",
-                         seed=0, batch_size=None, attack=None):
+                         seed=0, batch_size=None, attack=None, start=0):
     """Principal curvatures of the decision boundary near inputs `x`.
 
     Runs DeepFool (L2) on `x`, takes the boundary point `z` on `[x, x_adv]`
@@ -200,6 +201,9 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         seed: seed of the Lanczos start vectors. Defaults to `0`.
         batch_size: points per compiled call. Defaults to the model's.
         attack: a `DeepFoolResult` for `x` to reuse. Defaults to `None`: run DeepFool L2.
+        start: the index of `x[0]` among the caller's examples: input `i`'s start
+            vector is drawn from `(seed, start + i)`, so a shard of the inputs
+            gives the rows of the whole. Defaults to `0`.
 
     Returns:
         A `Curvatures`; its `index [M]` says which inputs the `M` rows are.
@@ -238,7 +242,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         lambda: lanczos_program(rt.logits_fn, steps, k, hvp, step),
         [rt.spec(), tf.TensorSpec([None, gm.num_classes], tf.float32), tf.TensorSpec([None, d], tf.float32)],
     )
-    v0 = np.random.default_rng(seed).normal(size=(len(z), d)).astype(np.float32)
+    v0 = np.stack([example_rng(seed, start + i).normal(size=d) for i in index]).astype(np.float32).reshape(-1, d)
     batch_size = lanczos_batch(batch_size or rt.batch_size, steps, d)
     values, dirs, gnorm = rt.map(program, [z, coeffs, v0], batch_size) if len(z) else (
         np.zeros((0, 2 * k)), np.zeros((0, 2 * k, d)), np.zeros(0))
@@ -294,12 +298,12 @@ def curvature_profile(gm, x, k=20, flat_tol=0.1, **kwargs):
         k: curvatures at each end per point. Defaults to `20`.
         flat_tol: a direction is near-flat when `|kappa| <= flat_tol * max |kappa|`
             at its point. Defaults to `0.1`.
-        **kwargs: passed to `principal_curvatures` (`hvp`, `method`, `steps`, `at`, ...).
+        **kwargs: passed to `principal_curvatures` (`hvp`, `method`, `steps`, `at`, `executor`, ...).
 
     Returns:
         A `Profile` (its `curvatures` carry the per-point values, directions and `index`).
     """
-    curv = principal_curvatures(gm, x, k=k, **kwargs)
+    curv = gm.principal_curvatures(x, k=k, **kwargs)  # a method: it takes `executor=` too
     values = curv.values
     d = int(np.prod(gm.input_shape))
     kk = values.shape[1] // 2

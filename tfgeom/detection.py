@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfgeom import executor as executor_lib
 from tfgeom import hvp as hvp_lib
 from tfgeom.errors import InputError
 from tfgeom.resources import FLOAT32, check_memory
@@ -121,14 +122,18 @@ class CurvatureDetector:
         seed: seed of the directions. Defaults to `0`.
         batch_size: inputs per compiled call (each expands to `2R + 1`).
             Defaults to `32`.
+        executor: a `tfgeom.executor` executor to score inputs in shards on
+            (workers rebuild the same directions from the seed). Defaults to
+            `None`: in this process.
 
     Example:
         >>> det = CurvatureDetector(gm).fit(x_calibration)  # doctest: +SKIP
         >>> det.detect(x_suspect), det.recover(x_suspect)  # doctest: +SKIP
     """
 
-    def __init__(self, gm, directions=32, step=None, candidates=3, fpr=0.05, seed=0, batch_size=32):
+    def __init__(self, gm, directions=32, step=None, candidates=3, fpr=0.05, seed=0, batch_size=32, executor=None):
         self.gm = gm
+        self.executor = executor
         d = int(np.prod(gm.input_shape))
         directions = check_positive_int("directions", directions)
         self.candidates = min(check_positive_int("candidates", candidates), gm.num_classes - 1)
@@ -145,10 +150,15 @@ class CurvatureDetector:
                      "lower directions or batch_size (CLI: --batch-size)")
         self.orientation = None
         self.threshold = None
+        # what a worker needs to build the same detector (directions come from the seed)
+        self.config = {"directions": directions, "step": self.step, "candidates": self.candidates, "seed": seed,
+                       "batch_size": self.batch_size}
 
     def curvatures(self, x):
         """`Scores`: `rho_j` (not oriented) towards the top candidate classes of inputs `x [N, ...]`."""
         x = self.gm.check(x)
+        if self.executor is not None:
+            return executor_lib.run(self.gm, "detection_scores", {"x": x}, {"detector": self.config}, self.executor)
         rt = self.gm.runtime
         program = rt.program(
             ("second-difference",),

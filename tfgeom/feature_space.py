@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tfgeom import executor as executor_lib
 from tfgeom import regions
 
 from tfgeom.errors import InputError
@@ -157,18 +158,21 @@ class FeatureSpace:
 
     # -- hulls ---------------------------------------------------------------
 
+    def _points(self, space, cls):
+        pts = self.features if space == "feature" else self.x_train.reshape(len(self.x_train), -1)
+        if cls is not None:
+            pts = pts[(self.predicted == cls) & self.correct]
+            if len(pts) == 0:
+                raise InputError(f"no correctly classified training example of class {cls}")
+        return pts
+
     def _engine(self, space, cls):
         key = (space, cls)
         if key not in self._engines:
-            pts = self.features if space == "feature" else self.x_train.reshape(len(self.x_train), -1)
-            if cls is not None:
-                pts = pts[(self.predicted == cls) & self.correct]
-                if len(pts) == 0:
-                    raise InputError(f"no correctly classified training example of class {cls}")
-            self._engines[key] = HullEngine(pts)
+            self._engines[key] = HullEngine(self._points(space, cls))
         return self._engines[key]
 
-    def hull_distance(self, q, space="feature", cls=None):
+    def hull_distance(self, q, space="feature", cls=None, executor=None):
         """Distance from queries to the hull of training points.
 
         Args:
@@ -176,6 +180,8 @@ class FeatureSpace:
             space: `"feature"` or `"pixel"`. Defaults to `"feature"`.
             cls: a class: the hull of the training points the model classifies
                 correctly as `cls`; `None`: all training points. Defaults to `None`.
+            executor: a `tfgeom.executor` executor to solve the queries in
+                shards on (each worker builds the hull's engine from the points). Defaults to `None`.
 
         Returns:
             a `tfgeom.hull.HullResult`.
@@ -183,7 +189,11 @@ class FeatureSpace:
         if space not in ("feature", "pixel"):
             raise InputError(f"space={space!r} is not one of ['feature', 'pixel']")
         q = np.asarray(q, np.float64)
-        return self._engine(space, cls).distance(q.reshape(len(q), -1))
+        q = q.reshape(len(q), -1)
+        if executor is not None:
+            return executor_lib.run(self.gm, "hull_distance", {"query": q}, {"points": self._points(space, cls)},
+                                    executor)
+        return self._engine(space, cls).distance(q)
 
     def in_hull(self, q, space="feature", cls=None, tol=FLOAT32_TOL):
         """`[m]` bool: the query lies in the hull, up to `tol` times the hull's radius.

@@ -54,7 +54,10 @@ def lanczos_extremes(op, v0, steps, k, project=None):
         q_next = w / tf.maximum(beta, 1e-30)[:, None]
 
         def restart():
-            fresh = orthogonalise(project(tf.random.stateless_normal([n, d], seed=[j, 7], dtype=dtype)), basis)
+            # a function of the row's own start vector and the step only (not of the row's place in the
+            # batch), so a point gets the same result whichever batch or worker computes it
+            noise = tf.random.stateless_normal([d], seed=[j, 7], dtype=dtype)
+            fresh = orthogonalise(project(tf.roll(v0, j + 1, axis=1) * noise[None, :]), basis)
             fresh = fresh / tf.maximum(tf.norm(fresh, axis=1, keepdims=True), 1e-30)
             return tf.where(broke[:, None], fresh, q_next)
 

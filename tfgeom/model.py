@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfgeom import certification, curvature, deepfool, sections, subspace
+from tfgeom import certification, connectivity, curvature, deepfool, sections, subspace
+from tfgeom import executor as executor_lib
 from tfgeom.data import from_tf_dataset
 from tfgeom.errors import InputError, ModelError
 from tfgeom.feature_space import FeatureSpace
@@ -51,6 +52,9 @@ class GeometryModel:
 
     def __init__(self, model, bounds=(0.0, 1.0), feature_layer=None, *, safe_mode=True, input_shape=None,
                  batch_size=128, logits="auto"):
+        self.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+        self.options = {"bounds": tuple(bounds), "feature_layer": feature_layer, "safe_mode": safe_mode,
+                        "input_shape": input_shape, "batch_size": batch_size, "logits": logits}
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, safe_mode=safe_mode)
         if not isinstance(model, keras.Model):
@@ -101,6 +105,24 @@ class GeometryModel:
                 **self.runtime.head.describe(), "parameters": int(self.model.count_params()),
                 "dtype_policy": self.dtype_note, "device": backend.device()["device"]}
 
+    def recipe(self):
+        """`(file_bytes, suffix, options)`: what another process needs to build this `GeometryModel`.
+
+        The model file's bytes when it was loaded from a file (read here, on the
+        driver), else the model saved in the native `.keras` format; the options
+        are the constructor's (`safe_mode` included: workers honour it).
+        """
+        import tempfile
+
+        if self.source is not None:
+            with open(self.source, "rb") as f:
+                return f.read(), os.path.splitext(self.source)[1] or ".keras", dict(self.options)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            self.model.save(path)
+            with open(path, "rb") as f:
+                return f.read(), ".keras", dict(self.options)
+
     def _require_split(self):
         if not self.has_feature_split:
             raise ModelError(f"this model has no feature/head split: {self.split_error}")
@@ -130,9 +152,11 @@ class GeometryModel:
         """Fraction of `x` on which the argmax of the analysed scores equals the model's own prediction."""
         return self.runtime.agreement(self.check(x), batch_size)
 
-    def features(self, x, batch_size=None):
+    def features(self, x, batch_size=None, executor=None):
         """Features `[N, D]` at the split layer (the input of the affine head)."""
         self._require_split()
+        if executor is not None:
+            return executor_lib.run(self, "features", {"x": self.check(x)}, {}, executor)
         return self.runtime.features(self.check(x), batch_size)
 
     def gradient(self, x, coeffs, batch_size=None):
@@ -145,21 +169,51 @@ class GeometryModel:
 
     # -- analyses (faces over the functional modules) --------------------------
 
-    def deepfool(self, x, norm=2, **kwargs):
-        """Minimal adversarial perturbations; see `tfgeom.deepfool.deepfool`."""
-        return deepfool.deepfool(self, x, norm=norm, **kwargs)
+    def deepfool(self, x, norm=2, executor=None, **kwargs):
+        """Minimal adversarial perturbations; see `tfgeom.deepfool.deepfool`.
 
-    def principal_curvatures(self, x, k=20, hvp="auto", method="lanczos", **kwargs):
+        `executor`: a `tfgeom.executor.LocalExecutor` or `tfgeom.distributed.RayExecutor` to run the
+        inputs in shards on (default: in this process, no shards); the same for the other per-example methods.
+        """
+        if executor is None:
+            return deepfool.deepfool(self, x, norm=norm, **kwargs)
+        inputs = {"x": self.check(x), "targets": kwargs.pop("targets", None)}
+        progress = kwargs.pop("progress", None)
+        return executor_lib.run(self, "deepfool", inputs, dict(kwargs, norm=norm), executor, progress)
+
+    def principal_curvatures(self, x, k=20, hvp="auto", method="lanczos", executor=None, **kwargs):
         """Principal curvatures near `x`; see `tfgeom.curvature.principal_curvatures`."""
-        return curvature.principal_curvatures(self, x, k=k, hvp=hvp, method=method, **kwargs)
+        if executor is None:
+            return curvature.principal_curvatures(self, x, k=k, hvp=hvp, method=method, **kwargs)
+        inputs = {"x": self.check(x), "attack": kwargs.pop("attack", None)}
+        params = dict(kwargs, k=k, hvp=hvp, method=method)
+        return executor_lib.run(self, "principal_curvatures", inputs, params, executor, kwargs.pop("progress", None))
 
     def curvature_profile(self, x, k=20, **kwargs):
         """Curvature profile near `x`; see `tfgeom.curvature.curvature_profile`."""
         return curvature.curvature_profile(self, x, k=k, **kwargs)
 
-    def boundary_sections(self, x, direction="curved", **kwargs):
+    def boundary_sections(self, x, direction="curved", executor=None, **kwargs):
         """2-D boundary sections at `x`; see `tfgeom.sections.boundary_sections`."""
-        return sections.boundary_sections(self, x, direction=direction, **kwargs)
+        if executor is None:
+            return sections.boundary_sections(self, x, direction=direction, **kwargs)
+        x = self.check(x)
+        attack = kwargs.pop("attack", None)
+        if attack is None:
+            attack = self.deepfool(x, executor=executor)
+        if kwargs.get("radius") is None:  # the default radius is a median over all inputs, not per shard
+            kwargs["radius"] = sections.default_radius(self, attack)
+        inputs = {"x": x, "attack": attack, "curvatures": kwargs.pop("curvatures", None)}
+        return executor_lib.run(self, "boundary_sections", inputs, dict(kwargs, direction=direction), executor)
+
+    def connect(self, x1, x2, executor=None, **kwargs):
+        """Paths inside classification regions between pairs; see `tfgeom.connectivity.connect`."""
+        if executor is None:
+            return connectivity.connect(self, x1, x2, **kwargs)
+        x1, x2 = self.check(x1), self.check(x2)
+        if kwargs.get("resolution") is None and x1.shape == x2.shape:  # a median over all pairs, not per shard
+            kwargs["resolution"] = connectivity.default_resolution(self, x1, x2)
+        return executor_lib.run(self, "connect", {"x1": x1, "x2": x2}, kwargs, executor)
 
     def curved_subspace(self, x, dim=20, **kwargs):
         """The curved subspace from `x`; see `tfgeom.subspace.curved_subspace`."""
@@ -177,14 +231,29 @@ class GeometryModel:
             self._layer_graph = build_layer_graph(self.model)
         return self._layer_graph
 
-    def certify(self, x, eps, norm="linf", method="crown", **kwargs):
+    def certify(self, x, eps, norm="linf", method="crown", executor=None, **kwargs):
         """Certify balls around `x`; see `tfgeom.certification.certify`."""
-        return certification.certify(self, x, eps, norm=norm, method=method, **kwargs)
+        if executor is None:
+            return certification.certify(self, x, eps, norm=norm, method=method, **kwargs)
+        x = self.check(x)
+        inputs = {"x": x, "eps": np.broadcast_to(np.asarray(eps, np.float32), (len(x),)).copy(),
+                  "cls": kwargs.pop("cls", None)}
+        return executor_lib.run(self, "certify", inputs, dict(kwargs, norm=norm, method=method), executor)
 
     def certify_segment(self, x_a, x_b, method="crown", **kwargs):
         """Certify segments `[x_a, x_b]`; see `tfgeom.certification.certify_segment`."""
         return certification.certify_segment(self, x_a, x_b, method=method, **kwargs)
 
-    def certified_radius(self, x, norm="linf", method="crown", **kwargs):
+    def certified_radius(self, x, norm="linf", method="crown", executor=None, **kwargs):
         """Certified radii around `x` by bisection; see `tfgeom.certification.certified_radius`."""
-        return certification.certified_radius(self, x, norm=norm, method=method, **kwargs)
+        if executor is None:
+            return certification.certified_radius(self, x, norm=norm, method=method, **kwargs)
+        x = self.check(x)
+        inputs = {"x": x, **{key: per_example(kwargs.pop(key, None), len(x)) for key in ("cls", "upper", "lower")},
+                  "attack": kwargs.pop("attack", None)}
+        return executor_lib.run(self, "certified_radius", inputs, dict(kwargs, norm=norm, method=method), executor)
+
+
+def per_example(value, n):
+    """A scalar or `[n]` value as an `[n]` array (None stays None), so that it can be cut into shards."""
+    return None if value is None else np.broadcast_to(np.asarray(value), (n,)).copy()

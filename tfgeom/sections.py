@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom.errors import InputError
+from tfgeom.executor import example_rng
 
 
 class Section(NamedTuple):
@@ -100,8 +101,15 @@ def section(gm, point, k, j, direction, radius, resolution=81, curvature=None):
     )
 
 
+def default_radius(gm, attack):
+    """Half-width of sections: the median DeepFool L2 distance of the successful inputs (10% of the range if none)."""
+    if not attack.success.any():
+        return 0.1 * (gm.bounds[1] - gm.bounds[0])
+    return float(np.median(attack.norms_l2[attack.success]))
+
+
 def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, seed=0, attack=None, curvatures=None,
-                      **kwargs):
+                      start=0, **kwargs):
     """Sections at the DeepFool boundary points of inputs `x`.
 
     Args:
@@ -117,6 +125,9 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
         curvatures: `Curvatures` already computed at the boundary points of
             inputs that start with `x` (rows whose `index` is beyond `x` are
             ignored). Defaults to `None`: compute them (`kwargs`, `k=5`).
+        start: the index of `x[0]` among the caller's examples (random
+            directions and Lanczos start vectors are drawn per example index).
+            Defaults to `0`.
         **kwargs: passed to `principal_curvatures` (`hvp`, `k`, ...).
 
     Returns:
@@ -135,20 +146,19 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
                                    gradient_norm=curvatures.gradient_norm[keep])
         index = curv.index
     elif direction == "curved":
-        curv = principal_curvatures(gm, x, attack=df, **kwargs)
+        curv = principal_curvatures(gm, x, attack=df, seed=seed, start=start, **kwargs)
         index = curv.index
     else:  # a random direction needs no curvature computation
         index = np.flatnonzero(df.success)
     if radius is None:
-        radius = float(np.median(df.norms_l2[df.success])) if df.success.any() else 0.1 * (gm.bounds[1] - gm.bounds[0])
-    rng = np.random.default_rng(seed)
+        radius = default_radius(gm, df)
     out = []
     for row, i in enumerate(index):
         if direction == "curved":
             pick = int(np.argmax(np.abs(curv.values[row])))
             u, kappa = curv.directions[row, pick], float(curv.values[row, pick])
         else:
-            u, kappa = rng.normal(size=gm.input_shape).astype(np.float32), None
+            u, kappa = example_rng(seed, start + i).normal(size=gm.input_shape).astype(np.float32), None
         point = df.boundary_points[i]
         out.append(
             section(gm, point, int(df.labels[i]), int(df.boundary_classes[i]), u, radius, resolution, kappa)
