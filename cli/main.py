@@ -3,6 +3,7 @@
 Errors in the user's input print one line on stderr and exit with code 2;
 `tfgeom --debug ...` shows the traceback instead.
 """
+import contextlib
 import enum
 import functools
 import json
@@ -90,6 +91,14 @@ BoundsOpt = Annotated[Tuple[float, float], typer.Option(help="Valid input range 
 UnsafeOpt = Annotated[
     bool, typer.Option("--unsafe", help="Allow serialized Python code (Lambda layers) in the model file.")
 ]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="Run per-example work on N Ray workers (a local Ray runtime; pip install "
+    "\"tfgeom[ray]\"). Results equal one process's.")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="Join an existing Ray cluster (auto, ray://HOST:10001) instead of starting one; "
+    "--workers then caps the actors (default: one per GPU, else one per core).")]
+
+
 class Logits(str, enum.Enum):
     auto = "auto"
     pre_activation = "pre-activation"
@@ -256,6 +265,25 @@ def _load(model, bounds, unsafe, batch_size=128, data=None, logits=Logits.auto):
                          logits=logits.value)
 
 
+def _executor(workers, ray_address, shard_size=None):
+    """A RayExecutor when --workers or --ray-address is given, else None (in process)."""
+    if workers is None and ray_address is None:
+        return None
+    from tfgeom.distributed import RayExecutor
+
+    return RayExecutor(workers=workers, address=ray_address, shard_size=shard_size, imports=_state["imports"])
+
+
+@contextlib.contextmanager
+def _running(executor):
+    """Close the executor (its actors, and the Ray runtime it started) however the command ends."""
+    try:
+        yield executor
+    finally:
+        if executor is not None:
+            executor.close()
+
+
 def _read(source, gm, image_size):
     from tfgeom import data as tdata
 
@@ -324,6 +352,8 @@ def deepfool(
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
     logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ):
     """Minimal adversarial perturbations (DeepFool) and their norms."""
     import numpy as np
@@ -332,7 +362,7 @@ def deepfool(
     dataset = _load_data(data, gm, limit, image_size)
     if candidates > gm.num_classes:
         _note(f"--candidates {candidates} capped at the model's {gm.num_classes} classes")
-    with _progress() as progress:
+    with _progress() as progress, _running(_executor(workers, ray_address)) as executor:
         update = _callback(progress)
         result = gm.deepfool(
             dataset.x,
@@ -341,6 +371,7 @@ def deepfool(
             candidates=candidates,
             overshoot=overshoot,
             progress=lambda d, t: update(f"DeepFool {norm.value}", d, t),
+            executor=executor,
         )
     if out is not None:
         np.savez_compressed(
@@ -388,13 +419,16 @@ def curvature(
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
     logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ):
     """Principal curvatures of the decision boundary at DeepFool boundary points (the profile)."""
     import numpy as np
 
     gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
     dataset = _load_data(data, gm, limit, image_size)
-    profile = gm.curvature_profile(dataset.x, k=k, hvp=hvp.value, at=at.value, seed=seed)
+    with _running(_executor(workers, ray_address)) as executor:
+        profile = gm.curvature_profile(dataset.x, k=k, hvp=hvp.value, at=at.value, seed=seed, executor=executor)
     curv = profile.curvatures
     if out is not None:
         np.savez_compressed(out, index=curv.index, values=curv.values, directions=curv.directions)
@@ -415,6 +449,8 @@ def hull(
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
     logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ):
     """Distances of test inputs to the convex hulls of training points, in feature and pixel space."""
     from tfgeom.errors import InputError
@@ -424,9 +460,10 @@ def hull(
     if dataset.x_train is None:
         raise InputError(f"{data!r} has no training split; `hull` needs a .npz with x_train, y_train, x_test, y_test")
     fs = gm.feature_space(dataset.x_train, dataset.y_train)
-    z = gm.features(dataset.x)
-    feat = fs.hull_distance(z)
-    pix = fs.hull_distance(dataset.x, space="pixel")
+    with _running(_executor(workers, ray_address)) as executor:
+        z = gm.features(dataset.x, executor=executor)
+        feat = fs.hull_distance(z, executor=executor)
+        pix = fs.hull_distance(dataset.x, space="pixel", executor=executor)
     summary = summarize_hulls(fs, feat.distance, pix.distance, fs.guaranteed(dataset.x, features=z))
     _show(summary, f"Convex hulls of {dataset.name}", as_json)
 
@@ -449,13 +486,14 @@ def connect(
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
     logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ):
     """Paths that never leave a classification region, between pairs of same-class inputs."""
     import numpy as np
 
     gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
     from tfgeom.analyses.connectivity import adversarial_pairs, distinct_pairs, same_class_pairs
-    from tfgeom.connectivity import connect as find_paths
 
     x = _load_data(data, gm, limit, image_size).x
     generator = np.random.default_rng(seed)
@@ -464,12 +502,14 @@ def connect(
     if pairs > distinct:
         _note(f"--pairs {pairs} capped at {distinct}, the number of distinct same-class pairs among {len(x)} inputs")
         pairs = distinct
-    if adversarial:
-        xa, xb = adversarial_pairs(gm, x, labels, pairs, generator)
-    else:
-        idx = same_class_pairs(labels, pairs, generator)
-        xa, xb = x[idx[:, 0]], x[idx[:, 1]]
-    summary = summarize_paths(find_paths(gm, xa, xb, max_anchors=max_anchors)) if len(xa) else {"pairs": 0}
+    with _running(_executor(workers, ray_address)) as executor:
+        if adversarial:
+            xa, xb = adversarial_pairs(gm, x, labels, pairs, generator, executor)
+        else:
+            idx = same_class_pairs(labels, pairs, generator)
+            xa, xb = x[idx[:, 0]], x[idx[:, 1]]
+        paths = gm.connect(xa, xb, max_anchors=max_anchors, executor=executor) if len(xa) else None
+    summary = summarize_paths(paths) if paths is not None else {"pairs": 0}
     _show(summary, "Connectivity" + (" (adversarial pairs)" if adversarial else ""), as_json)
 
 
@@ -496,6 +536,8 @@ def detect(
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
     logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ):
     """Calibrate the curvature-asymmetry detector on clean inputs and evaluate it on the others."""
     from tfgeom.errors import InputError
@@ -507,10 +549,11 @@ def detect(
     x = _load_data(data, gm, limit, image_size).x
     if len(x) <= calibration:
         raise InputError(f"--calibration {calibration} leaves no evaluation inputs out of {len(x)}; lower it or raise --limit")
-    det = CurvatureDetector(gm, fpr=fpr, seed=seed).fit(x[:calibration])
     name = "deepfool-l2" if attack is Attack.deepfool else attack.value
-    perturbed = by_name(name)(gm, x[calibration:])
-    result = evaluate(det, x[calibration:], perturbed, name).summary()
+    with _running(_executor(workers, ray_address)) as executor:
+        det = CurvatureDetector(gm, fpr=fpr, seed=seed, executor=executor).fit(x[:calibration])
+        perturbed = by_name(name)(gm, x[calibration:], executor=executor)
+        result = evaluate(det, x[calibration:], perturbed, name).summary()
     _show(result, f"Curvature-asymmetry detection of {name}", as_json)
 
 
@@ -532,7 +575,7 @@ class EpsUnits(str, enum.Enum):
     input = "input"
 
 
-def _certify_records(gm, x, y, index, eps, norm, method, radius, intermediate, time_limit):
+def _certify_records(gm, x, y, index, eps, norm, method, radius, intermediate, time_limit, executor=None):
     """Certify inputs `index` (one chunk); one JSON-ready record per input."""
     span = gm.bounds[1] - gm.bounds[0]
     if radius:
@@ -541,15 +584,34 @@ def _certify_records(gm, x, y, index, eps, norm, method, radius, intermediate, t
 
             raise InputError("--radius with --method bab would run branch and bound at every bisection step; "
                              "use --method alpha-crown for radii, or bab at one --eps")
-        r = gm.certified_radius(x[index], norm=norm, method=method, cls=y[index], intermediate=intermediate)
+        r = gm.certified_radius(x[index], norm=norm, method=method, cls=y[index], intermediate=intermediate,
+                                executor=executor)
         return [{"index": int(i), "radius_input_units": float(r.radius[k]),
                  "radius_fraction_of_range": float(r.radius[k] / span), "converged": bool(r.converged[k])}
                 for k, i in enumerate(index)]
     extra = {"time_limit": time_limit} if method == "bab" else {}
-    cert = gm.certify(x[index], eps, norm=norm, method=method, cls=y[index], intermediate=intermediate, **extra)
+    cert = gm.certify(x[index], eps, norm=norm, method=method, cls=y[index], intermediate=intermediate,
+                      executor=executor, **extra)
     status = cert.status or ["-"] * len(index)
     return [{"index": int(i), "certified": bool(cert.certified[k]), "min_margin": float(cert.min_margin[k]),
              "status": status[k]} for k, i in enumerate(index)]
+
+
+def _certify_loop(gm, x, y, todo, chunk, log, start, done, executor, *how):
+    """Certify inputs `todo` chunk by chunk, appending each chunk's records to the log as it finishes."""
+    import numpy as np
+
+    for k in range(0, len(todo), chunk):
+        index = np.array(todo[k : k + chunk])
+        log.append(_certify_records(gm, x, y, index, *how, executor=executor))
+        done += len(index)
+        elapsed = time.perf_counter() - start
+        if k == 0 and len(todo) > len(index):
+            left = elapsed / len(index) * (len(todo) - len(index))
+            _note(f"first {len(index)} input(s) took {elapsed:.1f} s; about {left:.0f} s more for the other "
+                  f"{len(todo) - len(index)} (results go to {log.path} as they finish; Ctrl-C keeps them, "
+                  "--resume continues)")
+        err_console.print(f"{done}/{len(x)} inputs, {elapsed:.1f} s", highlight=False)
 
 
 @app.command()
@@ -580,6 +642,8 @@ def certify(
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
     logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ):
     """Certify that every input within eps of each example keeps its label (or find the certified radius).
 
@@ -605,22 +669,18 @@ def certify(
     identity = {"model_sha256": file_digest(model), "data": data, "limit": limit, "bounds": list(gm.bounds), **settings}
     log = ResultLog(out, identity, resume)
     todo = [i for i in range(len(x)) if i not in log.records]
-    # CROWN and MILP cost seconds per input: go one at a time so progress and results come per input.
+    # CROWN and MILP cost seconds per input: go one at a time so progress and results come per input
+    # (on Ray: one input per task, a few per worker between writes).
+    executor = _executor(workers, ray_address, shard_size=None if method is Method.ibp else 1)
     chunk = batch_size if method is Method.ibp else 1
+    if executor is not None:
+        chunk *= 4 * (workers or 2)
     start, done = time.perf_counter(), len(x) - len(todo)
     if done:
         _note(f"resuming: {done} of {len(x)} inputs already in {out}")
-    for k in range(0, len(todo), chunk):
-        index = np.array(todo[k : k + chunk])
-        log.append(_certify_records(gm, x, y, index, eps_input, norm.value, method.value, radius, intermediate.value,
-                                    time_limit))
-        done += len(index)
-        elapsed = time.perf_counter() - start
-        if k == 0 and len(todo) > len(index):
-            left = elapsed / len(index) * (len(todo) - len(index))
-            _note(f"first {len(index)} input(s) took {elapsed:.1f} s; about {left:.0f} s more for the other "
-                  f"{len(todo) - len(index)} (results go to {out} as they finish; Ctrl-C keeps them, --resume continues)")
-        err_console.print(f"{done}/{len(x)} inputs, {elapsed:.1f} s", highlight=False)
+    with _running(executor):
+        _certify_loop(gm, x, y, todo, chunk, log, start, done, executor, eps_input, norm.value, method.value, radius,
+                      intermediate.value, time_limit)
     records = [log.records[i] for i in range(len(x))]
     correct = pred == y
     summary = {"method": method.value, "norm": norm.value, "input_range": list(gm.bounds)}
@@ -643,13 +703,13 @@ def certify(
 ANALYSES = "deepfool, curvature, subspace, connectivity, detection, feature_space, certification"
 
 
-def _analyze(gm, dataset, out, only, seed, resume, identity, settings=None):
+def _analyze(gm, dataset, out, only, seed, resume, identity, settings=None, executor=None):
     from tfgeom.labels import label
     from tfgeom.report import run_analyses
 
-    with _progress() as progress:
+    with _progress() as progress, _running(executor):
         report = run_analyses(gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity,
-                              progress=_callback(progress), settings=settings)
+                              progress=_callback(progress), settings=settings, executor=executor)
     for name, section in report["sections"].items():
         summary = {label(k): v for k, v in section.get("summary", {}).items()}
         _show(summary, section.get("title", name))
@@ -693,8 +753,14 @@ def analyze(
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
     logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ):
-    """Run the registered analyses and write a JSON + HTML report with plots."""
+    """Run the registered analyses and write a JSON + HTML report with plots.
+
+    With --workers or --ray-address, per-example work runs on Ray and each finished shard is written to
+    OUT/shards as it completes; --resume then also skips the finished shards of an interrupted section.
+    """
     _check_paths(model, data)
     if train_data:
         _check_paths(data=train_data)
@@ -703,12 +769,13 @@ def analyze(
 
     select(only)  # unknown names fail before any work
     settings = _settings(set_, config)
+    executor = _executor(workers, ray_address)  # a missing Ray fails here, before the model is read
     gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
     dataset = _load_data(data, gm, limit, image_size, train_data, split, seed)
     identity = {"model_sha256": file_digest(model), "data": data, "train_data": train_data,
                 "data_note": dataset.note, "limit": limit, "bounds": list(bounds), "logits": logits.value,
                 "imports": _state["imports"]}
-    _analyze(gm, dataset, out, only, seed, resume, identity, settings)
+    _analyze(gm, dataset, out, only, seed, resume, identity, settings, executor)
 
 
 @app.command()

@@ -95,21 +95,23 @@ def pgd(gm, x, eps, norm="linf", targets=None, steps=10, alpha=None, batch_size=
 
 
 def by_name(name, eps=None):
-    """The attacks the detector is evaluated on, as `attack(gm, x) -> AttackResult`.
+    """The attacks the detector is evaluated on, as `attack(gm, x, executor=None) -> AttackResult`.
 
     `name`: `"deepfool-l2"`, `"deepfool-linf"` (overshoot 0.02), `"fgsm"` or
     `"pgd"` (Linf, `eps` defaults to 10% of the input range; PGD 10 steps).
     """
-    from tfgeom.deepfool import deepfool
-
     def radius(gm):
         return 0.1 * (gm.bounds[1] - gm.bounds[0]) if eps is None else eps
 
+    from tfgeom import executor as executor_lib
+
     table = {
-        "deepfool-l2": lambda gm, x: deepfool(gm, x, norm="l2"),
-        "deepfool-linf": lambda gm, x: deepfool(gm, x, norm="linf"),
-        "fgsm": lambda gm, x: fgsm(gm, x, radius(gm)),
-        "pgd": lambda gm, x: pgd(gm, x, radius(gm), steps=10),
+        "deepfool-l2": lambda gm, x, executor=None: gm.deepfool(x, norm="l2", executor=executor),
+        "deepfool-linf": lambda gm, x, executor=None: gm.deepfool(x, norm="linf", executor=executor),
+        "fgsm": lambda gm, x, executor=None: executor_lib.run(gm, "attack", {"x": gm.check(x)},
+                                                              {"name": "fgsm", "eps": radius(gm)}, executor),
+        "pgd": lambda gm, x, executor=None: executor_lib.run(gm, "attack", {"x": gm.check(x)},
+                                                             {"name": "pgd", "eps": radius(gm), "steps": 10}, executor),
     }
     if name not in table:
         raise InputError(f"attack {name!r} is not one of {sorted(table)}")

@@ -111,6 +111,7 @@ class RayExecutor(Executor):
         self.max_retries = int(max_retries)
         self.actors = []
         self._recipe_of = None  # the GeometryModel the actors hold
+        self._recipe_ref = None
         self._started = False
 
     # -- runtime and actors ---------------------------------------------------------
@@ -136,6 +137,14 @@ class RayExecutor(Executor):
             return gpus, True
         return max(1, int(resources.get("CPU", 1)) // self.cpus_per_worker), False
 
+    def _check_room(self, count, use_gpu):
+        """Refuse actors the cluster cannot place now (Ray would wait for them forever)."""
+        free = self.ray.available_resources()
+        kind, need = ("GPU", count) if use_gpu else ("CPU", count * self.cpus_per_worker)
+        if free.get(kind, 0) < need:
+            raise InputError(f"the Ray cluster has {free.get(kind, 0):g} free {kind}s and {count} workers need "
+                             f"{need}; lower --workers (or cpus_per_worker) or free the cluster")
+
     def start(self, gm):
         """Start the actors with `gm`'s model (again only if a different model is asked for)."""
         if self.actors and self._recipe_of is gm:
@@ -143,7 +152,9 @@ class RayExecutor(Executor):
         self._init()
         self.close_actors()
         count, use_gpu = self._plan_workers()
-        recipe = self.ray.put(gm.recipe())
+        self._check_room(count, use_gpu)
+        # kept referenced for the actors' lifetime: a restarted actor reads its constructor's arguments again
+        self._recipe_ref = recipe = self.ray.put(gm.recipe())
         options = {"max_restarts": self.max_retries, "max_task_retries": self.max_retries}
         if use_gpu:
             options["num_gpus"] = 1

@@ -12,6 +12,7 @@ import html
 import json
 import os
 import pathlib
+import shutil
 import time
 
 import numpy as np
@@ -19,7 +20,9 @@ import numpy as np
 from tfgeom import settings as settings_lib
 from tfgeom.analyses import REGISTRY, Context
 from tfgeom.errors import InputError
+from tfgeom.executor import ShardStore
 from tfgeom.labels import label
+from tfgeom.lock import folder_lock
 
 
 def _jsonable(value):
@@ -87,7 +90,7 @@ def _previous(path, identity):
 
 
 def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, identity=None, progress=None,
-                 settings=None):
+                 settings=None, executor=None):
     """Run analyses on `dataset` and write the report into `out_dir`.
 
     Args:
@@ -102,14 +105,39 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
         progress: `progress(description, done, total)` or None.
         settings: `{name: {key: value}}` overriding analyses' defaults (see
             `tfgeom.settings`). Defaults to `None`.
+        executor: where per-example work runs (`tfgeom.executor.LocalExecutor`,
+            `tfgeom.distributed.RayExecutor`). Its finished shards go to
+            `out_dir/shards` (kept by `resume`, cleared otherwise) unless it has
+            its own store. Defaults to `None`: in this process, no shards.
 
     Returns:
         The report as a dict (what `report.json` holds).
+
+    Raises:
+        InputError: another run is writing into `out_dir` (see `tfgeom.lock`).
     """
+    out = pathlib.Path(out_dir)
+    with folder_lock(out):
+        own_store = executor is not None and executor.store is None
+        if own_store:
+            executor.store = _shard_store(out, resume)
+        try:
+            return _run(gm, dataset, out, only, seed, resume, identity, progress, settings, executor)
+        finally:
+            if own_store:
+                executor.store = None
+
+
+def _shard_store(out, resume):
+    folder = out / "shards"
+    if not resume and folder.exists():
+        shutil.rmtree(folder)  # shards of an earlier run are reused only when resuming it
+    return ShardStore(folder)
+
+
+def _run(gm, dataset, out, only, seed, resume, identity, progress, settings, executor):
     names = select(only)
     effective, scaled = settings_lib.scale_defaults(configure(settings), settings, gm.runtime.input_dim)
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "report.json"
     identity = _jsonable(dict(identity or {}, seed=seed))
     report = {
@@ -123,7 +151,7 @@ def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, ident
     }
     if resume and path.exists():
         report["sections"] = _previous(path, identity)
-    context = Context(gm, dataset, out, seed, progress)
+    context = Context(gm, dataset, out, seed, progress, executor)
     for name in names:
         analysis = REGISTRY[name]
         wanted = report["settings"][name]

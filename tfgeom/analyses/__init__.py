@@ -64,10 +64,12 @@ class Context:
         out_dir: folder for figures and arrays (a `pathlib.Path`).
         seed: seed for any randomness.
         progress: `progress(description, done, total)` or None.
+        executor: where per-example work runs (`tfgeom.executor`); None: in this process.
     """
 
-    def __init__(self, gm, data, out_dir, seed=0, progress=None):
+    def __init__(self, gm, data, out_dir, seed=0, progress=None, executor=None):
         self.gm = gm
+        self.executor = executor
         self.data = data
         self.out_dir = out_dir
         self.seed = int(seed)
@@ -99,7 +101,7 @@ class Context:
             def progress(done, total):
                 self.tell(f"DeepFool {norm}", done, total)
 
-            return self.gm.deepfool(self.data.x, norm=norm, progress=progress)
+            return self.gm.deepfool(self.data.x, norm=norm, progress=progress, executor=self.executor)
 
         return self._once(("deepfool", norm), run).rows(rows)
 
@@ -113,7 +115,7 @@ class Context:
 
     def features(self):
         """`[N, D]` features of the analysed inputs (models with a feature split)."""
-        return self._once("features", lambda: self.gm.runtime.features(self.data.x))
+        return self._once("features", lambda: self.gm.features(self.data.x, executor=self.executor))
 
     def feature_space(self, max_train):
         """A `FeatureSpace` of the first `max_train` training points (built once per size)."""

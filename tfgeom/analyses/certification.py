@@ -107,7 +107,7 @@ class CertificationAnalysis(Analysis):
             lower = radii["ibp"] * span if method == "crown" else None
             r = gm.certified_radius(x[rows], settings.norm, method, cls=y[rows], rtol=settings.rtol,
                                     intermediate=settings.intermediate, attack=context.deepfool(settings.norm, rows),
-                                    lower=lower, search="secant")
+                                    lower=lower, search="secant", executor=context.executor)
             times[method] = time.perf_counter() - start
             radii[method] = r.radius / span
             converged[method] = int(np.sum(r.converged))

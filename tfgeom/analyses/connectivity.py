@@ -5,7 +5,6 @@ import numpy as np
 
 from tfgeom import plots
 from tfgeom.analyses import Analysis, image_like, register
-from tfgeom.connectivity import connect
 from tfgeom.summaries import summarize_paths
 
 
@@ -24,13 +23,13 @@ def distinct_pairs(labels):
     return int(sum(c * (c - 1) // 2 for c in np.bincount(labels)))
 
 
-def adversarial_pairs(gm, x, labels, count, generator):
+def adversarial_pairs(gm, x, labels, count, generator, executor=None):
     """`(x_adv, x_b)`: an input of another class pushed into class `i` by targeted DeepFool, and an input of `i`."""
     pairs = same_class_pairs(labels, count, generator)
     if len(pairs) == 0:
         return x[:0], x[:0]
     sources = np.array([generator.choice(np.flatnonzero(labels != labels[a])) for a, _ in pairs])
-    pushed = gm.deepfool(x[sources], targets=labels[pairs[:, 0]])
+    pushed = gm.deepfool(x[sources], targets=labels[pairs[:, 0]], executor=executor)
     ok = pushed.success
     return pushed.x_adv[ok], x[pairs[ok, 1]]
 
@@ -60,9 +59,10 @@ class ConnectivityAnalysis(Analysis):
         g = context.rng()
         labels = context.predictions()
         idx = same_class_pairs(labels, settings.pairs, g)
-        natural = connect(gm, x[idx[:, 0]], x[idx[:, 1]], max_anchors=settings.max_anchors)
-        xa, xb = adversarial_pairs(gm, x, labels, settings.adversarial_pairs, g)
-        adversarial = connect(gm, xa, xb, max_anchors=settings.max_anchors) if len(xa) else None
+        ex = context.executor
+        natural = gm.connect(x[idx[:, 0]], x[idx[:, 1]], max_anchors=settings.max_anchors, executor=ex)
+        xa, xb = adversarial_pairs(gm, x, labels, settings.adversarial_pairs, g, ex)
+        adversarial = gm.connect(xa, xb, max_anchors=settings.max_anchors, executor=ex) if len(xa) else None
         summary = {"natural_connected": _of(natural)}
         summary.update({f"natural_{k}": v for k, v in summarize_paths(natural).items()})
         if adversarial is not None:

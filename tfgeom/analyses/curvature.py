@@ -4,7 +4,6 @@ from typing import NamedTuple
 from tfgeom import plots
 from tfgeom.analyses import Analysis, register
 from tfgeom.curvature import curvature_profile
-from tfgeom.sections import boundary_sections
 from tfgeom.summaries import summarize_profile
 
 
@@ -30,16 +29,18 @@ class CurvatureAnalysis(Analysis):
         rows = slice(0, settings.points)
         context.tell("curvature profile", 0, 1)
         k = max(1, min(settings.k, (gm.runtime.input_dim - 1) // 4))
-        profile = curvature_profile(gm, x[rows], k=k, seed=context.seed, attack=context.deepfool("l2", rows))
+        profile = curvature_profile(gm, x[rows], k=k, seed=context.seed, attack=context.deepfool("l2", rows),
+                                    executor=context.executor)
         context.tell("curvature profile", 1, 1)
         shown = slice(0, settings.sections)
         sections = {}
         for direction in ("curved", "random"):
             # the profile's curvatures already cover the first inputs: their most curved directions are reused
             reuse = profile.curvatures if settings.sections <= settings.points else None
-            sections[direction] = boundary_sections(gm, x[shown], direction=direction, seed=context.seed,
-                                                    attack=context.deepfool("l2", shown), curvatures=reuse,
-                                                    resolution=max(3, settings.resolution))
+            sections[direction] = gm.boundary_sections(x[shown], direction=direction, seed=context.seed,
+                                                       attack=context.deepfool("l2", shown), curvatures=reuse,
+                                                       resolution=max(3, settings.resolution),
+                                                       executor=context.executor)
         summary = summarize_profile(profile)
         summary["saturated"] = f"{summary['saturated_points']} of {summary['points']} points"
         return {

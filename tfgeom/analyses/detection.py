@@ -39,7 +39,8 @@ class DetectionAnalysis(Analysis):
         gm, x = context.gm, context.data.x
         n_cal = min(settings.calibration, len(x) // 2)
         held = slice(n_cal, n_cal + settings.evaluation)
-        det = CurvatureDetector(gm, directions=settings.directions, fpr=settings.fpr, seed=context.seed)
+        det = CurvatureDetector(gm, directions=settings.directions, fpr=settings.fpr, seed=context.seed,
+                                executor=context.executor)
         det.fit(x[:n_cal])
         x_eval = x[held]
         clean = det.curvatures(x_eval)  # shared by every attack's evaluation
@@ -47,7 +48,7 @@ class DetectionAnalysis(Analysis):
         for name in [a.strip() for a in settings.attacks.split(",") if a.strip()]:
             # DeepFool comes from the run's shared attacks: the same rows, computed once
             perturbed = (context.deepfool(name.split("-")[1], held) if name.startswith("deepfool")
-                         else attacks.by_name(name)(gm, x_eval))
+                         else attacks.by_name(name)(gm, x_eval, executor=context.executor))
             try:
                 results.append(evaluate(det, x_eval, perturbed, name, clean=clean))
             except TfgeomError:  # an attack with no successful perturbation has nothing to detect

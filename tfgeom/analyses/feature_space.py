@@ -52,8 +52,8 @@ class FeatureSpaceAnalysis(Analysis):
         df = context.deepfool("l2")
         ok = df.success
         ambiguous = (regions.second - regions.distance) <= settings.ambiguous * regions.distance
-        feat = fs.hull_distance(z)
-        pix = fs.hull_distance(x, space="pixel")
+        feat = fs.hull_distance(z, executor=context.executor)
+        pix = fs.hull_distance(x, space="pixel", executor=context.executor)
         guaranteed = fs.guaranteed(x, features=z)
         probs = np.exp(logits - logits.max(1, keepdims=True))
         confidence = (probs / probs.sum(1, keepdims=True)).max(1)
