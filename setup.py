@@ -33,7 +33,11 @@ setup(
             "mkdocs>=1.5",
             "mkdocs-material>=9",
             "mkdocstrings[python]>=0.24",
+            # tests/test_distributed*.py start a local Ray runtime with 2 workers
+            "ray>=2.9",
         ],
+        # distributed runs: tfgeom analyze --workers N / --ray-address, tfgeom.distributed.RayExecutor
+        "ray": ["ray>=2.9"],
         # peers for benchmarks only; auto_LiRPA 0.7.1 itself is not on the registry (0.3 is): install its wheel
         # with --no-deps (docs/benchmarks.md), these are PyTorch (CPU) and its import-time dependencies
         "bench": ["foolbox>=3.3", "adversarial-robustness-toolbox>=1.17", "torch>=2.2", "appdirs", "pyyaml", "tqdm",

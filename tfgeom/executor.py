@@ -111,17 +111,16 @@ def _join(values):
 
 def length(shard_inputs):
     """The number of examples of `{name: per-example value}` (all must agree)."""
-    sizes = {name: _rows_of(v) for name, v in shard_inputs.items() if v is not None}
+    from tfgeom.curvature import Curvatures
+
+    # Curvatures hold rows only for some inputs (their `index`): the other inputs give the count
+    sizes = {name: _rows_of(v) for name, v in shard_inputs.items() if v is not None and not isinstance(v, Curvatures)}
     if not sizes or len(set(sizes.values())) != 1:
         raise InputError(f"per-example inputs must have the same number of rows; got {sizes}")
     return next(iter(sizes.values()))
 
 
 def _rows_of(value):
-    from tfgeom.curvature import Curvatures
-
-    if isinstance(value, Curvatures):
-        raise TypeError("Curvatures cannot give the number of examples; pass the inputs too")
     if hasattr(value, "x_adv"):
         return len(value.x_adv)
     return len(value)
