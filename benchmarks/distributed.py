@@ -58,7 +58,8 @@ def main():
     digits = data.load("mnist-sample")
     model = zoo.train(zoo.demo_cnn(), digits.x_train, digits.y_train, epochs=args.epochs, seed=0)
     gm = GeometryModel(model, batch_size=50)
-    x = digits.x[: args.inputs]
+    # the 1,000 held-out digits, then training digits: DeepFool needs no labels, 2,000 inputs need both
+    x = np.concatenate([digits.x, digits.x_train])[: args.inputs]
     warm = x[:100]
     print(f"machine: {os.cpu_count()} cores, CPU only; {len(x)} inputs, curvature at {args.points} points")
 

@@ -79,9 +79,8 @@ def _for(alphas, target):
     return {n: a for (t, n), a in alphas.items() if t == target}
 
 
-def _rows(node, idx, nb):
-    eye = tf.reshape(tf.one_hot(idx, node.size), [1, -1, *node.shape])
-    rows = tf.broadcast_to(eye, [nb, tf.shape(idx)[0], *node.shape])
+def _both_signs(rows):
+    """Rows for lower bounds then (negated) for upper bounds, in one backward pass."""
     return tf.concat([rows, -rows], 1)
 
 
@@ -96,7 +95,7 @@ def bounds_with_slopes(graph, input_set, reference, refined, alphas):
         if n in refined:
             idx = refined[n]
             k = int(idx.shape[0])
-            lower = bd.backward(graph, n, _rows(node, idx, nb), tf.zeros([nb, 2 * k]), bounds, input_set,
+            lower = bd.backward(graph, n, _both_signs(bd.unit_rows(node.size, idx, node.shape, nb)), tf.zeros([nb, 2 * k]), bounds, input_set,
                                 _for(alphas, n))
             l, u = bd.tighten(l, u, idx, lower[:, :k], -lower[:, k:])
         bounds.append((l, u))

@@ -76,10 +76,12 @@ def _program(graph, kind):
     if key not in graph.programs:
         last = len(graph.nodes) - 1
 
-        def run(coeffs, const, bounds, input_set, weights):
+        def run(coeffs, const, bounds, input_set, threshold):
             with tf.GradientTape() as tape:
                 tape.watch([bounds, input_set.low, input_set.high])
                 lower = bd.backward(graph, last, coeffs, const, bounds, input_set)
+                # scores count only the margins not yet proved (a constant weight: no gradient through it)
+                weights = tf.stop_gradient(tf.cast(lower < threshold, tf.float32))
                 objective = tf.reduce_sum(lower * weights)
             grads, box = tape.gradient(objective, [bounds, [input_set.low, input_set.high]])
             return lower, grads, box
@@ -125,9 +127,8 @@ class _Problem:
         last = len(self.graph.nodes) - 1
         coeffs = tf.constant(np.repeat(self.coeffs[None], pad, 0))
         const = tf.constant(np.repeat(self.const[None], pad, 0))
-        first = bd.compiled_backward(self.graph, last, "linf")(coeffs, const, tuple(found[:last]), input_set)
-        weights = tf.cast(first < self.guard, tf.float32)  # the margins not yet proved
-        lower, grads, box = _program(self.graph, "linf")(coeffs, const, tuple(found[:last]), input_set, weights)
+        lower, grads, box = _program(self.graph, "linf")(coeffs, const, tuple(found[:last]), input_set,
+                                                         tf.constant(self.guard, tf.float32))
         def take(t, like=None):
             return np.zeros_like(np.asarray(like))[:count] if t is None else np.asarray(t)[:count]
 

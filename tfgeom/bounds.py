@@ -288,7 +288,8 @@ def _only_unstable_matter(graph, me):
     return all(not isinstance(node, MaxPool) for node in graph.nodes if me in node.inputs)
 
 
-def _rows(n_total, idx, shape, nb):
+def unit_rows(n_total, idx, shape, nb):
+    """`[nb, K, *shape]` coefficient rows selecting the neurons `idx` (flat, `K` of them) of a node of `shape`."""
     eye = tf.one_hot(idx, n_total)
     return tf.broadcast_to(tf.reshape(eye, [1, -1, *shape]), [nb, tf.shape(idx)[0], *shape])
 
@@ -339,7 +340,7 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
             size = int(part.shape[0])
             part = tf.pad(part, [[0, chunk - size]])  # fixed shapes: one compilation per node
             if window is None:
-                rows = _rows(node.size, part, node.shape, nb)
+                rows = unit_rows(node.size, part, node.shape, nb)
                 lower = compiled_backward(graph, n, input_set.kind)(
                     tf.concat([rows, -rows], 1), tf.zeros([nb, 2 * chunk]), prior, input_set)
             else:

@@ -90,6 +90,9 @@ class Evaluation(NamedTuple):
         auc_margin_baseline: AUC of the top-2 logit margin as the score (not curvature: a reference).
         roc_fpr: the ROC curve's false-positive rates.
         roc_tpr: its true-positive rates.
+        scores_clean: `[clean]` the clean inputs' scores (for intervals).
+        scores_perturbed: `[perturbed]` the perturbed inputs' scores.
+        recovered: `[detected]` whether each detected input's recovered label is the original.
     """
 
     attack: object
@@ -104,10 +107,14 @@ class Evaluation(NamedTuple):
     auc_margin_baseline: float
     roc_fpr: list
     roc_tpr: list
+    scores_clean: list = ()
+    scores_perturbed: list = ()
+    recovered: list = ()
 
     def summary(self):
-        """The JSON-ready record without the ROC curve."""
-        return {k: v for k, v in self._asdict().items() if not k.startswith("roc")}
+        """The JSON-ready record without the ROC curve and the per-input arrays."""
+        return {k: v for k, v in self._asdict().items()
+                if not k.startswith(("roc", "scores")) and k != "recovered"}
 
 
 class CurvatureDetector:
@@ -257,4 +264,7 @@ def evaluate(detector, x_eval, perturbed, name=None, clean=None):
         auc_margin_baseline=float(roc_auc_score(y, -margin)),
         roc_fpr=fpr.tolist(),
         roc_tpr=tpr.tolist(),
+        scores_clean=clean.tolist(),
+        scores_perturbed=dirty.tolist(),
+        recovered=(recovered == labels[flagged]).tolist(),
     )

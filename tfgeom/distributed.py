@@ -139,8 +139,14 @@ class RayExecutor(Executor):
 
     def _check_room(self, count, use_gpu):
         """Refuse actors the cluster cannot place now (Ray would wait for them forever)."""
-        free = self.ray.available_resources()
+        import time
+
         kind, need = ("GPU", count) if use_gpu else ("CPU", count * self.cpus_per_worker)
+        deadline = time.monotonic() + 10.0  # actors just killed give their resources back asynchronously
+        free = self.ray.available_resources()
+        while free.get(kind, 0) < need and time.monotonic() < deadline:
+            time.sleep(0.2)
+            free = self.ray.available_resources()
         if free.get(kind, 0) < need:
             raise InputError(f"the Ray cluster has {free.get(kind, 0):g} free {kind}s and {count} workers need "
                              f"{need}; lower --workers (or cpus_per_worker) or free the cluster")

@@ -137,15 +137,16 @@ def _energy(basis, r):
     return np.linalg.norm(r @ basis.T, axis=1) / np.maximum(np.linalg.norm(r, axis=1), 1e-30)
 
 
-def _fooling_rate(gm, x, labels, basis, eps, draws, rng):
+def _fooled(gm, x, labels, basis, eps, draws, rng):
+    """`[N]` fraction of `draws` random perturbations of norm `eps` inside `basis` that change each label."""
     n, d = len(x), x[0].size
-    fooled = 0
+    fooled = np.zeros(n)
     for _ in range(draws):
         v = rng.normal(size=(n, basis.shape[0])).astype(np.float32) @ basis
         v *= eps / np.linalg.norm(v, axis=1, keepdims=True)
         xp = np.clip(x.reshape(n, d) + v, *gm.bounds).reshape(x.shape)
-        fooled += int(np.sum(gm.predict(xp) != labels))
-    return fooled / (n * draws)
+        fooled += gm.predict(xp) != labels
+    return fooled / draws
 
 
 class Vulnerability(NamedTuple):
@@ -160,6 +161,13 @@ class Vulnerability(NamedTuple):
             `accuracy_removed`, `median_norm_removed`.
         noise_sweep: for the largest `m`, one dict per noise scale: `scale`,
             `eps`, `fooling_curved`, `fooling_random`.
+        half_fooling_norm: for the largest `m`, the noise norm at which the
+            fooling rate first reaches 50% (linear interpolation on the sweep),
+            `{"curved": norm or None, "random": norm or None}` (None: not reached).
+        per_input: for the largest `m`, `[N]` lists for intervals: `energy_curved`,
+            `energy_random` (None where DeepFool failed), `fooled_curved`,
+            `fooled_random` (fraction of draws at `eps`), `correct`,
+            `correct_removed`, `norm`, `norm_removed` (None where DeepFool failed).
     """
 
     eps: float
@@ -167,10 +175,26 @@ class Vulnerability(NamedTuple):
     median_norm: float
     rows: list
     noise_sweep: list
+    half_fooling_norm: dict = {}
+    per_input: dict = {}
 
 
-def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0, noise_scales=(1.0, 2.0, 4.0),
-                  attack=None):
+def _half_norm(sweep, key):
+    """Noise norm where `sweep[key]` first reaches 0.5, linearly interpolated (None if never)."""
+    norms, rates = [0.0] + [r["eps"] for r in sweep], [0.0] + [r[key] for r in sweep]
+    for i in range(1, len(rates)):
+        if rates[i] >= 0.5:
+            a, b = rates[i - 1], rates[i]
+            return float(norms[i - 1] + (0.5 - a) / max(b - a, 1e-12) * (norms[i] - norms[i - 1]))
+    return None
+
+
+def _listed(values, ok):
+    return [float(v) if k else None for v, k in zip(values, ok)]
+
+
+def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0,
+                  noise_scales=(0.5, 1.0, 2.0, 4.0, 8.0), attack=None):
     """Experiments (a), (b), (c) of the module docstring for each `m` in `dims`.
 
     Args:
@@ -184,7 +208,7 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
         draws: random perturbations per input in (b). Defaults to `5`.
         seed: seed. Defaults to `0`.
         noise_scales: for the largest `m`, (b) is repeated at these multiples
-            of `eps`. Defaults to `(1.0, 2.0, 4.0)`.
+            of `eps` (the fooling-rate curve). Defaults to `(0.5, 1, 2, 4, 8)`.
 
     Returns:
         A `Vulnerability`.
@@ -198,36 +222,45 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
     labels = clean.labels
     truth = labels if y is None else np.asarray(y)
     ok = clean.success
-    r = clean.perturbation.reshape(n, d)[ok]
+    r = clean.perturbation.reshape(n, d)
     eps = float(np.median(clean.norms_l2[ok])) if eps is None else float(eps)
-    rows = []
+    rows, per_input = [], {}
     for m in dims:
         basis = subspace.basis[:m]
         rand = random_subspace(d, m, rng)
         flat = x.reshape(n, d)
         removed = np.clip(flat - (flat @ basis.T) @ basis, *gm.bounds).reshape(x.shape)
         adv = gm.deepfool(removed)
+        energy_curved, energy_random = _energy(basis, r), _energy(rand, r)
+        fooled_curved = _fooled(gm, x, labels, basis, eps, draws, rng)
+        fooled_random = _fooled(gm, x, labels, rand, eps, draws, rng)
         rows.append(
             {
                 "dim": m,
-                "energy_curved": float(np.mean(_energy(basis, r))),
-                "energy_random": float(np.mean(_energy(rand, r))),
+                "energy_curved": float(np.mean(energy_curved[ok])),
+                "energy_random": float(np.mean(energy_random[ok])),
                 "sqrt_m_over_d": float(np.sqrt(m / d)),
-                "fooling_curved": _fooling_rate(gm, x, labels, basis, eps, draws, rng),
-                "fooling_random": _fooling_rate(gm, x, labels, rand, eps, draws, rng),
+                "fooling_curved": float(np.mean(fooled_curved)),
+                "fooling_random": float(np.mean(fooled_random)),
                 "accuracy_removed": float(np.mean(adv.labels == truth)),
                 "median_norm_removed": float(np.median(adv.norms_l2[adv.success])) if adv.success.any() else None,
             }
         )
+        per_input = {"energy_curved": _listed(energy_curved, ok), "energy_random": _listed(energy_random, ok),
+                     "fooled_curved": fooled_curved.tolist(), "fooled_random": fooled_random.tolist(),
+                     "correct": (labels == truth).tolist(), "correct_removed": (adv.labels == truth).tolist(),
+                     "norm": _listed(clean.norms_l2, ok), "norm_removed": _listed(adv.norms_l2, adv.success)}
     m = dims[-1]
     rand = random_subspace(d, m, rng)
     sweep = [
         {
             "scale": float(scale),
             "eps": scale * eps,
-            "fooling_curved": _fooling_rate(gm, x, labels, subspace.basis[:m], scale * eps, draws, rng),
-            "fooling_random": _fooling_rate(gm, x, labels, rand, scale * eps, draws, rng),
+            "fooling_curved": float(np.mean(_fooled(gm, x, labels, subspace.basis[:m], scale * eps, draws, rng))),
+            "fooling_random": float(np.mean(_fooled(gm, x, labels, rand, scale * eps, draws, rng))),
         }
         for scale in noise_scales
     ]
-    return Vulnerability(eps, float(np.mean(labels == truth)), float(np.median(clean.norms_l2[ok])), rows, sweep)
+    half = {"curved": _half_norm(sweep, "fooling_curved"), "random": _half_norm(sweep, "fooling_random")}
+    return Vulnerability(eps, float(np.mean(labels == truth)), float(np.median(clean.norms_l2[ok])), rows, sweep,
+                         half, per_input)
