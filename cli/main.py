@@ -701,20 +701,39 @@ def certify(
 
 # The registry's names, listed for `--help` (a test keeps them equal to the registry).
 ANALYSES = "deepfool, curvature, subspace, connectivity, detection, feature_space, certification"
+CLAIM_ANALYSES = "deepfool,curvature,subspace,connectivity,detection,feature_space"  # all the claims read
 
 
-def _analyze(gm, dataset, out, only, seed, resume, identity, settings=None, executor=None):
+def _analyze(gm, dataset, out, only, seed, resume, identity, settings=None, executor=None, sections=True):
     from tfgeom.labels import label
     from tfgeom.report import run_analyses
 
     with _progress() as progress, _running(executor):
         report = run_analyses(gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity,
                               progress=_callback(progress), settings=settings, executor=executor)
-    for name, section in report["sections"].items():
+    for name, section in report["sections"].items() if sections else ():
         summary = {label(k): v for k, v in section.get("summary", {}).items()}
         _show(summary, section.get("title", name))
+    _show_claims(report["claims"])
     print(f"report: {out / 'report.html'} and {out / 'report.json'}")
     return report
+
+
+def _show_claims(cards, as_json=False):
+    """The claims scorecard as a table (or JSON)."""
+    from tfgeom.report import interval_text
+
+    if as_json:
+        print(json.dumps(cards, indent=2))
+        return
+    colours = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
+    table = Table(title="The papers' claims on this model (estimate [95% interval])")
+    for column in ("claim", "criterion", "estimate", "n", "verdict"):
+        table.add_column(column)
+    for c in cards:
+        table.add_row(c["key"], c["criterion"], interval_text(c), str(c["examples"]),
+                      f"[{colours.get(c['verdict'], 'white')}]{c['verdict']}[/]")
+    out_console.print(table)
 
 
 def _settings(assignments, config):
@@ -761,6 +780,14 @@ def analyze(
     With --workers or --ray-address, per-example work runs on Ray and each finished shard is written to
     OUT/shards as it completes; --resume then also skips the finished shards of an interrupted section.
     """
+    run = _prepare(model, data, image_size, train_data, split, only, set_, config, limit, seed, batch_size, bounds,
+                   unsafe, logits, workers, ray_address)
+    _analyze(*run[:2], out, only, seed, resume, *run[2:])
+
+
+def _prepare(model, data, image_size, train_data, split, only, set_, config, limit, seed, batch_size, bounds, unsafe,
+             logits, workers, ray_address):
+    """`(gm, dataset, identity, settings, executor)` of an analyze-like command; every check before any work."""
     _check_paths(model, data)
     if train_data:
         _check_paths(data=train_data)
@@ -775,7 +802,50 @@ def analyze(
     identity = {"model_sha256": file_digest(model), "data": data, "train_data": train_data,
                 "data_note": dataset.note, "limit": limit, "bounds": list(bounds), "logits": logits.value,
                 "imports": _state["imports"]}
-    _analyze(gm, dataset, out, only, seed, resume, identity, settings, executor)
+    return gm, dataset, identity, settings, executor
+
+
+@app.command()
+@cli_errors
+def claims(
+    model: ModelArg,
+    data: DataOpt,
+    image_size: ImageSizeOpt = None,
+    train_data: TrainDataOpt = None,
+    split: SplitOpt = True,
+    out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for the full report behind the "
+                                              "scorecard (report.json/html).")] = pathlib.Path("tfgeom-claims"),
+    set_: Annotated[Optional[List[str]], typer.Option(
+        "--set", help="Change a setting: ANALYSIS.KEY=VALUE (repeatable), e.g. curvature.points=200.")] = None,
+    config: Annotated[Optional[pathlib.Path], typer.Option(help="TOML file with a table per analysis.")] = None,
+    limit: LimitOpt = 500,
+    seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Keep sections an interrupted run already finished.")] = False,
+    as_json: JsonOpt = False,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
+):
+    """The papers' claims judged on this model: estimate, 95% interval and verdict for each (the report's scorecard).
+
+    Runs the analyses the claims need (everything but certification) and writes their report to --out.
+    """
+    only = [CLAIM_ANALYSES]
+    run = _prepare(model, data, image_size, train_data, split, only, set_, config, limit, seed, batch_size, bounds,
+                   unsafe, logits, workers, ray_address)
+    gm, dataset, identity, settings, executor = run
+    if as_json:
+        from tfgeom.report import run_analyses
+
+        with _running(executor):
+            report = run_analyses(gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity,
+                                  settings=settings, executor=executor)
+        _show_claims(report["claims"], as_json=True)
+        return
+    _analyze(gm, dataset, out, only, seed, resume, identity, settings, executor, sections=False)
 
 
 @app.command()

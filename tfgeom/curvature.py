@@ -331,3 +331,21 @@ def curvature_profile(gm, x, k=20, flat_tol=0.1, **kwargs):
         step=curv.step,
     )
     return profile
+
+
+def shared_direction_score(curvatures):
+    """`[M]` how much each point's most curved direction is shared with the other points'.
+
+    For point `i` with unit most-curved direction `u_i` (largest `|kappa|`),
+    the mean of `<u_i, u_j>^2` over the other points `j`, times `d` (the mean
+    squared cosine of independent random directions is `1/d`): about 1 when
+    directions are unrelated, larger when they are shared. NaN for fewer than 2 points.
+    """
+    values, dirs = curvatures.values, curvatures.directions
+    m = len(values)
+    if m < 2:
+        return np.full(m, np.nan)
+    top = dirs[np.arange(m), np.argmax(np.abs(values), axis=1)].reshape(m, -1).astype(np.float64)
+    top /= np.maximum(np.linalg.norm(top, axis=1, keepdims=True), 1e-30)
+    cos2 = (top @ top.T) ** 2
+    return (cos2.sum(axis=1) - 1.0) / (m - 1) * top.shape[1]

@@ -19,6 +19,7 @@ import numpy as np
 
 from tfgeom import settings as settings_lib
 from tfgeom.analyses import REGISTRY, Context
+from tfgeom.claims import scorecard
 from tfgeom.errors import InputError
 from tfgeom.executor import ShardStore
 from tfgeom.labels import label
@@ -171,8 +172,10 @@ def _run(gm, dataset, out, only, seed, resume, identity, progress, settings, exe
         report["sections"][name] = _jsonable(section)
         context.tell(f"section {name}", 1, 1)
         report["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        report["claims"] = _jsonable(scorecard(report["sections"]))
         _write_atomic(path, json.dumps(report, indent=2))
         _write_atomic(out / "report.html", render_html(report, out))
+    report["claims"] = _jsonable(scorecard(report["sections"]))
     _write_atomic(path, json.dumps(report, indent=2))
     _write_atomic(out / "report.html", render_html(report, out))
     return report
@@ -224,6 +227,34 @@ def _run_line(report):
     return line + "".join(f"<p><small>{html.escape(e)}</small></p>" for e in extra if e)
 
 
+VERDICT_COLOURS = {"holds": "#d7f0d7", "does not hold": "#f6d5d5", "inconclusive": "#f3f3f3"}
+
+
+def interval_text(card):
+    """`value [low, high]` of a scorecard record, or `-`."""
+    if card.get("value") is None:
+        return "-"
+    return f"{card['value']:.3g} [{card['low']:.3g}, {card['high']:.3g}]"
+
+
+def _claims_html(cards):
+    if not cards:
+        return ""
+    rows = []
+    for c in cards:
+        colour = VERDICT_COLOURS.get(c["verdict"], "#fff")
+        rows.append(
+            f"<tr><td style='text-align:left'>{html.escape(c['claim'])}<br><small>{html.escape(c['source'])}</small>"
+            f"</td><td style='text-align:left'><small>{html.escape(c['statistic'])}; criterion "
+            f"{html.escape(c['criterion'])}</small></td><td>{html.escape(interval_text(c))}</td>"
+            f"<td>{c['examples']}</td><td style='background:{colour}'><b>{html.escape(c['verdict'])}</b>"
+            f"{'<br><small>' + html.escape(c['note']) + '</small>' if c.get('note') else ''}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("claim", "measured by", "estimate [95% interval]", "examples", "verdict"))
+    return ("<h2>The papers' claims on this model</h2><p>Criteria are fixed in the code before any measurement "
+            "(tfgeom.claims); intervals are bootstrap 95% intervals over examples.</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
 def render_html(report, out):
     """A self-contained HTML page (figures embedded as data URIs)."""
     out = pathlib.Path(out)
@@ -236,6 +267,7 @@ def render_html(report, out):
         "</style></head><body>",
         "<h1>tfgeom report</h1>",
         _run_line(report),
+        _claims_html(report.get("claims", [])),
         "<h2>Model</h2>",
         _table(["property", "value"], [[k, v] for k, v in model.items()]),
     ]

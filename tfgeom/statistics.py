@@ -118,3 +118,26 @@ def all_of(verdicts):
     if all(v == HOLDS for v in verdicts):
         return HOLDS
     return INCONCLUSIVE
+
+
+def rank_correlation(a, b):
+    """Spearman rank correlation of two `[N]` samples."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def paired_interval(a, b, statistic, seed=0):
+    """`Estimate` of `statistic(a, b)` over pairs `(a[i], b[i])` (pairs with a NaN dropped), resampled together."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if len(a) < 3:
+        return Estimate(None, None, None, len(a))
+    value = float(statistic(a, b))
+    from scipy import stats
+
+    result = stats.bootstrap((a, b), statistic, n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
+                             vectorized=False, paired=True, random_state=np.random.default_rng(seed))
+    low, high = (float(v) for v in result.confidence_interval)
+    return Estimate(value, min(low, value), max(high, value), len(a))

@@ -34,6 +34,28 @@ def adversarial_pairs(gm, x, labels, count, generator, executor=None):
     return pushed.x_adv[ok], x[pairs[ok, 1]]
 
 
+RETRY_FACTOR = 4  # a pair without a path gets this many times the anchor budget once more before "not shown"
+
+
+def connect_with_retry(gm, x1, x2, max_anchors, executor=None):
+    """`connect`, then pairs without a path again with `RETRY_FACTOR` times the anchors (same resolution)."""
+    paths = gm.connect(x1, x2, max_anchors=max_anchors, executor=executor)
+    failed = np.flatnonzero(~paths.connected)
+    if len(failed) == 0 or max_anchors == 0:
+        return paths
+    again = gm.connect(x1[failed], x2[failed], max_anchors=RETRY_FACTOR * max_anchors, resolution=paths.resolution,
+                       executor=executor)
+    anchors = list(paths.anchors)
+    for k, p in enumerate(failed):
+        anchors[p] = again.anchors[k]
+    fields = {"anchors": anchors}
+    for name in ("connected", "num_anchors", "straightness", "min_margin", "straight"):
+        value = getattr(paths, name).copy()
+        value[failed] = getattr(again, name)
+        fields[name] = value
+    return paths._replace(**fields)
+
+
 def _of(paths):
     return f"{int(np.sum(paths.connected))} of {len(paths.connected)} pairs connected"
 
@@ -60,9 +82,9 @@ class ConnectivityAnalysis(Analysis):
         labels = context.predictions()
         idx = same_class_pairs(labels, settings.pairs, g)
         ex = context.executor
-        natural = gm.connect(x[idx[:, 0]], x[idx[:, 1]], max_anchors=settings.max_anchors, executor=ex)
+        natural = connect_with_retry(gm, x[idx[:, 0]], x[idx[:, 1]], settings.max_anchors, ex)
         xa, xb = adversarial_pairs(gm, x, labels, settings.adversarial_pairs, g, ex)
-        adversarial = gm.connect(xa, xb, max_anchors=settings.max_anchors, executor=ex) if len(xa) else None
+        adversarial = connect_with_retry(gm, xa, xb, settings.max_anchors, ex) if len(xa) else None
         summary = {"natural_connected": _of(natural)}
         summary.update({f"natural_{k}": v for k, v in summarize_paths(natural).items()})
         if adversarial is not None:
@@ -76,6 +98,8 @@ class ConnectivityAnalysis(Analysis):
                      gm.runtime.predict(paths.anchors[best]))
         return {
             "summary": summary,
+            "evidence": {"natural_connected": natural.connected.tolist(),  # per pair, for the claims (tfgeom.claims)
+                         "adversarial_connected": [] if adversarial is None else adversarial.connected.tolist()},
             "anchor_counts": np.bincount(natural.num_anchors, minlength=1).tolist(),
             "resolution": natural.resolution,
             "data": shown,

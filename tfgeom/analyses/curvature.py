@@ -1,9 +1,11 @@
 """Analysis `curvature`: the curvature profile at DeepFool boundary points and 2-D boundary sections."""
 from typing import NamedTuple
 
+import numpy as np
+
 from tfgeom import plots
 from tfgeom.analyses import Analysis, register
-from tfgeom.curvature import curvature_profile
+from tfgeom.curvature import curvature_profile, shared_direction_score
 from tfgeom.summaries import summarize_profile
 
 
@@ -50,6 +52,13 @@ class CurvatureAnalysis(Analysis):
                 "mean_positive": profile.mean_positive.tolist(),
                 "negative_mass": profile.negative_mass,
                 "positive_mass": profile.positive_mass,
+            },
+            "evidence": {  # one value per boundary point, for the claims' intervals (tfgeom.claims)
+                "not_saturated": (~profile.saturated).tolist(),
+                "negative_mass": np.abs(np.minimum(profile.values, 0)).sum(axis=1).tolist(),
+                "positive_mass": np.maximum(profile.values, 0).sum(axis=1).tolist(),
+                "shared_overlap_over_random": [None if not np.isfinite(v) else float(v)
+                                               for v in shared_direction_score(profile.curvatures)],
             },
             "data": {"profile": profile, "sections": sections},
         }

@@ -62,7 +62,9 @@ class DetectionAnalysis(Analysis):
             summary[f"auc_{key}"] = flag_auc(r.auc)
             summary[f"auc_margin_baseline_{key}"] = flag_auc(r.auc_margin_baseline)
             summary[f"tpr_{key}"] = r.tpr
-        return {"summary": summary, "results": [r.summary() for r in results], "data": results}
+        evidence = {r.attack: {"scores_clean": r.scores_clean, "scores_perturbed": r.scores_perturbed,
+                               "recovered": r.recovered} for r in results}
+        return {"summary": summary, "results": [r.summary() for r in results], "evidence": evidence, "data": results}
 
     def present(self, result, context, settings):
         results = result["data"]

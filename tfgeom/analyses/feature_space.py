@@ -3,17 +3,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom import plots
+from tfgeom import plots, statistics
 from tfgeom.analyses import Analysis, image_like, register
 from tfgeom.summaries import summarize_hulls
 
 
 def rank_correlation(a, b):
-    """Spearman rank correlation (ties broken by order); None for fewer than 3 values."""
-    if len(a) < 3:
-        return None
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman rank correlation; None for fewer than 3 values."""
+    return statistics.rank_correlation(a, b) if len(a) >= 3 else None
+
+
+def listed(values, keep):
+    """`[N]` JSON list with None where `keep` is False (per-example evidence)."""
+    return [float(v) if k else None for v, k in zip(values, keep)]
 
 
 def _median_or_none(values):
@@ -83,7 +85,14 @@ class FeatureSpaceAnalysis(Analysis):
         ]
         data = {"df": df, "regions": regions, "feat": feat.distance, "pix": pix.distance, "z": z, "pred": pred,
                 "fs": fs, "morph": m}
-        return {"summary": summary, "per_class": per_class, "data": data}
+        evidence = {  # one value per test input, for the claims' intervals (tfgeom.claims)
+            "outside_pixel_hull": (~fs.inside(pix.distance, "pixel")).tolist(),
+            "outside_feature_hull": (~fs.inside(feat.distance, "feature")).tolist(),
+            "correct_in_guaranteed_region": correct[inside].tolist(),
+            "deepfool_l2": listed(df.norms_l2, ok),
+            "feature_boundary_distance": regions.distance.tolist(),
+        }
+        return {"summary": summary, "per_class": per_class, "evidence": evidence, "data": data}
 
     def present(self, result, context, settings):
         d, out = result["data"], context.out_dir

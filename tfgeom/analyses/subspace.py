@@ -55,7 +55,8 @@ class SubspaceAnalysis(Analysis):
                 "median_l2_norm": res.median_norm,
                 "median_l2_norm_curved_removed": best["median_norm_removed"],
             },
-            "experiments": res._asdict(),
+            "experiments": {k: v for k, v in res._asdict().items() if k != "per_input"},
+            "evidence": {"per_input": res.per_input, "dim": best["dim"]},
             "eigenvalues": np.asarray(sub.values).tolist(),
             "data": res,
         }
