@@ -49,7 +49,8 @@ def test_analyze_writes_report_and_resumes(small_cnn_path, digits_npz, tmp_path)
     assert report["sections"]["feature_space"]["summary"]["training_points"] == 1438
     assert (out / "feature_pca.png").exists()
     assert report["sections"]["connectivity"]["status"] == "done" and (out / "roc.png").exists()
-    detectors = {row[1] for row in report["sections"]["detection"]["tables"][0]["rows"]}
+    tables = {t["title"]: t for t in report["sections"]["detection"]["tables"]}
+    detectors = {row[1] for row in tables["Per attack and detector (evaluation split)"]["rows"]}
     assert detectors == {"curvature detector", "top-2 logit margin (baseline)"}
     cert = report["sections"]["certification"]["summary"]
     n = cert["radius_inputs"]

@@ -35,9 +35,12 @@ import tensorflow_probability as tfp
 
 from tfgeom import executor as executor_lib
 from tfgeom import hvp as hvp_lib
+from tfgeom import statistics
 from tfgeom.errors import InputError
 from tfgeom.resources import FLOAT32, check_memory
-from tfgeom.validation import check_positive_int
+from tfgeom.validation import check_choice, check_positive_int
+
+RULES = ("runner-up", "max-class")
 
 
 def second_difference_program(logits_fn):
@@ -138,17 +141,26 @@ class CurvatureDetector:
         >>> det.detect(x_suspect), det.recover(x_suspect)  # doctest: +SKIP
     """
 
-    def __init__(self, gm, directions=32, step=None, candidates=3, fpr=0.05, seed=0, batch_size=32, executor=None):
+    def __init__(self, gm, directions=32, step=None, candidates=3, fpr=0.05, seed=0, batch_size=32, executor=None,
+                 rule="runner-up"):
         self.gm = gm
         self.executor = executor
         d = int(np.prod(gm.input_shape))
-        directions = check_positive_int("directions", directions)
+        self.rule = check_choice("rule", rule, RULES)
+        if self.rule == "max-class":
+            candidates = gm.num_classes - 1  # every other class
         self.candidates = min(check_positive_int("candidates", candidates), gm.num_classes - 1)
         if not 0 < fpr < 1:
             raise InputError(f"fpr must be in (0, 1); got {fpr}")
         self.fpr = float(fpr)
         self.step = float(step) if step is not None else hvp_lib.default_step(d, gm.bounds)
-        v = np.random.default_rng(seed).normal(size=(directions, d))
+        if isinstance(directions, (int, np.integer)):
+            v = np.random.default_rng(seed).normal(size=(check_positive_int("directions", directions), d))
+        else:  # given directions, e.g. the curved subspace's basis
+            v = np.asarray(directions, np.float64).reshape(len(directions), -1)
+            if v.shape[1] != d or len(v) == 0 or not np.all(np.isfinite(v)):
+                raise InputError(f"directions must be a count or a finite [R >= 1, {d}] array; got {v.shape}")
+        directions = len(v)
         self.directions = (v / np.linalg.norm(v, axis=1, keepdims=True)).reshape(directions, *gm.input_shape)
         self.directions = self.directions.astype(np.float32)
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -157,9 +169,9 @@ class CurvatureDetector:
                      "lower directions or batch_size (CLI: --batch-size)")
         self.orientation = None
         self.threshold = None
-        # what a worker needs to build the same detector (directions come from the seed)
-        self.config = {"directions": directions, "step": self.step, "candidates": self.candidates, "seed": seed,
-                       "batch_size": self.batch_size}
+        # what a worker needs to build the same detector
+        self.config = {"directions": self.directions, "step": self.step, "candidates": self.candidates,
+                       "batch_size": self.batch_size, "rule": self.rule}
 
     def curvatures(self, x):
         """`Scores`: `rho_j` (not oriented) towards the top candidate classes of inputs `x [N, ...]`."""
@@ -187,17 +199,28 @@ class CurvatureDetector:
 
     def fit(self, x_clean):
         """Orientation and threshold from clean calibration inputs `[N, ...]`; returns `self`."""
-        _, _, rho = self.curvatures(x_clean)
-        median = float(np.median(rho[:, 0]))
-        self.orientation = -1.0 if median > 0 else 1.0
-        scores = tf.constant(self.orientation * rho[:, 0], tf.float64)
+        return self.fit_from(self.curvatures(x_clean).rho)
+
+    def fit_from(self, rho):
+        """`fit` from the clean inputs' curvatures `rho [N, C]` (`curvatures(x_clean).rho`); returns `self`."""
+        if self.rule == "max-class":
+            self.orientation = -1.0  # the authors' sign: the curvature of F_i = f_i - f_k, i.e. -rho_i
+        else:
+            self.orientation = -1.0 if float(np.median(rho[:, 0])) > 0 else 1.0
+        scores = tf.constant(self.score_from(rho), tf.float64)
         self.threshold = float(tfp.stats.percentile(scores, 100.0 * (1.0 - self.fpr), interpolation="linear"))
         return self
 
+    def score_from(self, rho):
+        """`[N]` scores from the curvatures `rho [N, C]` of `curvatures()`: the oriented runner-up curvature
+        (`rule="runner-up"`) or the largest curvature of `f_i - f_k` over every class `i` (`"max-class"`)."""
+        oriented = self.orientation * rho
+        return oriented[:, 0] if self.rule == "runner-up" else oriented.max(axis=1)
+
     def score(self, x):
-        """`[N]` oriented curvature towards the runner-up class (higher = more suspicious)."""
+        """`[N]` the detector's score (higher = more suspicious)."""
         self.require_fit()
-        return self.orientation * self.curvatures(x).rho[:, 0]
+        return self.score_from(self.curvatures(x).rho)
 
     def detect(self, x):
         """`[N]` bool: the score exceeds the calibrated threshold."""
@@ -240,8 +263,8 @@ def evaluate(detector, x_eval, perturbed, name=None, clean=None):
         raise InputError(f"{name or 'the attack'} produced no successful perturbation; nothing to detect")
     detector.require_fit()
     _, cands, rho = detector.curvatures(xa)  # once: scores and recovery both come from it
-    clean = detector.orientation * (detector.curvatures(x_eval) if clean is None else clean).rho[:, 0]
-    dirty = detector.orientation * rho[:, 0]
+    clean = detector.score_from((detector.curvatures(x_eval) if clean is None else clean).rho)
+    dirty = detector.score_from(rho)
     y = np.r_[np.zeros(len(clean)), np.ones(len(dirty))]
     s = np.r_[clean, dirty]
     fpr, tpr, _ = roc_curve(y, s)
@@ -268,3 +291,50 @@ def evaluate(detector, x_eval, perturbed, name=None, clean=None):
         scores_perturbed=dirty.tolist(),
         recovered=(recovered == labels[flagged]).tolist(),
     )
+
+
+STEP_SCALES = (0.3, 1.0, 3.0)  # multiples of `tfgeom.hvp.default_step` tried by `calibrate`
+
+
+def calibrate(gm, x_clean, perturbed, step_scales=STEP_SCALES, counts=(32,), basis=None, rules=RULES, fpr=0.05,
+              seed=0, executor=None):
+    """Choose the step, the directions and the rule on calibration data only; return the fitted detector.
+
+    Every combination of `step_scales` (times the default step), direction
+    counts, direction kinds (random; the rows of `basis`, e.g. a curved
+    subspace estimated on calibration inputs, when given) and `rules` is
+    fitted on the clean `x_clean` and scored by its AUC between `x_clean` and
+    their successful perturbations in `perturbed` (an `AttackResult` of
+    `x_clean`). The evaluation inputs are never seen here.
+
+    Returns:
+        `(detector, rows)`: the best combination (largest calibration AUC,
+        the first on ties) fitted on `x_clean`, and one dict per combination:
+        `directions` (`"random"`/`"curved"`), `count`, `step_scale`, `step`, `rule`, `calibration_auc`.
+    """
+    x_clean = gm.check(x_clean)
+    xa = perturbed.x_adv[perturbed.success]
+    if len(xa) == 0:
+        raise InputError("the calibration attack produced no successful perturbation; cannot choose settings")
+    d = int(np.prod(gm.input_shape))
+    h0 = hvp_lib.default_step(d, gm.bounds)
+    kinds = [("random", None)] + ([("curved", np.asarray(basis))] if basis is not None else [])
+    rows, best = [], None
+    for kind, vectors in kinds:
+        for count in counts:
+            directions = count if vectors is None else vectors[: min(count, len(vectors))]
+            for scale in step_scales:
+                # one pass over all classes serves both rules (the runner-up is the first candidate)
+                probe = CurvatureDetector(gm, directions, scale * h0, fpr=fpr, seed=seed, executor=executor,
+                                          rule="max-class")
+                rho_clean, rho_dirty = probe.curvatures(x_clean).rho, probe.curvatures(xa).rho
+                for rule in rules:
+                    det = CurvatureDetector(gm, directions, scale * h0, fpr=fpr, seed=seed, executor=executor,
+                                            rule=rule).fit_from(rho_clean[:, : (1 if rule == "runner-up" else None)])
+                    value = statistics.auc(det.score_from(rho_clean), det.score_from(rho_dirty))
+                    rows.append({"directions": kind, "count": int(len(det.directions)), "step_scale": float(scale),
+                                 "step": float(scale * h0), "rule": rule, "calibration_auc": value})
+                    if best is None or value > best[0]:
+                        best = (value, directions, scale * h0, rule)
+    _, directions, step, rule = best
+    return CurvatureDetector(gm, directions, step, fpr=fpr, seed=seed, executor=executor, rule=rule).fit(x_clean), rows

@@ -351,7 +351,7 @@ def _connect(gm, start, x1, x2, **params):
 def _detection_scores(gm, start, x, detector):
     from tfgeom.detection import CurvatureDetector
 
-    return CurvatureDetector(gm, **detector).curvatures(x)
+    return CurvatureDetector(gm, **detector).curvatures(x)  # directions travel with the configuration
 
 
 @stage("certify")

@@ -59,6 +59,9 @@ LABELS = {
     # detection
     "calibration_inputs": "calibration inputs (clean only)",
     "step_h": "finite-difference step h (input units)",
+    "chosen_directions": "directions chosen on the calibration split",
+    "chosen_rule": "score chosen on the calibration split",
+    "chosen_calibration_auc": "its AUC on the calibration split",
     "threshold": "threshold on the score",
     "orientation": "orientation",
     # feature space
@@ -126,6 +129,7 @@ _PREFIXES = {
     "natural_": "natural pairs: ",
     "adversarial_": "adversarial pairs: ",
     "auc_margin_baseline_": "AUC of the margin baseline: ",
+    "auc_interval_": "95% interval of the curvature detector's AUC: ",
     "auc_": "AUC of the curvature detector: ",
     "tpr_": "TPR at the calibrated threshold: ",
 }

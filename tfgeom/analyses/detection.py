@@ -1,10 +1,15 @@
 """Analysis `detection`: perturbed inputs detected by curvature asymmetry, beside a margin baseline."""
 from typing import NamedTuple
 
-from tfgeom import attacks, plots
+from tfgeom import attacks, plots, statistics
 from tfgeom.analyses import Analysis, register
-from tfgeom.detection import CurvatureDetector, evaluate
+from tfgeom.detection import RULES, calibrate, evaluate
 from tfgeom.errors import TfgeomError
+from tfgeom.validation import check_choice
+
+
+def _names(text):
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def flag_auc(value):
@@ -26,7 +31,10 @@ class DetectionAnalysis(Analysis):
     class Settings(NamedTuple):
         calibration: int = 200  # clean inputs that set orientation and threshold (at most half of the inputs)
         evaluation: int = 200  # other inputs, clean and perturbed
-        directions: int = 32  # random directions of the second differences
+        directions: int = 32  # directions of the second differences (random, or the curved subspace's)
+        step_scales: tuple = (0.3, 1.0, 3.0)  # steps h tried on the calibration split, times the default step
+        rules: str = "runner-up,max-class"  # scores tried on the calibration split (comma-separated)
+        curved_directions: bool = True  # also try the curved subspace's directions (estimated on calibration inputs)
         fpr: float = 0.05  # target false-positive rate of the threshold
         attacks: str = "deepfool-l2,deepfool-linf,fgsm,pgd"  # comma-separated
 
@@ -34,14 +42,22 @@ class DetectionAnalysis(Analysis):
         for name in settings.attacks.split(","):
             if name.strip():
                 attacks.by_name(name.strip())
+        for rule in _names(settings.rules):
+            check_choice("detection.rules", rule, RULES)
 
     def compute(self, context, settings):
         gm, x = context.gm, context.data.x
         n_cal = min(settings.calibration, len(x) // 2)
-        held = slice(n_cal, n_cal + settings.evaluation)
-        det = CurvatureDetector(gm, directions=settings.directions, fpr=settings.fpr, seed=context.seed,
-                                executor=context.executor)
-        det.fit(x[:n_cal])
+        cal, held = slice(0, n_cal), slice(n_cal, n_cal + settings.evaluation)
+        # settings chosen on the calibration split only: its clean inputs and their DeepFool L2 perturbations
+        basis = None
+        fit = slice(0, min(n_cal, 50))
+        if settings.curved_directions and 2 * settings.directions <= gm.runtime.input_dim - 1:
+            basis = gm.curved_subspace(x[fit], dim=settings.directions, seed=context.seed,
+                                       attack=context.deepfool("l2", fit)).basis
+        det, grid = calibrate(gm, x[cal], context.deepfool("l2", cal), settings.step_scales, (settings.directions,),
+                              basis, _names(settings.rules), settings.fpr, context.seed, context.executor)
+        chosen = max(grid, key=lambda row: row["calibration_auc"])
         x_eval = x[held]
         clean = det.curvatures(x_eval)  # shared by every attack's evaluation
         results = []
@@ -54,17 +70,21 @@ class DetectionAnalysis(Analysis):
             except TfgeomError:  # an attack with no successful perturbation has nothing to detect
                 continue
         summary = {"calibration_inputs": n_cal, "evaluation_inputs": int(len(x_eval)), "step_h": det.step,
-                   "threshold": det.threshold,
+                   "chosen_directions": f"{chosen['count']} {chosen['directions']}", "chosen_rule": det.rule,
+                   "chosen_calibration_auc": chosen["calibration_auc"], "threshold": det.threshold,
                    "orientation": "score = +rho (clean inputs have negative rho)" if det.orientation > 0
                    else "score = -rho (clean inputs have positive rho)"}
         for r in results:
             key = r.attack.replace("-", "_")
             summary[f"auc_{key}"] = flag_auc(r.auc)
+            est = statistics.auc_interval(r.scores_clean, r.scores_perturbed, seed=context.seed)
+            summary[f"auc_interval_{key}"] = [est.low, est.high]
             summary[f"auc_margin_baseline_{key}"] = flag_auc(r.auc_margin_baseline)
             summary[f"tpr_{key}"] = r.tpr
         evidence = {r.attack: {"scores_clean": r.scores_clean, "scores_perturbed": r.scores_perturbed,
                                "recovered": r.recovered} for r in results}
-        return {"summary": summary, "results": [r.summary() for r in results], "evidence": evidence, "data": results}
+        return {"summary": summary, "results": [r.summary() for r in results], "calibration_grid": grid,
+                "evidence": evidence, "data": results}
 
     def present(self, result, context, settings):
         results = result["data"]
@@ -76,7 +96,11 @@ class DetectionAnalysis(Analysis):
             rows.append([r.attack, "top-2 logit margin (baseline)", r.perturbed,
                          flag_auc(r.auc_margin_baseline), "-", "-", "-", "-"])
         return {
-            "tables": [{"title": "Per attack and detector (evaluation split)",
+            "tables": [{"title": "Settings tried on the calibration split (clean vs DeepFool L2; the best is used)",
+                        "columns": ["directions", "count", "step h", "h / default", "rule", "calibration AUC"],
+                        "rows": [[g["directions"], g["count"], g["step"], g["step_scale"], g["rule"],
+                                  g["calibration_auc"]] for g in result["calibration_grid"]]},
+                       {"title": "Per attack and detector (evaluation split)",
                         "columns": ["attack", "detector", "perturbed inputs", "AUC", "TPR at threshold",
                                     "FPR at threshold", "recovery (of detected)", "runner-up = original"],
                         "rows": rows}],
