@@ -56,17 +56,18 @@ def study(name, gm, x_cal, x_eval, args):
             cache[key] = (probe.curvatures(x_cal).rho, probe.curvatures(x_eval).rho,
                           probe.curvatures(df_eval.x_adv[ok]).rho)
         rho_cal, rho_clean, rho_dirty = cache[key]
-        probe = CurvatureDetector(gm, 1, row["step_scale"] * h0, rule=row["rule"])
+        side = -1.0 if row["side"] == "below" else 1.0
+        probe = CurvatureDetector(gm, 1, row["step_scale"] * h0, rule=row["rule"], side=side)
         probe.fit_from(rho_cal if row["rule"] == "max-class" else rho_cal[:, :1])
         row["evaluation_auc"] = st.auc(probe.score_from(rho_clean), probe.score_from(rho_dirty))
     print(f"\n### {name}: settings grid (AUC clean vs DeepFool L2; chosen by calibration AUC only)\n")
-    print("| directions | count | h / default | rule | calibration AUC | evaluation AUC |")
-    print("|---|---|---|---|---|---|")
+    print("| directions | count | h / default | rule | flag side | calibration AUC | evaluation AUC |")
+    print("|---|---|---|---|---|---|---|")
     best = max(grid, key=lambda r: r["calibration_auc"])
     for row in grid:
         mark = " **(chosen)**" if row is best else ""
         print(f"| {row['directions']} | {row['count']} | {row['step_scale']:g} | {row['rule']}{mark} | "
-              f"{row['calibration_auc']:.3f} | {row['evaluation_auc']:.3f} |")
+              f"{row['side']} | {row['calibration_auc']:.3f} | {row['evaluation_auc']:.3f} |")
 
     print(f"\n### {name}: the chosen detector on the evaluation split ({len(x_eval)} clean inputs)\n")
     print("| attack | perturbed | median ||r||/||x|| | AUC [95%] | TPR at 5% FPR threshold [95%] | recovery [95%] | "
@@ -98,7 +99,8 @@ def study(name, gm, x_cal, x_eval, args):
         sel = (rel >= lo) & (rel <= hi)
         print(f"| {lo:.3f} - {hi:.3f} | {sel.sum()} | {fmt(st.auc_interval(scores_clean, scores_dirty[sel]))} |")
     print(f"\n({name}: chosen {best['count']} {best['directions']} directions, h = {det.step:.4g} "
-          f"({best['step_scale']:g} x default), rule {det.rule}; {time.perf_counter() - start:.0f} s)")
+          f"({best['step_scale']:g} x default), rule {det.rule} ({best['side']}); "
+          f"{time.perf_counter() - start:.0f} s)")
 
 
 def main():

@@ -61,3 +61,43 @@ def test_false_positive_rate_on_calibration_data_is_at_most_the_target(small_cnn
     det = CurvatureDetector(gm, directions=8, fpr=0.1).fit(digits.x[:100])
     assert np.mean(det.detect(digits.x[:100])) <= 0.1
     assert det.recover(digits.x[:5]).shape == (5,)
+
+
+def test_max_class_rule_equals_a_direct_computation(small_cnn, digits):
+    """The authors' score, max over classes i != k of the curvature of f_i - f_k, recomputed from the logits
+    at x +- h v with NumPy; the recovered label is its argmax."""
+    gm = GeometryModel(small_cnn)
+    x = digits.x[:12]
+    det = CurvatureDetector(gm, directions=4, rule="max-class").fit(digits.x[12:40])
+    assert det.orientation == -1.0 and det.candidates == gm.num_classes - 1
+    v, h = det.directions, det.step
+    logits = gm.runtime.logits  # the neighbours may leave the input bounds, where the model is evaluated as it is
+    z0 = logits(x)
+    second = np.mean([logits(x + h * v[r]) + logits(x - h * v[r]) - 2 * z0 for r in range(len(v))], 0) / h**2
+    k = z0.argmax(1)
+    curv = second - second[np.arange(len(x)), k][:, None]  # curvature of f_i - f_k
+    curv[np.arange(len(x)), k] = -np.inf
+    np.testing.assert_allclose(det.score(x), curv.max(1), rtol=1e-3, atol=1e-3 * np.abs(curv[np.isfinite(curv)]).max())
+    assert np.array_equal(det.recover(x), curv.argmax(1))
+
+
+def test_calibrate_chooses_the_best_calibration_auc(small_cnn, digits):
+    """`calibrate` returns the grid row with the largest AUC on the calibration split, and the detector it
+    returns reproduces that AUC (scikit-learn) on the same calibration inputs and perturbations."""
+    from sklearn.metrics import roc_auc_score
+
+    from tfgeom.detection import calibrate
+
+    gm = GeometryModel(small_cnn)
+    x_cal = digits.x[:40]
+    attack = gm.deepfool(x_cal)
+    det, rows = calibrate(gm, x_cal, attack, step_scales=(0.3, 3.0), counts=(8,))
+    assert len(rows) == 2 * 3  # two steps x (runner-up + max-class with both signs)
+    best = max(rows, key=lambda r: r["calibration_auc"])
+    assert det.rule == best["rule"] and det.step == pytest.approx(best["step"])
+    s_clean, s_dirty = det.score(x_cal), det.score(attack.x_adv[attack.success])
+    auc = roc_auc_score(np.r_[np.zeros(len(s_clean)), np.ones(len(s_dirty))], np.r_[s_clean, s_dirty])
+    assert auc == pytest.approx(best["calibration_auc"], abs=1e-6)
+    sides = {(r["step_scale"], r["side"]): r["calibration_auc"] for r in rows if r["rule"] == "max-class"}
+    for scale in (0.3, 3.0):  # the two flag sides of one score: AUCs sum to 1
+        assert sides[(scale, "above")] + sides[(scale, "below")] == pytest.approx(1.0, abs=1e-9)

@@ -103,6 +103,19 @@ def test_detection_certification_hull_features_equal_one_process(gm, digits, exe
     assert rel(h1.distance, h2.distance) <= 1e-5
 
 
+def test_curved_subspace_products_summed_over_workers(gm, digits, executor):
+    """The averaged operator's products are summed per shard on the workers; the Lanczos result matches one
+    process's up to float32 summation order."""
+    x = digits.x[:32]
+    attack = gm.deepfool(x)
+    one = gm.curved_subspace(x, dim=5, attack=attack)
+    two = gm.curved_subspace(x, dim=5, attack=attack, executor=executor)
+    assert one.points == two.points == int(attack.success.sum())
+    np.testing.assert_allclose(two.values, one.values, rtol=1e-3, atol=1e-4 * np.abs(one.values).max())
+    cosines = np.abs(np.sum(one.basis * two.basis, axis=1))
+    assert cosines[:3].min() > 0.99  # the most curved directions agree
+
+
 def test_killed_worker_mid_deepfool_still_completes(gm, digits, executor):
     x = digits.x[:64]
     one = gm.deepfool(x)

@@ -1,6 +1,6 @@
 """Detect adversarially perturbed inputs by curvature asymmetry, and recover their label (Fawzi et al., CVPR 2018, the detection section; our score: docs/choices.md).
 
-Score (ours). For an input `x` with predicted class `k` and a candidate class
+Runner-up score (ours, `rule="runner-up"`). For an input `x` with predicted class `k` and a candidate class
 `j`, with `F_j = f_k - f_j`,
 
     rho_j(x) = mean_v [F_j(x + h v) + F_j(x - h v) - 2 F_j(x)] / h^2,
@@ -23,6 +23,18 @@ calibration scores (TFP's `percentile`); `detect` flags `score > threshold`.
 Recovery (ours): among the `candidates` classes with the highest logits after
 `k`, the recovered label is the one with the largest oriented curvature
 `s * rho_j(x)`: the class whose boundary is seen from the wrong side.
+
+The authors' rule as recalled (`rule="max-class"`): with `F_i = f_i - f_k`
+for every class `i != k`, flag the input when the largest curvature
+`max_i -rho_i(x)` exceeds a threshold set on clean data; the recovered label
+is that `argmax_i`. On the demo CNN the perturbed inputs fall on the *low*
+side of that score, so `calibrate` tries both flag sides (`side=1`: above,
+the authors'; `side=-1`: below) and keeps the one the calibration split supports.
+
+`calibrate` chooses the step `h`, the directions (random, or the curved
+subspace estimated on calibration inputs) and the rule on the calibration
+split only (clean inputs and their DeepFool L2 perturbations); evaluation
+inputs are never seen there.
 
 Points `x +- h v` may fall outside the input bounds; the model is evaluated
 there as it is.
@@ -142,8 +154,9 @@ class CurvatureDetector:
     """
 
     def __init__(self, gm, directions=32, step=None, candidates=3, fpr=0.05, seed=0, batch_size=32, executor=None,
-                 rule="runner-up"):
+                 rule="runner-up", side=1.0):
         self.gm = gm
+        self.side = float(np.sign(side)) or 1.0
         self.executor = executor
         d = int(np.prod(gm.input_shape))
         self.rule = check_choice("rule", rule, RULES)
@@ -169,7 +182,7 @@ class CurvatureDetector:
                      "lower directions or batch_size (CLI: --batch-size)")
         self.orientation = None
         self.threshold = None
-        # what a worker needs to build the same detector
+        # what a worker needs to compute the same curvatures
         self.config = {"directions": self.directions, "step": self.step, "candidates": self.candidates,
                        "batch_size": self.batch_size, "rule": self.rule}
 
@@ -213,9 +226,10 @@ class CurvatureDetector:
 
     def score_from(self, rho):
         """`[N]` scores from the curvatures `rho [N, C]` of `curvatures()`: the oriented runner-up curvature
-        (`rule="runner-up"`) or the largest curvature of `f_i - f_k` over every class `i` (`"max-class"`)."""
+        (`rule="runner-up"`) or the largest curvature of `f_i - f_k` over every class `i` (`"max-class"`),
+        times `side` (+1: flag above the threshold, the authors' side; -1: below)."""
         oriented = self.orientation * rho
-        return oriented[:, 0] if self.rule == "runner-up" else oriented.max(axis=1)
+        return oriented[:, 0] if self.rule == "runner-up" else self.side * oriented.max(axis=1)
 
     def score(self, x):
         """`[N]` the detector's score (higher = more suspicious)."""
@@ -310,7 +324,10 @@ def calibrate(gm, x_clean, perturbed, step_scales=STEP_SCALES, counts=(32,), bas
     Returns:
         `(detector, rows)`: the best combination (largest calibration AUC,
         the first on ties) fitted on `x_clean`, and one dict per combination:
-        `directions` (`"random"`/`"curved"`), `count`, `step_scale`, `step`, `rule`, `calibration_auc`.
+        `directions` (`"random"`/`"curved"`), `count`, `step_scale`, `step`, `rule`, `side`
+        (max-class: `"above"`, the authors' flag, or `"below"`; runner-up: `"clean median"`, its
+        orientation from clean inputs), `calibration_auc`. The max-class score is tried with both
+        flag sides: which side perturbed inputs fall on is read from the calibration split, never assumed.
     """
     x_clean = gm.check(x_clean)
     xa = perturbed.x_adv[perturbed.success]
@@ -329,12 +346,17 @@ def calibrate(gm, x_clean, perturbed, step_scales=STEP_SCALES, counts=(32,), bas
                                           rule="max-class")
                 rho_clean, rho_dirty = probe.curvatures(x_clean).rho, probe.curvatures(xa).rho
                 for rule in rules:
-                    det = CurvatureDetector(gm, directions, scale * h0, fpr=fpr, seed=seed, executor=executor,
-                                            rule=rule).fit_from(rho_clean[:, : (1 if rule == "runner-up" else None)])
-                    value = statistics.auc(det.score_from(rho_clean), det.score_from(rho_dirty))
-                    rows.append({"directions": kind, "count": int(len(det.directions)), "step_scale": float(scale),
-                                 "step": float(scale * h0), "rule": rule, "calibration_auc": value})
-                    if best is None or value > best[0]:
-                        best = (value, directions, scale * h0, rule)
-    _, directions, step, rule = best
-    return CurvatureDetector(gm, directions, step, fpr=fpr, seed=seed, executor=executor, rule=rule).fit(x_clean), rows
+                    sides = [("clean median", 1.0)] if rule == "runner-up" else [("above", 1.0), ("below", -1.0)]
+                    for side_name, side in sides:
+                        det = CurvatureDetector(gm, directions, scale * h0, fpr=fpr, seed=seed, executor=executor,
+                                                rule=rule, side=side)
+                        det.fit_from(rho_clean[:, : (1 if rule == "runner-up" else None)])
+                        value = statistics.auc(det.score_from(rho_clean), det.score_from(rho_dirty))
+                        rows.append({"directions": kind, "count": int(len(det.directions)),
+                                     "step_scale": float(scale), "step": float(scale * h0), "rule": rule,
+                                     "side": side_name, "calibration_auc": value})
+                        if best is None or value > best[0]:
+                            best = (value, directions, scale * h0, rule, side)
+    _, directions, step, rule, side = best
+    detector = CurvatureDetector(gm, directions, step, fpr=fpr, seed=seed, executor=executor, rule=rule, side=side)
+    return detector.fit(x_clean), rows

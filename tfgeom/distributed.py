@@ -180,9 +180,9 @@ class RayExecutor(Executor):
     def default_shard_size(self, gm, n):
         return max(1, math.ceil(n / (SHARDS_PER_WORKER * max(1, len(self.actors) or self.requested or 1))))
 
-    def map(self, gm, name, inputs, params=None, progress=None):
+    def map(self, gm, name, inputs, params=None, progress=None, keep=True):
         self.start(gm)
-        return super().map(gm, name, inputs, params, progress)
+        return super().map(gm, name, inputs, params, progress, keep)
 
     def run_shards(self, gm, name, todo, params, finished):
         ray = self.ray

@@ -225,7 +225,7 @@ class Executor:
         batch = gm.batch_size
         return batch * max(1, -(-int(size) // batch))
 
-    def map(self, gm, name, inputs, params=None, progress=None):
+    def map(self, gm, name, inputs, params=None, progress=None, keep=True):
         """Run stage `name` over the examples of `inputs` and merge the shards' results.
 
         Args:
@@ -234,20 +234,23 @@ class Executor:
             inputs: `{argument: per-example value}`; each is cut into shards (`take`).
             params: `{argument: value}` passed whole to every shard.
             progress: `progress(done_examples, total)` or None.
+            keep: write finished shards to the store (if any). False for steps of an
+                iteration (e.g. one Lanczos product), which are never resumed.
         """
         params = dict(params or {})
+        store = self.store if keep else None
         n = length(inputs)
         if n == 0:
             return STAGES[name].run(gm, 0, **inputs, **params)
         size = self.shard_size or self.aligned(gm, self.default_shard_size(gm, n))
         shards = plan(n, size)
         results, todo, keys = [None] * len(shards), [], {}
-        fixed = digest(params).hexdigest() if self.store is not None else None
+        fixed = digest(params).hexdigest() if store is not None else None
         for i, rows in enumerate(shards):
             shard = {k: take(v, rows) for k, v in inputs.items()}
-            if self.store is not None:
+            if store is not None:
                 keys[i] = shard_key(name, shard, fixed, (rows.start, rows.stop))
-                results[i] = self.store.load(name, rows, keys[i])
+                results[i] = store.load(name, rows, keys[i])
             if results[i] is None:
                 todo.append((i, rows, shard))
         done = n - sum(shards[i].stop - shards[i].start for i, _, _ in todo)
@@ -258,8 +261,8 @@ class Executor:
             nonlocal done
             results[i] = result
             self.computed += 1
-            if self.store is not None:
-                self.store.save(name, shards[i], keys[i], result)
+            if store is not None:
+                store.save(name, shards[i], keys[i], result)
             done += shards[i].stop - shards[i].start
             if progress is not None:
                 progress(done, n)
@@ -366,6 +369,13 @@ def _certified_radius(gm, start, x, cls=None, upper=None, lower=None, attack=Non
     from tfgeom.certification import certified_radius
 
     return certified_radius(gm, x, cls=cls, upper=upper, lower=lower, attack=attack, **params)
+
+
+@stage("subspace_products", merge=sum)
+def _subspace_products(gm, start, z, coeffs, normals, gnorms, v, hvp, step, chunk):
+    from tfgeom.subspace import summed_products
+
+    return summed_products(gm, z, coeffs, normals, gnorms, v, hvp, step, chunk)
 
 
 @stage("hull_distance")

@@ -43,6 +43,28 @@ class CurvedSubspace(NamedTuple):
 
 def averaged_operator(logits_fn, hvp, step, chunk):
     """`op(z, coeffs, normals, gnorms, v [1, d]) -> [1, d]`: mean of `P_i H_i P_i v / ||grad F_i||`."""
+    total = summed_operator(logits_fn, hvp, step, chunk)
+
+    def op(z, coeffs, normals, gnorms, v):
+        return total(z, coeffs, normals, gnorms, v) / tf.cast(tf.shape(z)[0], v.dtype)
+
+    return op
+
+
+def summed_products(gm, z, coeffs, normals, gnorms, v, hvp, step, chunk):
+    """`[1, d]` sum over the points of `P_i H_i P_i v / ||grad F_i||` (NumPy; one shard's part of the mean)."""
+    d = int(np.prod(gm.input_shape))
+    program = gm.runtime.program(
+        ("subspace-sum", hvp, step, chunk),
+        lambda: summed_operator(gm.runtime.logits_fn, hvp, step, chunk),
+        [gm.runtime.spec(), tf.TensorSpec([None, gm.num_classes], tf.float32), tf.TensorSpec([None, d], tf.float32),
+         tf.TensorSpec([None], tf.float32), tf.TensorSpec([1, d], tf.float32)],
+    )
+    return program(z, coeffs, normals, gnorms, np.asarray(v, np.float32)).numpy()
+
+
+def summed_operator(logits_fn, hvp, step, chunk):
+    """`op(z, coeffs, normals, gnorms, v [1, d]) -> [1, d]`: sum of `P_i H_i P_i v / ||grad F_i||`, in chunks."""
     point_op = curvature.projected_operator(logits_fn, hvp, step)
 
     def op(z, coeffs, normals, gnorms, v):
@@ -56,12 +78,13 @@ def averaged_operator(logits_fn, hvp, step, chunk):
             return end, total + tf.reduce_sum(part, axis=0, keepdims=True)
 
         _, total = tf.while_loop(lambda s, t: s < count, body, (tf.constant(0), tf.zeros_like(v)))
-        return total / tf.cast(count, v.dtype)
+        return total
 
     return op
 
 
-def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, batch_size=None, attack=None):
+def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, batch_size=None, attack=None,
+                    executor=None):
     """Find `S_c` from the DeepFool boundary points of `x`.
 
     Args:
@@ -74,6 +97,10 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
         seed: seed of the start vector. Defaults to `0`.
         batch_size: points per chunk of HVPs. Defaults to the model's.
         attack: a `DeepFoolResult` for `x` to reuse. Defaults to `None`.
+        executor: a `tfgeom.executor` executor: each Lanczos product, a sum over
+            the points, is computed per shard on the workers and summed on the
+            driver (the Lanczos iteration itself runs on the driver). Defaults
+            to `None`: one compiled program in this process.
 
     Returns:
         A `CurvedSubspace`.
@@ -88,7 +115,7 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
         hvp = "finite-difference" if curvature.is_piecewise_linear(gm.model) else "exact"
     if hvp == "finite-difference" and step is None:
         step = hvp_lib.default_step(d, gm.bounds)
-    attack = attack if attack is not None else gm.deepfool(x, batch_size=batch_size)
+    attack = attack if attack is not None else gm.deepfool(x, batch_size=batch_size, executor=executor)
     index = np.flatnonzero(attack.success)
     if len(index) == 0:
         raise InputError("DeepFool found no boundary point for these inputs; cannot average curvature")
@@ -100,6 +127,35 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
     normals = grads / np.maximum(gnorms, 1e-30)[:, None]
     steps = check_positive_int("steps", steps) if steps is not None else min(d - 1, 2 * dim + 40)
     chunk = check_positive_int("batch_size", batch_size or gm.batch_size)
+    v0 = np.random.default_rng(seed).normal(size=(1, d)).astype(np.float32)
+    normals, gnorms = normals.astype(np.float32), gnorms.astype(np.float32)
+    if executor is not None:
+        values, vectors = _distributed_lanczos(gm, executor, (z, coeffs, normals, gnorms), v0, steps, dim,
+                                               dict(hvp=hvp, step=step, chunk=chunk))
+    else:
+        values, vectors = _lanczos(gm, (z, coeffs, normals, gnorms), v0, steps, dim, hvp, step, chunk)
+    order = np.argsort(-np.abs(values))[:dim]
+    basis, _ = np.linalg.qr(vectors[order].T)  # re-orthonormalise, keep the order
+    basis = basis.T * np.sign(np.sum(basis.T * vectors[order], axis=1, keepdims=True))
+    return CurvedSubspace(basis.astype(np.float32), values[order], len(z), hvp, step)
+
+
+def _distributed_lanczos(gm, executor, points, v0, steps, dim, params):
+    """Lanczos on the driver (eager), each product summed over the points' shards on the executor's workers."""
+    z, coeffs, normals, gnorms = points
+    inputs = {"z": z, "coeffs": coeffs, "normals": normals, "gnorms": gnorms}
+
+    def op(v):
+        total = executor.map(gm, "subspace_products", inputs, dict(params, v=v.numpy()), keep=False)
+        return tf.constant(total / len(z), tf.float32)
+
+    values, vectors = lanczos_extremes(op, tf.constant(v0), steps, dim)
+    return values.numpy()[0], vectors.numpy()[0]
+
+
+def _lanczos(gm, points, v0, steps, dim, hvp, step, chunk):
+    """Lanczos on the averaged operator in one compiled program."""
+    d = v0.shape[1]
     op = averaged_operator(gm.runtime.logits_fn, hvp, step, chunk)
 
     def build():
@@ -119,12 +175,8 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
             tf.TensorSpec([1, d], tf.float32),
         ],
     )
-    v0 = np.random.default_rng(seed).normal(size=(1, d)).astype(np.float32)
-    values, vectors = (t.numpy()[0] for t in program(z, coeffs, normals.astype(np.float32), gnorms.astype(np.float32), v0))
-    order = np.argsort(-np.abs(values))[:dim]
-    basis, _ = np.linalg.qr(vectors[order].T)  # re-orthonormalise, keep the order
-    basis = basis.T * np.sign(np.sum(basis.T * vectors[order], axis=1, keepdims=True))
-    return CurvedSubspace(basis.astype(np.float32), values[order], len(z), hvp, step)
+    values, vectors = (t.numpy()[0] for t in program(*points, v0))
+    return values, vectors
 
 
 def random_subspace(d, m, rng):
@@ -194,7 +246,7 @@ def _listed(values, ok):
 
 
 def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0,
-                  noise_scales=(0.5, 1.0, 2.0, 4.0, 8.0), attack=None):
+                  noise_scales=(0.5, 1.0, 2.0, 4.0, 8.0), attack=None, executor=None):
     """Experiments (a), (b), (c) of the module docstring for each `m` in `dims`.
 
     Args:
@@ -209,6 +261,8 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
         seed: seed. Defaults to `0`.
         noise_scales: for the largest `m`, (b) is repeated at these multiples
             of `eps` (the fooling-rate curve). Defaults to `(0.5, 1, 2, 4, 8)`.
+        attack: a DeepFool L2 `AttackResult` of `x` to reuse. Defaults to `None`: run DeepFool.
+        executor: where the DeepFool runs on the projected inputs go (`tfgeom.executor`). Defaults to `None`.
 
     Returns:
         A `Vulnerability`.
@@ -218,7 +272,7 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
     if not dims:
         raise InputError(f"dims must not exceed the subspace dimension {len(subspace.basis)}")
     n, d = len(x), int(np.prod(gm.input_shape))
-    clean = attack if attack is not None else gm.deepfool(x)
+    clean = attack if attack is not None else gm.deepfool(x, executor=executor)
     labels = clean.labels
     truth = labels if y is None else np.asarray(y)
     ok = clean.success
@@ -230,7 +284,7 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
         rand = random_subspace(d, m, rng)
         flat = x.reshape(n, d)
         removed = np.clip(flat - (flat @ basis.T) @ basis, *gm.bounds).reshape(x.shape)
-        adv = gm.deepfool(removed)
+        adv = gm.deepfool(removed, executor=executor)
         energy_curved, energy_random = _energy(basis, r), _energy(rand, r)
         fooled_curved = _fooled(gm, x, labels, basis, eps, draws, rng)
         fooled_random = _fooled(gm, x, labels, rand, eps, draws, rng)

@@ -8,6 +8,15 @@ from tfgeom.errors import TfgeomError
 from tfgeom.validation import check_choice
 
 
+def _orientation(det):
+    """The score's sign convention, in words."""
+    if det.rule == "max-class":
+        return ("score = max over classes i of the curvature of f_i - f_k, flagged "
+                + ("above" if det.side > 0 else "below") + " the threshold")
+    return ("score = +rho (clean inputs have negative rho)" if det.orientation > 0
+            else "score = -rho (clean inputs have positive rho)")
+
+
 def _names(text):
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -54,7 +63,7 @@ class DetectionAnalysis(Analysis):
         fit = slice(0, min(n_cal, 50))
         if settings.curved_directions and 2 * settings.directions <= gm.runtime.input_dim - 1:
             basis = gm.curved_subspace(x[fit], dim=settings.directions, seed=context.seed,
-                                       attack=context.deepfool("l2", fit)).basis
+                                       attack=context.deepfool("l2", fit), executor=context.executor).basis
         det, grid = calibrate(gm, x[cal], context.deepfool("l2", cal), settings.step_scales, (settings.directions,),
                               basis, _names(settings.rules), settings.fpr, context.seed, context.executor)
         chosen = max(grid, key=lambda row: row["calibration_auc"])
@@ -70,10 +79,10 @@ class DetectionAnalysis(Analysis):
             except TfgeomError:  # an attack with no successful perturbation has nothing to detect
                 continue
         summary = {"calibration_inputs": n_cal, "evaluation_inputs": int(len(x_eval)), "step_h": det.step,
-                   "chosen_directions": f"{chosen['count']} {chosen['directions']}", "chosen_rule": det.rule,
+                   "chosen_directions": f"{chosen['count']} {chosen['directions']}",
+                   "chosen_rule": f"{det.rule} ({chosen['side']})",
                    "chosen_calibration_auc": chosen["calibration_auc"], "threshold": det.threshold,
-                   "orientation": "score = +rho (clean inputs have negative rho)" if det.orientation > 0
-                   else "score = -rho (clean inputs have positive rho)"}
+                   "orientation": _orientation(det)}
         for r in results:
             key = r.attack.replace("-", "_")
             summary[f"auc_{key}"] = flag_auc(r.auc)
@@ -97,9 +106,10 @@ class DetectionAnalysis(Analysis):
                          flag_auc(r.auc_margin_baseline), "-", "-", "-", "-"])
         return {
             "tables": [{"title": "Settings tried on the calibration split (clean vs DeepFool L2; the best is used)",
-                        "columns": ["directions", "count", "step h", "h / default", "rule", "calibration AUC"],
+                        "columns": ["directions", "count", "step h", "h / default", "rule", "flag side",
+                                    "calibration AUC"],
                         "rows": [[g["directions"], g["count"], g["step"], g["step_scale"], g["rule"],
-                                  g["calibration_auc"]] for g in result["calibration_grid"]]},
+                                  g["side"], g["calibration_auc"]] for g in result["calibration_grid"]]},
                        {"title": "Per attack and detector (evaluation split)",
                         "columns": ["attack", "detector", "perturbed inputs", "AUC", "TPR at threshold",
                                     "FPR at threshold", "recovery (of detected)", "runner-up = original"],

@@ -34,9 +34,11 @@ class SubspaceAnalysis(Analysis):
         d = gm.runtime.input_dim
         dims = tuple(m for m in settings.dims if 2 * m <= d - 1) or (max(1, (d - 1) // 2),)
         context.tell("curved subspace", 0, 2)
-        sub = curved_subspace(gm, data.x[fit], dim=max(dims), seed=context.seed, attack=context.deepfool("l2", fit))
+        sub = curved_subspace(gm, data.x[fit], dim=max(dims), seed=context.seed, attack=context.deepfool("l2", fit),
+                              executor=context.executor)
         context.tell("curved subspace", 1, 2)
-        res = vulnerability(gm, x_eval, y_eval, sub, dims=dims, seed=context.seed, attack=context.deepfool("l2", held))
+        res = vulnerability(gm, x_eval, y_eval, sub, dims=dims, seed=context.seed, attack=context.deepfool("l2", held),
+                            executor=context.executor)
         context.tell("curved subspace", 2, 2)
         best = res.rows[-1]
         return {
