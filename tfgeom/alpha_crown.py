@@ -95,7 +95,8 @@ def bounds_with_slopes(graph, input_set, reference, refined, alphas):
         if n in refined:
             idx = refined[n]
             k = int(idx.shape[0])
-            lower = bd.backward(graph, n, _both_signs(bd.unit_rows(node.size, idx, node.shape, nb)), tf.zeros([nb, 2 * k]), bounds, input_set,
+            rows = _both_signs(bd.unit_rows(node.size, idx, node.shape, nb))
+            lower = bd.backward(graph, n, rows, tf.zeros([nb, 2 * k]), bounds, input_set,
                                 _for(alphas, n))
             l, u = bd.tighten(l, u, idx, lower[:, :k], -lower[:, k:])
         bounds.append((l, u))

@@ -204,7 +204,8 @@ def scorecard(sections):
         verdicts = [st.verdict(e, c) for e, (_, c) in zip(estimates, claim.criteria)]
         verdict, note = st.all_of(verdicts), ""
         if verdict == st.FAILS and not claim.refutable:
-            verdict, note = st.INCONCLUSIVE, "pairs without a path within the anchor budget are not shown, not disconnected"
+            verdict = st.INCONCLUSIVE
+            note = "pairs without a path within the anchor budget are not shown, not disconnected"
         if min(e.n for e in estimates) < st.MIN_EXAMPLES:
             note = f"fewer than {st.MIN_EXAMPLES} examples"
         first = estimates[0]

@@ -154,9 +154,10 @@ class CurvatureDetector:
     """
 
     def __init__(self, gm, directions=32, step=None, candidates=3, fpr=0.05, seed=0, batch_size=32, executor=None,
-                 rule="runner-up", side=1.0):
+                 rule="runner-up", side=1.0, recover_side=1.0):
         self.gm = gm
         self.side = float(np.sign(side)) or 1.0
+        self.recover_side = float(np.sign(recover_side)) or 1.0
         self.executor = executor
         d = int(np.prod(gm.input_shape))
         self.rule = check_choice("rule", rule, RULES)
@@ -247,7 +248,7 @@ class CurvatureDetector:
 
     def recover_from(self, cands, rho):
         """`[N]` recovered labels from candidate classes `[N, C]` and their curvatures `rho [N, C]`."""
-        return cands[np.arange(len(cands)), np.argmax(self.orientation * rho, axis=1)]
+        return cands[np.arange(len(cands)), np.argmax(self.recover_side * self.orientation * rho, axis=1)]
 
 
 def evaluate(detector, x_eval, perturbed, name=None, clean=None):
@@ -327,7 +328,9 @@ def calibrate(gm, x_clean, perturbed, step_scales=STEP_SCALES, counts=(32,), bas
         `directions` (`"random"`/`"curved"`), `count`, `step_scale`, `step`, `rule`, `side`
         (max-class: `"above"`, the authors' flag, or `"below"`; runner-up: `"clean median"`, its
         orientation from clean inputs), `calibration_auc`. The max-class score is tried with both
-        flag sides: which side perturbed inputs fall on is read from the calibration split, never assumed.
+        flag sides: which side perturbed inputs fall on is read from the calibration split, never
+        assumed; so is its recovery rule (the class of the largest curvature, the authors', or of the
+        smallest: `recover_side`), by the recovered fraction of the calibration perturbations.
     """
     x_clean = gm.check(x_clean)
     xa = perturbed.x_adv[perturbed.success]
@@ -344,7 +347,8 @@ def calibrate(gm, x_clean, perturbed, step_scales=STEP_SCALES, counts=(32,), bas
                 # one pass over all classes serves both rules (the runner-up is the first candidate)
                 probe = CurvatureDetector(gm, directions, scale * h0, fpr=fpr, seed=seed, executor=executor,
                                           rule="max-class")
-                rho_clean, rho_dirty = probe.curvatures(x_clean).rho, probe.curvatures(xa).rho
+                rho_clean, dirty_scores = probe.curvatures(x_clean).rho, probe.curvatures(xa)
+                rho_dirty = dirty_scores.rho
                 for rule in rules:
                     sides = [("clean median", 1.0)] if rule == "runner-up" else [("above", 1.0), ("below", -1.0)]
                     for side_name, side in sides:
@@ -356,7 +360,15 @@ def calibrate(gm, x_clean, perturbed, step_scales=STEP_SCALES, counts=(32,), bas
                                      "step_scale": float(scale), "step": float(scale * h0), "rule": rule,
                                      "side": side_name, "calibration_auc": value})
                         if best is None or value > best[0]:
-                            best = (value, directions, scale * h0, rule, side)
-    _, directions, step, rule, side = best
+                            best = (value, directions, scale * h0, rule, side, dirty_scores)
+    _, directions, step, rule, side, dirty = best
     detector = CurvatureDetector(gm, directions, step, fpr=fpr, seed=seed, executor=executor, rule=rule, side=side)
-    return detector.fit(x_clean), rows
+    detector.fit(x_clean)
+    if rule == "max-class":  # recovery: the class of the largest or of the smallest curvature, as calibration says
+        truth = perturbed.labels[perturbed.success]
+        hits = {}
+        for recover_side in (1.0, -1.0):
+            detector.recover_side = recover_side
+            hits[recover_side] = float(np.mean(detector.recover_from(dirty.candidates, dirty.rho) == truth))
+        detector.recover_side = max(hits, key=hits.get)
+    return detector, rows

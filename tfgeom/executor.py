@@ -297,7 +297,8 @@ def run(gm, name, inputs, params=None, executor=None, progress=None):
     if executor is None:
         return STAGES[name].run(gm, 0, **inputs, **dict(params or {}))
     if not isinstance(executor, Executor):
-        raise InputError(f"executor must be a tfgeom executor (LocalExecutor, RayExecutor); got {type(executor).__name__}")
+        raise InputError("executor must be a tfgeom executor (LocalExecutor, RayExecutor); "
+                         f"got {type(executor).__name__}")
     return executor.map(gm, name, inputs, params, progress)
 
 

@@ -41,7 +41,7 @@ class DetectionAnalysis(Analysis):
         calibration: int = 200  # clean inputs that set orientation and threshold (at most half of the inputs)
         evaluation: int = 200  # other inputs, clean and perturbed
         directions: int = 32  # directions of the second differences (random, or the curved subspace's)
-        step_scales: tuple = (0.3, 1.0, 3.0)  # steps h tried on the calibration split, times the default step
+        step_scales: tuple = (0.1, 0.3, 1.0, 3.0, 10.0)  # h tried on the calibration split (x default)
         rules: str = "runner-up,max-class"  # scores tried on the calibration split (comma-separated)
         curved_directions: bool = True  # also try the curved subspace's directions (estimated on calibration inputs)
         fpr: float = 0.05  # target false-positive rate of the threshold
