@@ -48,7 +48,7 @@ def test_scorecard_from_evidence():
     g = np.random.default_rng(2)
     sections = {
         "connectivity": {"evidence": {"natural_connected": [True] * 40, "adversarial_connected": [False] * 30}},
-        "curvature": {"evidence": {"not_saturated": [True] * 30, "negative_mass": list(g.random(30) + 1),
+        "curvature": {"evidence": {"not_saturated": [False] * 30, "negative_mass": list(g.random(30) + 1),
                                    "positive_mass": list(g.random(30)), "shared_overlap_over_random": [1.0] * 30}},
         "detection": {"evidence": {"deepfool-l2": {"scores_clean": list(g.normal(size=60)),
                                                    "scores_perturbed": list(g.normal(size=60)),
@@ -58,7 +58,8 @@ def test_scorecard_from_evidence():
     assert [c["key"] for c in claims.scorecard(sections)] == [c.key for c in claims.CLAIMS]
     assert cards["regions_connected"]["verdict"] == st.HOLDS
     assert cards["adversarial_regions_connected"]["verdict"] == st.INCONCLUSIVE  # not shown, never disconnected
-    assert cards["boundary_flat"]["verdict"] == st.HOLDS
+    assert cards["boundary_flat"]["verdict"] == st.INCONCLUSIVE  # all saturated: not shown, not refuted
+    assert "raise curvature.k" in cards["boundary_flat"]["note"]
     assert cards["more_negative_curvature"]["verdict"] == st.HOLDS
     assert cards["curved_directions_shared"]["verdict"] == st.FAILS  # exactly random overlap: not shared
     assert cards["curvature_detects_perturbations"]["verdict"] == st.FAILS  # AUC of two equal distributions

@@ -12,7 +12,9 @@ from the interval (`tfgeom.statistics.verdict`): `holds`, `does not hold`, or
 
 Connectivity can only be shown, never refuted: a pair for which no path was
 found within the anchor budget is "not shown", so that claim is `holds` or
-`inconclusive`, never `does not hold`.
+`inconclusive`, never `does not hold`. Likewise flatness: only `k` directions
+at each end are computed, and a point whose `k` are all curved says nothing
+about the other `d - 1 - 2k`.
 """
 from typing import Callable, NamedTuple
 
@@ -31,7 +33,8 @@ class Claim(NamedTuple):
         statistic: what is measured, per example, and how it is summarised.
         criteria: `[(name, Criterion)]`; all must hold.
         evidence: `sections -> [Estimate]` (one per criterion), or None when a section is missing.
-        refutable: False for claims that can only be shown (connectivity).
+        unshown: for claims the statistic can support but not refute, why a failed criterion is
+            `inconclusive` rather than `does not hold` (connectivity, flatness); empty otherwise.
     """
 
     key: str
@@ -40,7 +43,7 @@ class Claim(NamedTuple):
     statistic: str
     criteria: list
     evidence: Callable
-    refutable: bool = True
+    unshown: str = ""
 
 
 def _values(values):
@@ -126,19 +129,22 @@ def _distances(sections):
 
 
 A, B = "Fawzi et al. 2018", "Yousefzadeh 2022"
+NOT_SHOWN = "pairs without a path within the anchor budget are not shown, not disconnected"
 CLAIMS = [
     Claim("regions_connected", "Classification regions are connected: same-class natural inputs are joined by a "
           "path that stays in the region.", f"{A}, Sec. 3 (PAPERS.md A.2)",
           "fraction of random same-class pairs joined by a verified path", [("connected", st.Criterion(">", 0.9))],
-          _fraction("connectivity", "natural_connected"), refutable=False),
+          _fraction("connectivity", "natural_connected"), NOT_SHOWN),
     Claim("adversarial_regions_connected", "An input pushed into a class by an adversarial perturbation is connected "
           "to natural members of that class.", f"{A}, Sec. 3 (PAPERS.md A.2)",
           "fraction of adversarial/natural pairs joined by a verified path", [("connected", st.Criterion(">", 0.9))],
-          _fraction("connectivity", "adversarial_connected"), refutable=False),
+          _fraction("connectivity", "adversarial_connected"), NOT_SHOWN),
     Claim("boundary_flat", "Near data points the decision boundary is flat in most directions and curved in a few.",
           f"{A}, Sec. 4 (PAPERS.md A.3)", "fraction of boundary points whose |curvature| falls below 10% of its "
           "maximum within the k computed directions at both ends (so all but at most 2k of d - 1 directions are "
-          "near-flat)", [("flat", st.Criterion(">", 0.5))], _fraction("curvature", "not_saturated")),
+          "near-flat)", [("flat", st.Criterion(">", 0.5))], _fraction("curvature", "not_saturated"),
+          "points whose k computed directions at an end are all still curved say nothing about the other "
+          "directions (raise curvature.k to see further)"),
     Claim("more_negative_curvature", "There are more negatively than positively curved directions (curvature is "
           "asymmetric).", f"{A}, Sec. 4 (PAPERS.md A.3)", "fraction of boundary points whose summed negative "
           "curvature exceeds the summed positive curvature (tfgeom's sign convention, docs/choices.md)",
@@ -203,9 +209,8 @@ def scorecard(sections):
             continue
         verdicts = [st.verdict(e, c) for e, (_, c) in zip(estimates, claim.criteria)]
         verdict, note = st.all_of(verdicts), ""
-        if verdict == st.FAILS and not claim.refutable:
-            verdict = st.INCONCLUSIVE
-            note = "pairs without a path within the anchor budget are not shown, not disconnected"
+        if verdict == st.FAILS and claim.unshown:
+            verdict, note = st.INCONCLUSIVE, claim.unshown
         if min(e.n for e in estimates) < st.MIN_EXAMPLES:
             note = f"fewer than {st.MIN_EXAMPLES} examples"
         first = estimates[0]
