@@ -110,6 +110,10 @@ LogitsOpt = Annotated[Logits, typer.Option(
 LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Analyse only the first N examples.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per compiled batch.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+SetOpt = Annotated[Optional[List[str]], typer.Option(
+    "--set", help="Change a setting: ANALYSIS.KEY=VALUE (repeatable), e.g. curvature.points=200.")]
+ConfigOpt = Annotated[Optional[pathlib.Path], typer.Option(
+    help="TOML file with a table per analysis ([curvature] points = 200); --set wins over it.")]
 
 
 def _fail(message):
@@ -760,10 +764,8 @@ def analyze(
     ),
     only: Annotated[Optional[List[str]], typer.Option(
         help=f"Run only these analyses (repeatable or comma-separated): {ANALYSES}.")] = None,
-    set_: Annotated[Optional[List[str]], typer.Option(
-        "--set", help="Change a setting: ANALYSIS.KEY=VALUE (repeatable), e.g. curvature.points=200.")] = None,
-    config: Annotated[Optional[pathlib.Path], typer.Option(
-        help="TOML file with a table per analysis ([curvature] points = 200); --set wins over it.")] = None,
+    set_: SetOpt = None,
+    config: ConfigOpt = None,
     limit: LimitOpt = 500,
     seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
     resume: Annotated[bool, typer.Option(
@@ -815,9 +817,8 @@ def claims(
     split: SplitOpt = True,
     out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for the full report behind the "
                                               "scorecard (report.json/html).")] = pathlib.Path("tfgeom-claims"),
-    set_: Annotated[Optional[List[str]], typer.Option(
-        "--set", help="Change a setting: ANALYSIS.KEY=VALUE (repeatable), e.g. curvature.points=200.")] = None,
-    config: Annotated[Optional[pathlib.Path], typer.Option(help="TOML file with a table per analysis.")] = None,
+    set_: SetOpt = None,
+    config: ConfigOpt = None,
     limit: LimitOpt = 500,
     seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
     resume: Annotated[bool, typer.Option(help="Keep sections an interrupted run already finished.")] = False,

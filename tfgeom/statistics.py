@@ -141,3 +141,8 @@ def paired_interval(a, b, statistic, seed=0):
                              vectorized=False, paired=True, random_state=np.random.default_rng(seed))
     low, high = (float(v) for v in result.confidence_interval)
     return Estimate(value, min(low, value), max(high, value), len(a))
+
+
+def listed(values, keep):
+    """`[N]` JSON-ready per-example evidence: the values as floats, None where `keep` is False."""
+    return [float(v) if k else None for v, k in zip(values, keep)]

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfgeom import curvature
 from tfgeom.errors import InputError
 from tfgeom.lanczos import lanczos_extremes
+from tfgeom.statistics import listed
 from tfgeom.validation import check_positive_int
 
 
@@ -241,10 +242,6 @@ def _half_norm(sweep, key):
     return None
 
 
-def _listed(values, ok):
-    return [float(v) if k else None for v, k in zip(values, ok)]
-
-
 def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=0,
                   noise_scales=(0.5, 1.0, 2.0, 4.0, 8.0), attack=None, executor=None):
     """Experiments (a), (b), (c) of the module docstring for each `m` in `dims`.
@@ -300,10 +297,10 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
                 "median_norm_removed": float(np.median(adv.norms_l2[adv.success])) if adv.success.any() else None,
             }
         )
-        per_input = {"energy_curved": _listed(energy_curved, ok), "energy_random": _listed(energy_random, ok),
+        per_input = {"energy_curved": listed(energy_curved, ok), "energy_random": listed(energy_random, ok),
                      "fooled_curved": fooled_curved.tolist(), "fooled_random": fooled_random.tolist(),
                      "correct": (labels == truth).tolist(), "correct_removed": (adv.labels == truth).tolist(),
-                     "norm": _listed(clean.norms_l2, ok), "norm_removed": _listed(adv.norms_l2, adv.success)}
+                     "norm": listed(clean.norms_l2, ok), "norm_removed": listed(adv.norms_l2, adv.success)}
     m = dims[-1]
     rand = random_subspace(d, m, rng)
     sweep = [

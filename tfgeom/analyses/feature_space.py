@@ -13,11 +13,6 @@ def rank_correlation(a, b):
     return statistics.rank_correlation(a, b) if len(a) >= 3 else None
 
 
-def listed(values, keep):
-    """`[N]` JSON list with None where `keep` is False (per-example evidence)."""
-    return [float(v) if k else None for v, k in zip(values, keep)]
-
-
 def _median_or_none(values):
     return float(np.median(values)) if len(values) else None
 
@@ -89,7 +84,7 @@ class FeatureSpaceAnalysis(Analysis):
             "outside_pixel_hull": (~fs.inside(pix.distance, "pixel")).tolist(),
             "outside_feature_hull": (~fs.inside(feat.distance, "feature")).tolist(),
             "correct_in_guaranteed_region": correct[inside].tolist(),
-            "deepfool_l2": listed(df.norms_l2, ok),
+            "deepfool_l2": statistics.listed(df.norms_l2, ok),
             "feature_boundary_distance": regions.distance.tolist(),
         }
         return {"summary": summary, "per_class": per_class, "evidence": evidence, "data": data}
