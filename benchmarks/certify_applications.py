@@ -1,6 +1,8 @@
 """IBP and CROWN on keras.applications MobileNetV2 and ResNet50 (weights=None, 32x32x3): time, whatever it is.
 
-Each (network, method) runs in its own process with a wall-time limit, so a
+IBP, CROWN with forward intermediate bounds (each node a linear function of
+the input, cost linear in depth) and CROWN proper (a backward pass per
+unstable intermediate neuron). Each (network, method) runs in its own process with a wall-time limit, so a
 bound computation that does not finish is reported as such. One input
 (uniform random 0..255 pixels), an L-inf ball of 0.001 of the input range;
 heads rescaled to unit-variance logits as in tests/test_applications.py.
@@ -20,15 +22,15 @@ sys.path.insert(0, "tests")
 import numpy as np
 from test_applications import balanced_application
 from tfgeom import GeometryModel
-name, method = sys.argv[1], sys.argv[2]
+name, method, intermediate = sys.argv[1], sys.argv[2], sys.argv[3]
 x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
 gm = GeometryModel(balanced_application(name, x), bounds=(0, 255))
 start = time.perf_counter()
 graph = gm.layer_graph
 built = time.perf_counter() - start
 start = time.perf_counter()
-cert = gm.certify(x[:1], 0.255, method=method)
-print(f"{len(graph.nodes)} operators (built in {built:.1f} s); {method} {time.perf_counter() - start:.1f} s; "
+cert = gm.certify(x[:1], 0.255, method=method, intermediate=intermediate)
+print(f"{len(graph.nodes)} operators (built in {built:.1f} s); {time.perf_counter() - start:.1f} s; "
       f"smallest margin bound {cert.min_margin[0]:.3g}")
 """
 
@@ -39,15 +41,16 @@ def main():
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, CPU only")
     for name in ("MobileNetV2", "ResNet50"):
-        for method in ("ibp", "crown"):
+        for method, intermediate in (("ibp", "-"), ("crown", "forward"), ("crown", "backward")):
             start = time.perf_counter()
             try:
-                done = subprocess.run([sys.executable, "-c", CHILD, name, method], capture_output=True, text=True,
-                                      timeout=args.limit)
+                done = subprocess.run([sys.executable, "-c", CHILD, name, method, intermediate], capture_output=True,
+                                      text=True, timeout=args.limit)
                 line = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else done.stderr.strip()[-300:]
             except subprocess.TimeoutExpired:
                 line = f"did not finish within {args.limit:.0f} s"
-            print(f"{name} | {method} | {line} | wall {time.perf_counter() - start:.0f} s", flush=True)
+            label = method if method == "ibp" else f"{method} ({intermediate} intermediate bounds)"
+            print(f"{name} | {label} | {line} | wall {time.perf_counter() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -436,6 +436,68 @@ def test_smooth_networks_bounds_hold(activation):
     assert np.all(width["crown"] <= width["ibp"] + 1e-5)
 
 
+RELU_VARIANTS = [dict(threshold=0.5), dict(threshold=0.5, negative_slope=0.1, max_value=2.0),
+                 dict(negative_slope=0.1, max_value=1.0), dict(threshold=1.5, max_value=1.0)]
+
+
+@pytest.mark.parametrize("options", RELU_VARIANTS)
+def test_threshold_relu_relaxations_hold_on_samples(options):
+    """Keras' own ReLU layer (threshold, clipped leaky) lies within the operator's interval and linear bounds at
+    2,001 points of 400 random intervals, a quarter of them with an end exactly at the threshold or the clip."""
+    from tfgeom.operators import ThresholdReLU
+
+    rng = np.random.default_rng(3)
+    centre = rng.uniform(-3, 3, 400)
+    width = 10.0 ** rng.uniform(-5, 1, 400)
+    l, u = (centre - width / 2).astype(np.float32), (centre + width / 2).astype(np.float32)
+    l[:50] = options.get("threshold", 0.0)
+    u[50:100] = options.get("max_value") or 2.0
+    l, u = np.minimum(l, u), np.maximum(l, u)
+    node = ThresholdReLU("f", (0,), (400,), options.get("threshold", 0.0), options.get("negative_slope", 0.0),
+                         options.get("max_value"))
+    al, bl, au, bu = (np.asarray(t, np.float64)[0] for t in node.relaxation(l[None], u[None]))
+    low, high = (np.asarray(t, np.float64)[0] for t in node.interval([(l[None], u[None])]))
+    x = l[:, None] + (u - l)[:, None] * np.linspace(0, 1, 2001)[None].astype(np.float32)
+    x = np.clip(x, l[:, None], u[:, None])  # float32 rounding of l + (u - l) t may step outside
+    x[:50, 0] = l[:50]  # exactly at the threshold
+    fx = np.asarray(keras.layers.ReLU(**options)(x), np.float64)
+    x = x.astype(np.float64)
+    assert np.all(al[:, None] * x + bl[:, None] <= fx + 1e-6)
+    assert np.all(au[:, None] * x + bu[:, None] >= fx - 1e-6)
+    assert np.all(low[:, None] <= fx) and np.all(high[:, None] >= fx)
+    inside = (u < options.get("threshold", 0.0) - 1e-3) | (l > max(options.get("threshold", 0.0),
+                                                                   options.get("max_value") or 9) + 1e-3)
+    assert np.all((bu - bl)[inside] < 1e-4)  # within one linear piece the lines are that piece
+
+
+@pytest.mark.parametrize("options", RELU_VARIANTS[:2])
+def test_threshold_relu_networks(options, digits):
+    """A net of ReLU(threshold=...) layers: the graph reproduces the features, IBP / forward / CROWN margin
+    bounds hold at PGD and random points of each ball, CROWN is at least IBP, and the MILP is refused in a line."""
+    keras.utils.set_random_seed(8)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(24),
+                              keras.layers.ReLU(**options), keras.layers.Dense(16), keras.layers.ReLU(**options),
+                              keras.layers.Dense(10)])
+    gm = tfgeom.GeometryModel(tfgeom.zoo.train(model, digits.x_train, digits.y_train, epochs=10, seed=8))
+    x, y = digits.x[:16], digits.y[:16]
+    np.testing.assert_allclose(layer_graph.run(gm.layer_graph, x).numpy(), gm.features(x), atol=1e-5)
+    eps = 0.02
+    certs = {m: gm.certify(x, eps, method=m, cls=y, intermediate=i)
+             for m, i in (("ibp", "backward"), ("crown", "backward"), ("crown", "forward"))}
+    rng = np.random.default_rng(4)
+    points = [attacks.pgd(gm, x, eps, steps=20).x_adv] + [
+        np.clip(x + rng.uniform(-eps, eps, x.shape), 0, 1).astype(np.float32) for _ in range(20)]
+    for p in points:
+        margins = gm.logits(p)[np.arange(len(y)), y][:, None] - gm.logits(p)
+        for cert in certs.values():
+            holds = margins >= cert.margins - 1e-4
+            holds[np.arange(len(y)), y] = True  # the label's own row is +inf
+            assert holds.all()
+    assert np.all(certs["crown"].margins >= certs["ibp"].margins - 1e-5)
+    with pytest.raises(ModelError, match="threshold.*method='milp'"):
+        gm.certify(x[:1], eps, method="milp")
+
+
 def test_concatenate_in_the_milp_and_bounds(digits):
     """A ReLU net joining two branches with Concatenate: the graph reproduces the features, and per margin
     MILP (exact) >= CROWN >= IBP, with the MILP minimum at most the margin at the centre."""

@@ -12,7 +12,8 @@ layer class to converter (`CONVERTERS`):
 - `ReLU` (also leaky) and `SShaped` (tanh, sigmoid): element-wise monotone
   activations, standalone or a layer's own `activation`; a ReLU with
   `max_value` m (ReLU6) is the exact identity `relu(x) - relu(x - m)` in four
-  nodes;
+  nodes; a ReLU with a `threshold` (or `max_value` with `negative_slope`) is
+  one `ThresholdReLU`;
 - `MaxPool`: a maximum over windows (MaxPooling1D/2D, GlobalMaxPooling1D/2D);
 - `Add`: the sum of several nodes (residual `Add`).
 
@@ -30,7 +31,7 @@ import tensorflow as tf
 from tfgeom import patches
 from tfgeom.errors import ModelError
 from tfgeom.heads import is_functional, producer, strip_softmax
-from tfgeom.operators import Add, Affine, Concatenate, Input, MaxPool, ReLU, Smooth, SShaped
+from tfgeom.operators import Add, Affine, Concatenate, Input, MaxPool, ReLU, Smooth, SShaped, ThresholdReLU
 
 _IDENTITY = (
     keras.layers.Dropout,
@@ -66,7 +67,7 @@ ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "hard_sigmoid",
 SUPPORTED = (
     "Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D, BatchNormalization, Normalization, "
     "Average/Max pooling (1D/2D, global), Flatten, Reshape, Permute, ZeroPadding, Cropping, UpSampling "
-    "(nearest), Rescaling, Dropout-like layers, Add, Concatenate, ReLU (negative_slope, max_value), "
+    "(nearest), Rescaling, Dropout-like layers, Add, Concatenate, ReLU (negative_slope, max_value, threshold), "
     "LeakyReLU, ELU (alpha=1), and the activations relu, relu6, leaky_relu, tanh, sigmoid, hard_sigmoid, "
     "softplus, silu/swish, elu, gelu, linear"
 )
@@ -164,11 +165,6 @@ def _standalone_activation(layer):
     if isinstance(layer, keras.layers.LeakyReLU):
         return "leaky_relu", float(layer.negative_slope)
     if isinstance(layer, keras.layers.ReLU):
-        if float(layer.threshold) != 0.0 or (layer.max_value is not None and float(layer.negative_slope)):
-            raise ModelError(
-                f"ReLU layer '{layer.name}' has threshold={float(layer.threshold):g} (a jump at the threshold) "
-                "or max_value with negative_slope; bound propagation supports negative_slope or max_value alone"
-            )
         slope = float(layer.negative_slope)
         return ("leaky_relu", slope) if slope else ("relu", 0.0)
     return _activation_spec(layer, layer.activation)
@@ -369,9 +365,12 @@ def _upsampling(layer, inputs, in_shape):
 
 
 def _standalone(layer, inputs, in_shape):
-    if isinstance(layer, keras.layers.ReLU) and layer.max_value is not None:
-        _standalone_activation(layer)  # refuses threshold
-        return _clipped_relu(layer.name, inputs, in_shape, float(layer.max_value))
+    if isinstance(layer, keras.layers.ReLU):
+        threshold, slope, top = float(layer.threshold), float(layer.negative_slope), layer.max_value
+        if threshold or (top is not None and slope):  # a jump, or a clipped leaky ReLU: one general operator
+            return [ThresholdReLU(layer.name, inputs, in_shape, threshold, slope, None if top is None else float(top))]
+        if top is not None:
+            return _clipped_relu(layer.name, inputs, in_shape, float(top))
     spec = _standalone_activation(layer)
     return [("alias", inputs[0])] if spec[0] is None else _activation_nodes(layer, inputs, in_shape, spec)
 

@@ -22,6 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
+from tfgeom.errors import ModelError
+
 SENTINEL = -1e30  # value of padded positions in max-pooling windows
 
 
@@ -222,6 +224,51 @@ class ReLU(Activation):
                 yi <= slope * xi + (1 - slope) * cp.multiply(ui, d),
             ]
         return y
+
+
+class ThresholdReLU(Activation):
+    """Keras' `ReLU(negative_slope, max_value, threshold)` in general: `slope (x - t)` for `x <= t`, then
+    `min(x, top)` for `x > t` (a jump from 0 to `min(t, top)` at the threshold `t >= 0`).
+
+    Monotone and piecewise linear with breakpoints `t` and `top`, so the
+    extremes of `f(x) - lam x` over `[l, u]` lie among the ends, the
+    breakpoints and the one-sided limits at the jump: both lines take the
+    chord's slope `lam` and those extremes as intercepts (exact on an
+    interval inside one piece, up to a float32 allowance). The MILP is not
+    offered (the jump needs its own encoding); IBP, CROWN and forward bounds are.
+    """
+
+    def __init__(self, name, inputs, shape, threshold=0.0, slope=0.0, top=None):
+        super().__init__(name, inputs, shape)
+        self.threshold, self.slope = float(threshold), float(slope)
+        self.top = None if top is None else float(top)
+        self.activation = "threshold_relu"
+
+    def evaluate(self, xs):
+        x, t = xs[0], self.threshold
+        above = x if self.top is None else tf.minimum(x, self.top)
+        return tf.where(x > t, above, self.slope * (x - t))
+
+    def relaxation(self, l, u):
+        t = self.threshold
+        jump = t if self.top is None else min(t, self.top)
+        lam = _safe_div(self.evaluate([u]) - self.evaluate([l]), u - l)
+        inside_t = (l <= t) & (t <= u)
+        points = [(l, self.evaluate([l]), True), (u, self.evaluate([u]), True),
+                  (tf.fill(tf.shape(l), t), tf.zeros_like(l), inside_t),
+                  (tf.fill(tf.shape(l), t), tf.fill(tf.shape(l), jump), inside_t)]
+        if self.top is not None and self.top > t:
+            points.append((tf.fill(tf.shape(l), self.top), tf.fill(tf.shape(l), self.top),
+                           (l <= self.top) & (self.top <= u)))
+        gs = [(v - lam * x, tf.broadcast_to(ok, tf.shape(l))) for x, v, ok in points]
+        low = tf.reduce_min(tf.stack([tf.where(ok, g, np.inf) for g, ok in gs]), 0)
+        high = tf.reduce_max(tf.stack([tf.where(ok, g, -np.inf) for g, ok in gs]), 0)
+        slack = 1e-6 * (1.0 + tf.maximum(tf.abs(low), tf.abs(high)))  # float32 rounding of f - lam x
+        return lam, low - slack, lam, high + slack
+
+    def milp(self, program, ins, parent, cons):
+        raise ModelError(f"ReLU layer '{self.name}' has a threshold (or max_value with negative_slope), which "
+                         "method='milp' does not encode; use method='crown', 'alpha-crown' or 'ibp'")
 
 
 class SShaped(Activation):
