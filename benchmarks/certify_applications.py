@@ -41,7 +41,7 @@ def main():
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, CPU only")
     for name in ("MobileNetV2", "ResNet50"):
-        for method, intermediate in (("ibp", "-"), ("crown", "forward"), ("crown", "backward")):
+        for method, intermediate in (("ibp", "backward"), ("crown", "forward"), ("crown", "backward")):
             start = time.perf_counter()
             try:
                 done = subprocess.run([sys.executable, "-c", CHILD, name, method, intermediate], capture_output=True,

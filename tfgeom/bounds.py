@@ -174,11 +174,13 @@ def segment(x_a, x_b, bounds):
 # -- interval bounds -------------------------------------------------------
 
 
-def interval_bounds(graph, input_set, refine=None):
-    """IBP: `[(l, u)]` for every node. `refine(n, bounds) -> (l, u)` may tighten node `n`."""
+def interval_bounds(graph, input_set, refine=None, interval=None):
+    """IBP: `[(l, u)]` for every node. `refine(n, bounds) -> (l, u)` may tighten node `n`;
+    `interval(n, ins) -> (l, u)` replaces the nodes' own interval steps (e.g. compiled ones)."""
     bounds = [(input_set.low, input_set.high)]
     for n, node in enumerate(graph.nodes[1:], 1):
-        bounds.append(node.interval([bounds[i] for i in node.inputs]))
+        ins = [bounds[i] for i in node.inputs]
+        bounds.append(node.interval(ins) if interval is None else interval(n, ins))
         if refine is not None:
             bounds[n] = refine(n, bounds)
     return bounds
@@ -294,6 +296,35 @@ def unit_rows(n_total, idx, shape, nb):
     return tf.broadcast_to(tf.reshape(eye, [1, -1, *shape]), [nb, tf.shape(idx)[0], *shape])
 
 
+def _program(graph, key, fn):
+    """`fn` as a graph program (not XLA) cached on the graph under `key`: one call instead of a dozen eager
+    ops, which is most of a small network's time when it bounds one input per call."""
+    if key not in graph.programs:
+        # shapes vary (batch, unstable neurons): one generalised trace, not one per shape
+        graph.programs[key] = tf.function(fn, autograph=False, reduce_retracing=True)
+    return graph.programs[key]
+
+
+def _compiled_interval(graph, n, ins):
+    return _program(graph, ("interval", n), graph.nodes[n].interval)(ins)
+
+
+def _loose(graph, n, relu_only, unstable_only):
+    """Flat indices `[K]` of the neurons of node `n` whose bounds `(l, u)` some example still needs."""
+
+    def loose(l, u):
+        nb = tf.shape(l)[0]
+        flat_l, flat_u = tf.reshape(l, [nb, -1]), tf.reshape(u, [nb, -1])
+        mask = flat_u > flat_l
+        if relu_only:
+            mask &= flat_u > 0  # a ReLU is exactly 0 where u <= 0
+        if unstable_only:
+            mask &= flat_l < 0  # ... and exactly linear where l >= 0
+        return tf.cast(tf.where(tf.reduce_any(mask, axis=0))[:, 0], tf.int32)
+
+    return _program(graph, ("loose", n, relu_only, unstable_only), loose)
+
+
 def tighten(l, u, idx, lows, highs):
     """`(l, u)` with the entries `idx` (flat, shared by the batch) raised to `lows` / lowered to `highs` `[N, K]`."""
     nb = tf.shape(l)[0]
@@ -319,14 +350,8 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
         node = graph.nodes[n]
         if n not in feeds or isinstance(node, Activation) or (input_set.kind == "linf" and exact[n]):
             return l, u  # act outputs: act(bounds of its input) is already the best interval
-        flat_l, flat_u = tf.reshape(l, [nb, -1]), tf.reshape(u, [nb, -1])
-        loose = flat_u > flat_l
-        if all(getattr(graph.nodes[c], "activation", None) == "relu" for c in feeds[n]):
-            loose &= flat_u > 0  # a ReLU is exactly 0 where u <= 0
-        if all(_only_unstable_matter(graph, c) for c in feeds[n]):
-            loose &= flat_l < 0  # ... and exactly linear where l >= 0
-        unstable = tf.reduce_any(loose, axis=0)
-        idx = tf.cast(tf.where(unstable)[:, 0], tf.int32)
+        idx = _loose(graph, n, all(getattr(graph.nodes[c], "activation", None) == "relu" for c in feeds[n]),
+                     all(_only_unstable_matter(graph, c) for c in feeds[n]))(l, u)
         count = int(idx.shape[0])
         if count == 0:
             return l, u
@@ -334,11 +359,10 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
         per_row = largest if window is None else window  # coefficients per row on the largest tensor
         chunk = row_chunk(count, memory // (4 * per_row * nb * 2))
         prior = tuple(bounds[:n])
-        lows, highs = [], []
+        lowers = []
+        padded = tf.pad(idx, [[0, -count % chunk]])  # fixed shapes: one compilation per node
         for start in range(0, count, chunk):
-            part = idx[start:start + chunk]
-            size = int(part.shape[0])
-            part = tf.pad(part, [[0, chunk - size]])  # fixed shapes: one compilation per node
+            part = padded if count <= chunk else padded[start:start + chunk]
             if window is None:
                 rows = unit_rows(node.size, part, node.shape, nb)
                 lower = compiled_backward(graph, n, input_set.kind)(
@@ -347,15 +371,29 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
                 signs = tf.concat([tf.ones([chunk]), -tf.ones([chunk])], 0)
                 lower = patches.compiled(graph, n, input_set.kind, use_xla(graph, n))(
                     tf.concat([part, part], 0), signs, prior, input_set)
-            lows.append(lower[:, :size])
-            highs.append(-lower[:, chunk:chunk + size])
+            lowers.append(lower)
         if refined is not None:
             refined[n] = idx
-        return tighten(l, u, idx, tf.concat(lows, 1), tf.concat(highs, 1))
+        return _program(graph, ("tighten", chunk), _tighten_chunks(chunk))(l, u, idx, lowers)
+
+    def interval(n, ins):
+        return _compiled_interval(graph, n, ins)
 
     if constrain is None:
-        return interval_bounds(graph, input_set, refine)
-    return interval_bounds(graph, input_set, lambda n, bounds: constrain(n, *refine(n, bounds)))
+        return interval_bounds(graph, input_set, refine, interval)
+    return interval_bounds(graph, input_set, lambda n, bounds: constrain(n, *refine(n, bounds)), interval)
+
+
+def _tighten_chunks(chunk):
+    """`tighten` from the chunks' backward results `[N, 2 chunk]` (lower bounds, then minus the upper bounds)."""
+
+    def step(l, u, idx, lowers):
+        count = tf.shape(idx)[0]
+        lows = tf.concat([lower[:, :chunk] for lower in lowers], 1)[:, :count]
+        highs = -tf.concat([lower[:, chunk:] for lower in lowers], 1)[:, :count]
+        return tighten(l, u, idx, lows, highs)
+
+    return step
 
 
 # -- forward linear bounds -----------------------------------------------------
