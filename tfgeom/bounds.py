@@ -174,13 +174,11 @@ def segment(x_a, x_b, bounds):
 # -- interval bounds -------------------------------------------------------
 
 
-def interval_bounds(graph, input_set, refine=None, interval=None):
-    """IBP: `[(l, u)]` for every node. `refine(n, bounds) -> (l, u)` may tighten node `n`;
-    `interval(n, ins) -> (l, u)` replaces the nodes' own interval steps (e.g. compiled ones)."""
+def interval_bounds(graph, input_set, refine=None):
+    """IBP: `[(l, u)]` for every node. `refine(n, bounds) -> (l, u)` may tighten node `n`."""
     bounds = [(input_set.low, input_set.high)]
     for n, node in enumerate(graph.nodes[1:], 1):
-        ins = [bounds[i] for i in node.inputs]
-        bounds.append(node.interval(ins) if interval is None else interval(n, ins))
+        bounds.append(node.interval([bounds[i] for i in node.inputs]))
         if refine is not None:
             bounds[n] = refine(n, bounds)
     return bounds
@@ -305,24 +303,30 @@ def _program(graph, key, fn):
     return graph.programs[key]
 
 
-def _compiled_interval(graph, n, ins):
-    return _program(graph, ("interval", n), graph.nodes[n].interval)(ins)
+def _loose_neurons(l, u, relu_only, unstable_only):
+    """Flat indices `[K]` of the neurons with bounds `(l, u)` that some example still needs refined."""
+    nb = tf.shape(l)[0]
+    flat_l, flat_u = tf.reshape(l, [nb, -1]), tf.reshape(u, [nb, -1])
+    mask = flat_u > flat_l
+    if relu_only:
+        mask &= flat_u > 0  # a ReLU is exactly 0 where u <= 0
+    if unstable_only:
+        mask &= flat_l < 0  # ... and exactly linear where l >= 0
+    return tf.cast(tf.where(tf.reduce_any(mask, axis=0))[:, 0], tf.int32)
 
 
-def _loose(graph, n, relu_only, unstable_only):
-    """Flat indices `[K]` of the neurons of node `n` whose bounds `(l, u)` some example still needs."""
+def _segment(graph, first, last, flags):
+    """Interval bounds of nodes `first..last` from those before, and the loose neurons of `last` when `flags`
+    (`(relu_only, unstable_only)`) is given: one program between two refined nodes."""
 
-    def loose(l, u):
-        nb = tf.shape(l)[0]
-        flat_l, flat_u = tf.reshape(l, [nb, -1]), tf.reshape(u, [nb, -1])
-        mask = flat_u > flat_l
-        if relu_only:
-            mask &= flat_u > 0  # a ReLU is exactly 0 where u <= 0
-        if unstable_only:
-            mask &= flat_l < 0  # ... and exactly linear where l >= 0
-        return tf.cast(tf.where(tf.reduce_any(mask, axis=0))[:, 0], tf.int32)
+    def run(prior):
+        bounds = list(prior)
+        for node in graph.nodes[first:last + 1]:
+            bounds.append(node.interval([bounds[i] for i in node.inputs]))
+        idx = tf.zeros([0], tf.int32) if flags is None else _loose_neurons(*bounds[last], *flags)
+        return bounds[first:], idx
 
-    return _program(graph, ("loose", n, relu_only, unstable_only), loose)
+    return _program(graph, ("segment", first, last, flags), run)
 
 
 def tighten(l, u, idx, lows, highs):
@@ -345,16 +349,20 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
     largest = max(node.size for node in graph.nodes)
     nb = int(input_set.center.shape[0])
 
-    def refine(n, bounds):
-        l, u = bounds[n]
+    def flags(n):
+        """`(relu_only, unstable_only)` for a node whose bounds a backward pass refines, else None."""
         node = graph.nodes[n]
         if n not in feeds or isinstance(node, Activation) or (input_set.kind == "linf" and exact[n]):
-            return l, u  # act outputs: act(bounds of its input) is already the best interval
-        idx = _loose(graph, n, all(getattr(graph.nodes[c], "activation", None) == "relu" for c in feeds[n]),
-                     all(_only_unstable_matter(graph, c) for c in feeds[n]))(l, u)
+            return None  # act outputs: act(bounds of its input) is already the best interval
+        return (all(getattr(graph.nodes[c], "activation", None) == "relu" for c in feeds[n]),
+                all(_only_unstable_matter(graph, c) for c in feeds[n]))
+
+    def refine(n, bounds, idx):
+        l, u = bounds[n]
         count = int(idx.shape[0])
         if count == 0:
             return l, u
+        node = graph.nodes[n]
         window = patches.row_size(graph, n) if PATCHES else None
         per_row = largest if window is None else window  # coefficients per row on the largest tensor
         chunk = row_chunk(count, memory // (4 * per_row * nb * 2))
@@ -376,12 +384,23 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
             refined[n] = idx
         return _program(graph, ("tighten", chunk), _tighten_chunks(chunk))(l, u, idx, lowers)
 
-    def interval(n, ins):
-        return _compiled_interval(graph, n, ins)
+    if constrain is not None:  # node by node: the splits apply to every node's bounds
+        def step(n, bounds):
+            f = flags(n)
+            idx = tf.zeros([0], tf.int32) if f is None else _loose_neurons(*bounds[n], *f)
+            return constrain(n, *refine(n, bounds, idx))
 
-    if constrain is None:
-        return interval_bounds(graph, input_set, refine, interval)
-    return interval_bounds(graph, input_set, lambda n, bounds: constrain(n, *refine(n, bounds)), interval)
+        return interval_bounds(graph, input_set, step)
+    bounds, first, count = [(input_set.low, input_set.high)], 1, len(graph.nodes)
+    while first < count:  # the stretches between refined nodes as one program each
+        last = first
+        while last < count - 1 and flags(last) is None:
+            last += 1
+        out, idx = _segment(graph, first, last, flags(last))(tuple(bounds))
+        bounds += out
+        bounds[last] = refine(last, bounds, idx)
+        first = last + 1
+    return bounds
 
 
 def _tighten_chunks(chunk):
@@ -463,6 +482,13 @@ class MarginBounds(NamedTuple):
     bounds: list
 
 
+@tf.function(autograph=False, reduce_retracing=True)
+def _box_lower(coeffs, const, l, u):
+    """Lower bounds of `coeffs @ z + const` over the box `[l, u]`: `[N, S]`."""
+    return const + tf.einsum("nsd,nd->ns", tf.maximum(coeffs, 0.0), l) + tf.einsum(
+        "nsd,nd->ns", tf.minimum(coeffs, 0.0), u)
+
+
 def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, combine=True,
                         intermediate="backward"):
     """Lower bounds of `coeffs @ z + const` over the set, `z` the features.
@@ -494,10 +520,7 @@ def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=MEMORY, 
         bounds = forward_bounds(graph, input_set, memory)
     else:
         bounds = crown_bounds(graph, input_set, memory)
-    l, u = bounds[-1]
-    ibp = const + tf.einsum("nsd,nd->ns", tf.maximum(coeffs, 0.0), l) + tf.einsum(
-        "nsd,nd->ns", tf.minimum(coeffs, 0.0), u
-    )
+    ibp = _box_lower(coeffs, const, *bounds[-1])
     if method == "ibp":
         return MarginBounds(ibp, bounds)
     last = len(graph.nodes) - 1
