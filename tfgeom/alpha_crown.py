@@ -105,9 +105,6 @@ def bounds_with_slopes(graph, input_set, reference, refined, alphas):
 
 def _program(graph, kind):
     """One projected Adam step on all slopes, compiled once per graph and input-set kind (and shapes)."""
-    key = ("alpha-step", kind)
-    if key in graph.programs:
-        return graph.programs[key]
     nodes = graph.nodes
     last = len(nodes) - 1
 
@@ -131,8 +128,7 @@ def _program(graph, kind):
             new_m[key], new_v[key] = m, v
         return lower, tightest, new_a, new_m, new_v
 
-    graph.programs[key] = tf.function(step, jit_compile=bd.use_xla(graph, last), autograph=False)
-    return graph.programs[key]
+    return graph.program(("alpha-step", kind), step, jit=bd.use_xla(graph, last))
 
 
 def _slope_bytes(graph, nb, targets):

@@ -72,22 +72,19 @@ def _relu_inputs(graph):
 
 def _program(graph, kind):
     """The margins' backward pass with gradients of the bound w.r.t. the node bounds and the box, compiled."""
-    key = ("bab", kind)
-    if key not in graph.programs:
-        last = len(graph.nodes) - 1
+    last = len(graph.nodes) - 1
 
-        def run(coeffs, const, bounds, input_set, threshold):
-            with tf.GradientTape() as tape:
-                tape.watch([bounds, input_set.low, input_set.high])
-                lower = bd.backward(graph, last, coeffs, const, bounds, input_set)
-                # scores count only the margins not yet proved (a constant weight: no gradient through it)
-                weights = tf.stop_gradient(tf.cast(lower < threshold, tf.float32))
-                objective = tf.reduce_sum(lower * weights)
-            grads, box = tape.gradient(objective, [bounds, [input_set.low, input_set.high]])
-            return lower, grads, box
+    def run(coeffs, const, bounds, input_set, threshold):
+        with tf.GradientTape() as tape:
+            tape.watch([bounds, input_set.low, input_set.high])
+            lower = bd.backward(graph, last, coeffs, const, bounds, input_set)
+            # scores count only the margins not yet proved (a constant weight: no gradient through it)
+            weights = tf.stop_gradient(tf.cast(lower < threshold, tf.float32))
+            objective = tf.reduce_sum(lower * weights)
+        grads, box = tape.gradient(objective, [bounds, [input_set.low, input_set.high]])
+        return lower, grads, box
 
-        graph.programs[key] = tf.function(run, autograph=False)
-    return graph.programs[key]
+    return graph.program(("bab", kind), run)
 
 
 class _Problem:

@@ -186,10 +186,7 @@ def interval_bounds(graph, input_set, refine=None):
 
 def compiled_interval_bounds(graph, input_set):
     """`interval_bounds` as one compiled program per graph and input-set kind (no per-node Python overhead)."""
-    key = ("ibp", input_set.kind)
-    if key not in graph.programs:
-        graph.programs[key] = tf.function(lambda s: interval_bounds(graph, s), autograph=False)
-    return graph.programs[key](input_set)
+    return graph.program(("ibp", input_set.kind), lambda s: interval_bounds(graph, s))(input_set)
 
 
 # -- backward (CROWN) ----------------------------------------------------------
@@ -239,14 +236,9 @@ def use_xla(graph, target):
 
 def compiled_backward(graph, target, kind):
     """`backward` for one graph, target node and input-set kind, compiled once and cached on the graph."""
-    key = (target, kind)
-    if key not in graph.programs:
-        graph.programs[key] = tf.function(
-            lambda a, const, bounds, input_set: backward(graph, target, a, const, bounds, input_set),
-            jit_compile=use_xla(graph, target),
-            autograph=False,
-        )
-    return graph.programs[key]
+    return graph.program((target, kind),
+                         lambda a, const, bounds, input_set: backward(graph, target, a, const, bounds, input_set),
+                         jit=use_xla(graph, target))
 
 
 def row_chunk(count, most):
@@ -295,12 +287,9 @@ def unit_rows(n_total, idx, shape, nb):
 
 
 def _program(graph, key, fn):
-    """`fn` as a graph program (not XLA) cached on the graph under `key`: one call instead of a dozen eager
-    ops, which is most of a small network's time when it bounds one input per call."""
-    if key not in graph.programs:
-        # shapes vary (batch, unstable neurons): one generalised trace, not one per shape
-        graph.programs[key] = tf.function(fn, autograph=False, reduce_retracing=True)
-    return graph.programs[key]
+    """`fn` as a cached graph program: one call instead of a dozen eager ops (most of a small network's time
+    when it bounds one input per call); shapes vary (batch, unstable neurons), so one generalised trace."""
+    return graph.program(key, fn, reduce_retracing=True)
 
 
 def _loose_neurons(l, u, relu_only, unstable_only):
@@ -432,11 +421,8 @@ def forward_bounds(graph, input_set, memory=MEMORY):
         parts = [forward_bounds(graph, input_set.take(slice(i, i + per)), memory) for i in range(0, nb, per)]
         return [(tf.concat([p[n][0] for p in parts], 0), tf.concat([p[n][1] for p in parts], 0))
                 for n in range(len(graph.nodes))]
-    key = ("forward", input_set.kind)
-    if key not in graph.programs:
-        # a graph (not XLA) program: the same numbers as eager execution, ~1.6x faster on the demo CNN
-        graph.programs[key] = tf.function(lambda s: _forward_chunk(graph, s), autograph=False)
-    return graph.programs[key](input_set)
+    # a graph (not XLA) program: the same numbers as eager execution, ~1.6x faster on the demo CNN
+    return graph.program(("forward", input_set.kind), lambda s: _forward_chunk(graph, s))(input_set)
 
 
 def _forward_chunk(graph, input_set):

@@ -88,6 +88,12 @@ class LayerGraph(NamedTuple):
     def input_shape(self):
         return self.nodes[0].shape
 
+    def program(self, key, fn, jit=False, reduce_retracing=False):
+        """`fn` compiled once as a TensorFlow graph (XLA with `jit`) and cached under `key` in `programs`."""
+        if key not in self.programs:
+            self.programs[key] = tf.function(fn, jit_compile=jit, autograph=False, reduce_retracing=reduce_retracing)
+        return self.programs[key]
+
     def counts(self):
         """`{activation or "maxpool": number of units}` over activation and max-pool nodes."""
         out = {}

@@ -252,9 +252,10 @@ class ThresholdReLU(Activation):
     def relaxation(self, l, u):
         t = self.threshold
         jump = t if self.top is None else min(t, self.top)
-        lam = _safe_div(self.evaluate([u]) - self.evaluate([l]), u - l)
+        fl, fu = self.evaluate([l]), self.evaluate([u])
+        lam = _safe_div(fu - fl, u - l)
         inside_t = (l <= t) & (t <= u)
-        points = [(l, self.evaluate([l]), True), (u, self.evaluate([u]), True),
+        points = [(l, fl, True), (u, fu, True),
                   (tf.fill(tf.shape(l), t), tf.zeros_like(l), inside_t),
                   (tf.fill(tf.shape(l), t), tf.fill(tf.shape(l), jump), inside_t)]
         if self.top is not None and self.top > t:

@@ -261,10 +261,7 @@ def conv_bias(node):
 
 def compiled(graph, target, kind, jit=True):
     """`backward` for one graph, target and input-set kind, compiled once and cached on the graph."""
-    key = ("patches", target, kind)
-    if key not in graph.programs:
-        graph.programs[key] = tf.function(
-            lambda rows, signs, bounds, input_set: backward(graph, target, rows, signs, bounds, input_set),
-            jit_compile=jit, autograph=False)
-    return graph.programs[key]
+    return graph.program(
+        ("patches", target, kind),
+        lambda rows, signs, bounds, input_set: backward(graph, target, rows, signs, bounds, input_set), jit=jit)
 
