@@ -9,7 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["tfgeom", "tfgeom.analyses", "tfgeom.cli"],
+    packages=["tfgeom", "tfgeom.runtime", "tfgeom.execution", "tfgeom.geometry", "tfgeom.features", "tfgeom.verify",
+              "tfgeom.analyses", "tfgeom.report", "tfgeom.cli"],
     package_dir={"tfgeom.cli": "cli"},
     install_requires=[
         "tensorflow>=2.16",
@@ -36,7 +37,7 @@ setup(
             # tests/test_distributed*.py start a local Ray runtime with 2 workers
             "ray>=2.9",
         ],
-        # distributed runs: tfgeom analyze --workers N / --ray-address, tfgeom.distributed.RayExecutor
+        # distributed runs: tfgeom analyze --workers N / --ray-address, tfgeom.execution.ray.RayExecutor
         "ray": ["ray>=2.9"],
         # peers for benchmarks only; auto_LiRPA 0.7.1 itself is not on the registry (0.3 is): install its wheel
         # with --no-deps (docs/benchmarks.md), these are PyTorch (CPU) and its import-time dependencies

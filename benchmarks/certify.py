@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfgeom  # noqa: E402
-from tfgeom import attacks  # noqa: E402
+from tfgeom.geometry import attacks  # noqa: E402
 
 
 def models():
@@ -46,8 +46,8 @@ def backward_alone(gm, x, y, eps):
     """Fraction of margins where CROWN's backward bound alone (before max with IBP) is >= IBP's."""
     import tensorflow as tf
 
-    from tfgeom import bounds
-    from tfgeom.certification import _margin_rows
+    from tfgeom.verify import bounds
+    from tfgeom.verify.certification import _margin_rows
 
     input_set = bounds.ball(x, np.full(len(x), eps, np.float32), "linf", gm.bounds)
     coeffs, const = _margin_rows(*gm.head, tf.constant(y))

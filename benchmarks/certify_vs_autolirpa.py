@@ -155,7 +155,7 @@ def reference_radius(net, x, labels, upper, steps):
 
 
 def reference_radius_here(net, x, labels, upper, steps):
-    from tfgeom.certification import _midpoint
+    from tfgeom.verify.certification import _midpoint
 
     x_t = torch.tensor(x.transpose(0, 3, 1, 2))
     bounded = BoundedModule(net, torch.zeros_like(x_t[:1]), device="cpu", verbose=False)

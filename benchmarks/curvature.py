@@ -21,7 +21,8 @@ import tensorflow as tf  # noqa: E402
 from scipy.sparse.linalg import LinearOperator, eigsh  # noqa: E402
 
 import tfgeom  # noqa: E402
-from tfgeom import curvature, hvp as hvp_lib, zoo  # noqa: E402
+from tfgeom.geometry import curvature, hvp as hvp_lib
+from tfgeom.runtime import zoo  # noqa: E402
 
 
 def scipy_curvatures(gm, z, coeffs, k, hvp, step):

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfgeom  # noqa: E402
-from tfgeom import zoo  # noqa: E402
+from tfgeom.runtime import zoo  # noqa: E402
 
 
 def _timed(fn, repeats=1):

@@ -34,10 +34,10 @@ def fmt(est):
 
 
 def study(name, gm, x_cal, x_eval, args):
-    from tfgeom import statistics as st
-    from tfgeom.attacks import by_name
-    from tfgeom.detection import CurvatureDetector, calibrate, evaluate
-    from tfgeom.hvp import default_step
+    from tfgeom.runtime import statistics as st
+    from tfgeom.geometry.attacks import by_name
+    from tfgeom.geometry.detection import CurvatureDetector, calibrate, evaluate
+    from tfgeom.geometry.hvp import default_step
 
     start = time.perf_counter()
     df_cal = gm.deepfool(x_cal)
@@ -112,7 +112,8 @@ def main():
     parser.add_argument("--counts", type=int, nargs="+", default=[8, 32])
     args = parser.parse_args()
 
-    from tfgeom import GeometryModel, data, zoo
+    from tfgeom import GeometryModel
+    from tfgeom.runtime import data, zoo
 
     digits = data.load("mnist-sample")
     x_cal = digits.x[: args.calibration]

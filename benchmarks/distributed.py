@@ -52,8 +52,9 @@ def main():
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from tfgeom import GeometryModel, data, zoo
-    from tfgeom.distributed import RayExecutor
+    from tfgeom import GeometryModel
+    from tfgeom.runtime import data, zoo
+    from tfgeom.execution.ray import RayExecutor
 
     digits = data.load("mnist-sample")
     model = zoo.train(zoo.demo_cnn(), digits.x_train, digits.y_train, epochs=args.epochs, seed=0)

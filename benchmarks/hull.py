@@ -19,8 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 import tfgeom  # noqa: E402
-from tfgeom import zoo  # noqa: E402
-from tfgeom.hull import HullEngine, direct_distance  # noqa: E402
+from tfgeom.runtime import zoo  # noqa: E402
+from tfgeom.features.hull import HullEngine, direct_distance  # noqa: E402
 
 
 def main():

@@ -20,7 +20,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table  # noqa: E402
 from typing_extensions import Annotated  # noqa: E402
 
-from tfgeom.summaries import (  # noqa: E402  (numpy only: `import tfgeom` does not import TensorFlow)
+from tfgeom.analyses import names as analysis_names  # noqa: E402  (finds modules, imports none)
+from tfgeom.analyses.summaries import (  # noqa: E402  (numpy only: `import tfgeom` does not import TensorFlow)
     summarize_attack,
     summarize_certificates,
     summarize_hulls,
@@ -165,7 +166,7 @@ def main_options(
     """Measure the geometry of a trained Keras classifier."""
     _state["debug"] = debug
     _state["imports"] = list(imports or [])
-    from tfgeom import backend
+    from tfgeom.runtime import backend
 
     backend.set_verbose(debug or verbose)
 
@@ -241,8 +242,8 @@ def _note(message):
 
 def _check_paths(model=None, data=None):
     """File and data-source errors, answered before TensorFlow is imported."""
-    from tfgeom.data import check_source
-    from tfgeom.loading import check_path
+    from tfgeom.runtime.data import check_source
+    from tfgeom.runtime.loading import check_path
 
     if model is not None:
         check_path(model)
@@ -252,8 +253,8 @@ def _check_paths(model=None, data=None):
 
 def _tensorflow():
     """Import TensorFlow quietly (unless --verbose) and the user's --import modules."""
-    from tfgeom import backend
-    from tfgeom.loading import import_user_code
+    from tfgeom.runtime import backend
+    from tfgeom.runtime.loading import import_user_code
 
     backend.load()
     import_user_code(_state["imports"])
@@ -273,7 +274,7 @@ def _executor(workers, ray_address, shard_size=None):
     """A RayExecutor when --workers or --ray-address is given, else None (in process)."""
     if workers is None and ray_address is None:
         return None
-    from tfgeom.distributed import RayExecutor
+    from tfgeom.execution.ray import RayExecutor
 
     return RayExecutor(workers=workers, address=ray_address, shard_size=shard_size, imports=_state["imports"])
 
@@ -289,7 +290,7 @@ def _running(executor):
 
 
 def _read(source, gm, image_size):
-    from tfgeom import data as tdata
+    from tfgeom.runtime import data as tdata
 
     shape = gm.input_shape
     size = image_size or (shape[:2] if len(shape) == 3 else None)
@@ -298,7 +299,7 @@ def _read(source, gm, image_size):
 
 def _load_data(data, gm, limit, image_size=None, train_data=None, split=False, seed=0):
     """Read, split (when asked and needed), check and cut the data; notes on stderr say what was chosen."""
-    from tfgeom import data as tdata
+    from tfgeom.runtime import data as tdata
 
     dataset = _read(data, gm, image_size)
     train = _read(train_data, gm, image_size) if train_data else None
@@ -547,8 +548,8 @@ def detect(
     from tfgeom.errors import InputError
 
     gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
-    from tfgeom.attacks import by_name
-    from tfgeom.detection import CurvatureDetector, evaluate
+    from tfgeom.geometry.attacks import by_name
+    from tfgeom.geometry.detection import CurvatureDetector, evaluate
 
     x = _load_data(data, gm, limit, image_size).x
     if len(x) <= calibration:
@@ -658,8 +659,8 @@ def certify(
     import numpy as np
 
     gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
-    from tfgeom.report import file_digest
-    from tfgeom.runlog import ResultLog
+    from tfgeom.report.runner import file_digest
+    from tfgeom.execution.runlog import ResultLog
 
     dataset = _load_data(data, gm, limit, image_size)
     x = dataset.x
@@ -703,14 +704,13 @@ def certify(
     _show(summary, f"Certification of {dataset.name}", as_json)
 
 
-# The registry's names, listed for `--help` (a test keeps them equal to the registry).
-ANALYSES = "deepfool, curvature, subspace, connectivity, detection, feature_space, certification"
+ANALYSES = ", ".join(analysis_names())  # the registry's modules, found without importing them
 CLAIM_ANALYSES = "deepfool,curvature,subspace,connectivity,detection,feature_space"  # all the claims read
 
 
 def _analyze(gm, dataset, out, only, seed, resume, identity, settings=None, executor=None, sections=True):
-    from tfgeom.labels import label
-    from tfgeom.report import run_analyses
+    from tfgeom.report.labels import label
+    from tfgeom.report.runner import run_analyses
 
     with _progress() as progress, _running(executor):
         report = run_analyses(gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity,
@@ -725,7 +725,7 @@ def _analyze(gm, dataset, out, only, seed, resume, identity, settings=None, exec
 
 def _show_claims(cards, as_json=False):
     """The claims scorecard as a table (or JSON)."""
-    from tfgeom.report import interval_text
+    from tfgeom.report.runner import interval_text
 
     if as_json:
         print(json.dumps(cards, indent=2))
@@ -742,8 +742,8 @@ def _show_claims(cards, as_json=False):
 
 def _settings(assignments, config):
     """`{analysis: {key: value}}` from `--config FILE` then `--set` (later wins); checked before any work."""
-    from tfgeom import settings as settings_lib
-    from tfgeom.report import configure
+    from tfgeom.analyses import settings as settings_lib
+    from tfgeom.report.runner import configure
 
     overrides = settings_lib.merge(settings_lib.read_toml(config) if config else {},
                                    settings_lib.parse_assignments(assignments))
@@ -794,7 +794,7 @@ def _prepare(model, data, image_size, train_data, split, only, set_, config, lim
     if train_data:
         _check_paths(data=train_data)
     _tensorflow()
-    from tfgeom.report import file_digest, select
+    from tfgeom.report.runner import file_digest, select
 
     select(only)  # unknown names fail before any work
     settings = _settings(set_, config)
@@ -839,7 +839,7 @@ def claims(
                    unsafe, logits, workers, ray_address)
     gm, dataset, identity, settings, executor = run
     if as_json:
-        from tfgeom.report import run_analyses
+        from tfgeom.report.runner import run_analyses
 
         with _running(executor):
             report = run_analyses(gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity,
@@ -862,8 +862,9 @@ def demo(
     """Train a small CNN on built-in MNIST digits (no download) and analyse it."""
     import numpy as np
 
-    from tfgeom import GeometryModel, data, zoo
-    from tfgeom.report import file_digest
+    from tfgeom import GeometryModel
+    from tfgeom.runtime import data, zoo
+    from tfgeom.report.runner import file_digest
 
     out.mkdir(parents=True, exist_ok=True)
     dataset = data.load("mnist-sample")

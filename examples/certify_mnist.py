@@ -17,7 +17,9 @@ import argparse
 import numpy as np
 
 import tfgeom
-from tfgeom import attacks, regions, zoo
+from tfgeom.geometry import attacks
+from tfgeom.features import regions
+from tfgeom.runtime import zoo
 
 
 def main():

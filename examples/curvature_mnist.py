@@ -14,8 +14,9 @@ import pathlib
 import numpy as np
 
 import tfgeom
-from tfgeom import plots, zoo
-from tfgeom.subspace import vulnerability
+from tfgeom.analyses import plots
+from tfgeom.runtime import zoo
+from tfgeom.geometry.subspace import vulnerability
 
 
 def main():

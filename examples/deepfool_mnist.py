@@ -12,7 +12,8 @@ import pathlib
 import numpy as np
 
 import tfgeom
-from tfgeom import plots, zoo
+from tfgeom.analyses import plots
+from tfgeom.runtime import zoo
 
 
 def main():

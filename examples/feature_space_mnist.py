@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 import tfgeom
-from tfgeom import zoo
+from tfgeom.runtime import zoo
 
 
 def main():

@@ -10,11 +10,11 @@ digits and evaluates it on others against DeepFool, FGSM and PGD.
 import numpy as np
 
 import tfgeom
-from tfgeom import zoo
+from tfgeom.runtime import zoo
 from tfgeom.analyses.connectivity import adversarial_pairs, same_class_pairs
-from tfgeom.attacks import by_name
-from tfgeom.connectivity import connect
-from tfgeom.detection import CurvatureDetector, evaluate
+from tfgeom.geometry.attacks import by_name
+from tfgeom.geometry.connectivity import connect
+from tfgeom.geometry.detection import CurvatureDetector, evaluate
 
 
 def main():

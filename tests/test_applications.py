@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tfgeom import GeometryModel
-from tfgeom.data import Dataset
-from tfgeom.report import run_analyses
+from tfgeom.runtime.data import Dataset
+from tfgeom.report.runner import run_analyses
 
 SIZE, CLASSES = 32, 4
 FAMILIES = ["MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121"]

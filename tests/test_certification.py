@@ -6,9 +6,11 @@ import pytest
 import tensorflow as tf
 
 import tfgeom
-from tfgeom import attacks, bounds, layer_graph, regions
+from tfgeom.geometry import attacks
+from tfgeom.verify import bounds, graph as layer_graph
+from tfgeom.features import regions
 from tfgeom.errors import InputError, ModelError
-from tfgeom.operators import MaxPool
+from tfgeom.verify.operators import MaxPool
 
 from conftest import linear_model
 
@@ -394,7 +396,7 @@ def test_branch_and_bound_agrees_with_the_milp(mlp, digits):
 def test_smooth_relaxations_hold_on_samples(activation):
     """Interval and linear bounds of each smooth activation hold at 2,001 points of 300 random intervals
     (widths 1e-6 to 40, ends included), and the lines are close to the function (gap < twice the range + 0.05)."""
-    from tfgeom.operators import Smooth
+    from tfgeom.verify.operators import Smooth
 
     rng = np.random.default_rng(1)
     centre = rng.uniform(-8, 8, 300)
@@ -444,7 +446,7 @@ RELU_VARIANTS = [dict(threshold=0.5), dict(threshold=0.5, negative_slope=0.1, ma
 def test_threshold_relu_relaxations_hold_on_samples(options):
     """Keras' own ReLU layer (threshold, clipped leaky) lies within the operator's interval and linear bounds at
     2,001 points of 400 random intervals, a quarter of them with an end exactly at the threshold or the clip."""
-    from tfgeom.operators import ThresholdReLU
+    from tfgeom.verify.operators import ThresholdReLU
 
     rng = np.random.default_rng(3)
     centre = rng.uniform(-3, 3, 400)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tfgeom import claims, statistics as st
+from tfgeom.report import claims
+from tfgeom.runtime import statistics as st
 from tfgeom.cli.main import app
 
 
@@ -70,13 +71,13 @@ def test_scorecard_from_evidence():
 
 def test_shared_direction_score_by_construction():
     """Identical directions score d; independent random directions score about 1."""
-    from tfgeom.curvature import Curvatures
+    from tfgeom.geometry.curvature import Curvatures
 
     d, m = 200, 40
     g = np.random.default_rng(3)
     same = np.tile(g.normal(size=(1, 1, d)), (m, 2, 1))
     values = np.tile([[-2.0, 1.0]], (m, 1))
-    from tfgeom.curvature import shared_direction_score
+    from tfgeom.geometry.curvature import shared_direction_score
 
     assert np.allclose(shared_direction_score(Curvatures(np.arange(m), values, same, np.ones(m), "exact", None, 2)), d)
     rand = g.normal(size=(m, 2, d))

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tfgeom import GeometryModel, InputError
-from tfgeom.attacks import fgsm, pgd
-from tfgeom.connectivity import connect
+from tfgeom.geometry.attacks import fgsm, pgd
+from tfgeom.geometry.connectivity import connect
 
 
 def _toy(score):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfgeom import GeometryModel, curvature, hvp
+from tfgeom import GeometryModel
+from tfgeom.geometry import curvature, hvp
 
 from conftest import linear_model
 
@@ -165,7 +166,7 @@ def test_curved_subspace_finds_planted_directions():
 
 def test_random_subspace_energy_is_about_sqrt_m_over_d(small_cnn, digits):
     """Baseline of experiment (a): DeepFool perturbations hold about sqrt(m/d) of their norm in a random subspace."""
-    from tfgeom.subspace import vulnerability
+    from tfgeom.geometry.subspace import vulnerability
 
     gm = GeometryModel(small_cnn)
     sub = gm.curved_subspace(digits.x[:40], dim=10)
@@ -191,7 +192,7 @@ def test_profile_counts_flat_directions(smooth_gm):
 def test_lanczos_batches_shrink_to_the_memory_budget(monkeypatch):
     """The Krylov bases [b, steps, d] of one call fit the budget: 224x224x3 with 80 steps is 3 points per
     call in 600 MB, the batch size itself when memory is plentiful, never 0."""
-    from tfgeom import curvature as curvature_lib
+    from tfgeom.geometry import curvature as curvature_lib
 
     d = 224 * 224 * 3
     monkeypatch.setenv("TFGEOM_MEMORY_BUDGET_MIB", "600")

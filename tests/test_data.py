@@ -4,7 +4,7 @@ import pytest
 
 import tfgeom
 from tfgeom import GeometryModel, InputError
-from tfgeom.data import Dataset, load, validate
+from tfgeom.runtime.data import Dataset, load, validate
 
 
 def test_builtin_mnist_sample_is_real_mnist_without_download():

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfgeom import GeometryModel, InputError
-from tfgeom.detection import CurvatureDetector, evaluate
+from tfgeom.geometry.detection import CurvatureDetector, evaluate
 
 D = 10
 
@@ -86,7 +86,7 @@ def test_calibrate_chooses_the_best_calibration_auc(small_cnn, digits):
     returns reproduces that AUC (scikit-learn) on the same calibration inputs and perturbations."""
     from sklearn.metrics import roc_auc_score
 
-    from tfgeom.detection import calibrate
+    from tfgeom.geometry.detection import calibrate
 
     gm = GeometryModel(small_cnn)
     x_cal = digits.x[:40]

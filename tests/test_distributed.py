@@ -10,11 +10,11 @@ import pytest
 
 import tfgeom
 from tfgeom.errors import InputError
-from tfgeom.executor import LocalExecutor, ShardStore
+from tfgeom.execution.executor import LocalExecutor, ShardStore
 
 ray = pytest.importorskip("ray")
 
-from tfgeom.distributed import RayExecutor  # noqa: E402
+from tfgeom.execution.ray import RayExecutor  # noqa: E402
 
 
 def rel(a, b):
@@ -82,8 +82,8 @@ def test_curvature_sections_connect_equal_one_process(gm, digits, executor):
 
 
 def test_detection_certification_hull_features_equal_one_process(gm, digits, executor):
-    from tfgeom.attacks import by_name
-    from tfgeom.detection import CurvatureDetector
+    from tfgeom.geometry.attacks import by_name
+    from tfgeom.geometry.detection import CurvatureDetector
 
     x = digits.x[:32]
     d1, d2 = CurvatureDetector(gm, directions=8), CurvatureDetector(gm, directions=8, executor=executor)
@@ -135,8 +135,8 @@ def test_killed_worker_mid_deepfool_still_completes(gm, digits, executor):
 
 
 def test_resumed_run_recomputes_no_finished_shard(gm, digits, tmp_path, executor, monkeypatch):
-    from tfgeom.data import Dataset
-    from tfgeom.report import run_analyses
+    from tfgeom.runtime.data import Dataset
+    from tfgeom.report.runner import run_analyses
 
     dataset = Dataset(digits.x[:64], digits.y[:64], None, None, "digits")
     out = tmp_path / "report"
@@ -177,9 +177,9 @@ def test_local_executor_store_reads_shards_back(gm, digits, tmp_path):
 
 
 def test_second_run_on_a_folder_is_refused(gm, digits, tmp_path):
-    from tfgeom.data import Dataset
-    from tfgeom.lock import folder_lock
-    from tfgeom.report import run_analyses
+    from tfgeom.runtime.data import Dataset
+    from tfgeom.execution.lock import folder_lock
+    from tfgeom.report.runner import run_analyses
 
     dataset = Dataset(digits.x[:8], digits.y[:8], None, None, "digits")
     with folder_lock(tmp_path):
@@ -191,7 +191,7 @@ def test_second_run_on_a_folder_is_refused(gm, digits, tmp_path):
 def test_workers_without_ray_says_how_to_install(monkeypatch):
     import sys
 
-    from tfgeom.distributed import INSTALL_HINT, import_ray
+    from tfgeom.execution.ray import INSTALL_HINT, import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(InputError, match="pip install"):

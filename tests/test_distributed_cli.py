@@ -37,7 +37,7 @@ def test_analyze_on_two_workers_equals_one_process(small_cnn_path, digits_npz, t
 
 
 def test_second_run_into_a_locked_folder_exits_2(small_cnn_path, digits_npz, tmp_path):
-    from tfgeom.lock import folder_lock
+    from tfgeom.execution.lock import folder_lock
 
     with folder_lock(tmp_path):
         result = _run("analyze", small_cnn_path, "--data", digits_npz, "--limit", 4, "--only", "deepfool",

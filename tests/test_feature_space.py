@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tfgeom import GeometryModel
-from tfgeom.feature_space import FeatureSpace
-from tfgeom.hull import CLARABEL_TIGHT
+from tfgeom.features.feature_space import FeatureSpace
+from tfgeom.features.hull import CLARABEL_TIGHT
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tfgeom import InputError
-from tfgeom.hull import HullEngine, direct_distance, in_hull_lp
+from tfgeom.features.hull import HullEngine, direct_distance, in_hull_lp
 
 
 def _cube(d):

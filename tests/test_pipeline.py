@@ -7,12 +7,12 @@ import pytest
 from typer.testing import CliRunner
 
 import tfgeom
-from tfgeom import settings as settings_lib
+from tfgeom.analyses import settings as settings_lib
 from tfgeom.analyses import REGISTRY
 from tfgeom.cli.main import app
 from tfgeom.errors import InputError
-from tfgeom.labels import LABELS, label
-from tfgeom.report import configure, run_analyses
+from tfgeom.report.labels import LABELS, label
+from tfgeom.report.runner import configure, run_analyses
 
 runner = CliRunner()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -203,8 +203,8 @@ def test_present_draws_from_computed_results_only(small_cnn, digits, tmp_path, m
 def test_unset_sizes_scale_with_the_input_dimension_and_set_ones_do_not():
     """At d = 3072 (32x32x3) an unset curvature.points default of 100 becomes round(100 sqrt(784/3072)) = 51,
     a value the user set is kept, small inputs keep every default, and the change is described."""
-    from tfgeom import settings as settings_lib
-    from tfgeom.report import configure
+    from tfgeom.analyses import settings as settings_lib
+    from tfgeom.report.runner import configure
 
     overrides = {"subspace": {"fit": 30}}
     effective, changed = settings_lib.scale_defaults(configure(overrides), overrides, 3072)

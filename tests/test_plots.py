@@ -5,7 +5,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from tfgeom import plots
+from tfgeom.analyses import plots
 
 
 def _panel_colours(png):

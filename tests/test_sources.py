@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from typer.testing import CliRunner
 
-from tfgeom import data
+from tfgeom.runtime import data
 from tfgeom.cli.main import app
 from tfgeom.errors import InputError
 

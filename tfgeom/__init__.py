@@ -4,24 +4,26 @@ Decision-boundary distances (DeepFool), and, built on them, curvature,
 connectivity, feature-space regions and certificates.
 
 `import tfgeom` is cheap: TensorFlow is imported (quietly, see
-`tfgeom.backend`) the first time a name below is used.
+`tfgeom.runtime.backend`) the first time a name below is used.
 """
 import importlib
 
-from tfgeom import backend  # noqa: F401  (sets the environment before keras is imported)
+from tfgeom.runtime import backend  # noqa: F401  (sets the environment before keras is imported)
 from tfgeom.errors import BackendError, InputError, ModelError, TfgeomError
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first use, after TensorFlow is loaded quietly)
 _LAZY = {
-    "AttackResult": "tfgeom.deepfool",
-    "DeepFoolResult": "tfgeom.deepfool",
+    "AttackResult": "tfgeom.geometry.deepfool",
+    "DeepFoolResult": "tfgeom.geometry.deepfool",
     "GeometryModel": "tfgeom.model",
-    "data": "tfgeom.data",
-    "zoo": "tfgeom.zoo",
+    "data": "tfgeom.runtime.data",
+    "zoo": "tfgeom.runtime.zoo",
     "keras": "tfgeom.keras",
+    "distributed": "tfgeom.execution.ray",  # `tfgeom.distributed.RayExecutor`, as the docs of 0.1 wrote it
 }
+_MODULES = {"data", "zoo", "keras", "distributed"}  # names that are modules, not attributes of one
 
 __all__ = ["BackendError", "InputError", "ModelError", "TfgeomError", *_LAZY]
 
@@ -31,7 +33,7 @@ def __getattr__(name):
         raise AttributeError(f"module 'tfgeom' has no attribute {name!r}")
     backend.load()
     module = importlib.import_module(_LAZY[name])
-    value = module if _LAZY[name].endswith("." + name) else getattr(module, name)
+    value = module if name in _MODULES else getattr(module, name)
     globals()[name] = value
     return value
 

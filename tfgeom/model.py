@@ -5,21 +5,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfgeom import certification, connectivity, curvature, deepfool, sections, subspace
-from tfgeom import executor as executor_lib
-from tfgeom.data import from_tf_dataset
+from tfgeom.verify import certification
+from tfgeom.geometry import connectivity, curvature, deepfool, sections, subspace
+from tfgeom.execution import executor as executor_lib
+from tfgeom.runtime.data import from_tf_dataset
 from tfgeom.errors import InputError, ModelError
-from tfgeom.feature_space import FeatureSpace
-from tfgeom.heads import input_shape_of, resolve_head
-from tfgeom.layer_graph import build as build_layer_graph
-from tfgeom.loading import load_model
-from tfgeom.precision import as_float32
-from tfgeom.runtime import Runtime
-from tfgeom.validation import check_bounds, check_inputs, check_labels
+from tfgeom.features.feature_space import FeatureSpace
+from tfgeom.runtime.heads import input_shape_of, resolve_head
+from tfgeom.verify.graph import build as build_layer_graph
+from tfgeom.runtime.loading import load_model
+from tfgeom.runtime.precision import as_float32
+from tfgeom.runtime.programs import Runtime
+from tfgeom.runtime.validation import check_bounds, check_inputs, check_labels
 
 
 class GeometryModel:
-    """A Keras classifier prepared for geometric analysis: a thin face over `tfgeom.runtime.Runtime`.
+    """A Keras classifier prepared for geometric analysis: a thin face over `tfgeom.runtime.programs.Runtime`.
 
     Wraps a model so that analyses see pre-softmax logits, compiled batched
     logits and gradient functions, and the split into a feature extractor and
@@ -98,7 +99,7 @@ class GeometryModel:
 
     def info(self):
         """A JSON-ready summary of the model."""
-        from tfgeom import backend
+        from tfgeom.runtime import backend
 
         return {"name": self.model.name, "kind": type(self.model).__name__, "input_shape": list(self.input_shape),
                 "classes": self.num_classes, "bounds": list(self.bounds), "logits": self.logits_mode,
@@ -170,9 +171,9 @@ class GeometryModel:
     # -- analyses (faces over the functional modules) --------------------------
 
     def deepfool(self, x, norm=2, executor=None, **kwargs):
-        """Minimal adversarial perturbations; see `tfgeom.deepfool.deepfool`.
+        """Minimal adversarial perturbations; see `tfgeom.geometry.deepfool.deepfool`.
 
-        `executor`: a `tfgeom.executor.LocalExecutor` or `tfgeom.distributed.RayExecutor` to run the
+        `executor`: a `tfgeom.execution.executor.LocalExecutor` or `tfgeom.execution.ray.RayExecutor` to run the
         inputs in shards on (default: in this process, no shards); the same for the other per-example methods.
         """
         if executor is None:
@@ -182,7 +183,7 @@ class GeometryModel:
         return executor_lib.run(self, "deepfool", inputs, dict(kwargs, norm=norm), executor, progress)
 
     def principal_curvatures(self, x, k=20, hvp="auto", method="lanczos", executor=None, **kwargs):
-        """Principal curvatures near `x`; see `tfgeom.curvature.principal_curvatures`."""
+        """Principal curvatures near `x`; see `tfgeom.geometry.curvature.principal_curvatures`."""
         if executor is None:
             return curvature.principal_curvatures(self, x, k=k, hvp=hvp, method=method, **kwargs)
         inputs = {"x": self.check(x), "attack": kwargs.pop("attack", None)}
@@ -190,11 +191,11 @@ class GeometryModel:
         return executor_lib.run(self, "principal_curvatures", inputs, params, executor, kwargs.pop("progress", None))
 
     def curvature_profile(self, x, k=20, **kwargs):
-        """Curvature profile near `x`; see `tfgeom.curvature.curvature_profile`."""
+        """Curvature profile near `x`; see `tfgeom.geometry.curvature.curvature_profile`."""
         return curvature.curvature_profile(self, x, k=k, **kwargs)
 
     def boundary_sections(self, x, direction="curved", executor=None, **kwargs):
-        """2-D boundary sections at `x`; see `tfgeom.sections.boundary_sections`."""
+        """2-D boundary sections at `x`; see `tfgeom.geometry.sections.boundary_sections`."""
         if executor is None:
             return sections.boundary_sections(self, x, direction=direction, **kwargs)
         x = self.check(x)
@@ -207,7 +208,7 @@ class GeometryModel:
         return executor_lib.run(self, "boundary_sections", inputs, dict(kwargs, direction=direction), executor)
 
     def connect(self, x1, x2, executor=None, **kwargs):
-        """Paths inside classification regions between pairs; see `tfgeom.connectivity.connect`."""
+        """Paths inside classification regions between pairs; see `tfgeom.geometry.connectivity.connect`."""
         if executor is None:
             return connectivity.connect(self, x1, x2, **kwargs)
         x1, x2 = self.check(x1), self.check(x2)
@@ -216,23 +217,23 @@ class GeometryModel:
         return executor_lib.run(self, "connect", {"x1": x1, "x2": x2}, kwargs, executor)
 
     def curved_subspace(self, x, dim=20, **kwargs):
-        """The curved subspace from `x`; see `tfgeom.subspace.curved_subspace`."""
+        """The curved subspace from `x`; see `tfgeom.geometry.subspace.curved_subspace`."""
         return subspace.curved_subspace(self, x, dim=dim, **kwargs)
 
     def feature_space(self, x_train, y_train, **kwargs):
-        """Training features and the head's exact geometry; see `tfgeom.feature_space.FeatureSpace`."""
+        """Training features and the head's exact geometry; see `tfgeom.features.feature_space.FeatureSpace`."""
         return FeatureSpace(self, x_train, y_train, **kwargs)
 
     @property
     def layer_graph(self):
-        """The feature extractor as a `tfgeom.layer_graph.LayerGraph` (built once; for certification)."""
+        """The feature extractor as a `tfgeom.verify.graph.LayerGraph` (built once; for certification)."""
         self._require_split()
         if self._layer_graph is None:
             self._layer_graph = build_layer_graph(self.model)
         return self._layer_graph
 
     def certify(self, x, eps, norm="linf", method="crown", executor=None, **kwargs):
-        """Certify balls around `x`; see `tfgeom.certification.certify`."""
+        """Certify balls around `x`; see `tfgeom.verify.certification.certify`."""
         if executor is None:
             return certification.certify(self, x, eps, norm=norm, method=method, **kwargs)
         x = self.check(x)
@@ -241,11 +242,11 @@ class GeometryModel:
         return executor_lib.run(self, "certify", inputs, dict(kwargs, norm=norm, method=method), executor)
 
     def certify_segment(self, x_a, x_b, method="crown", **kwargs):
-        """Certify segments `[x_a, x_b]`; see `tfgeom.certification.certify_segment`."""
+        """Certify segments `[x_a, x_b]`; see `tfgeom.verify.certification.certify_segment`."""
         return certification.certify_segment(self, x_a, x_b, method=method, **kwargs)
 
     def certified_radius(self, x, norm="linf", method="crown", executor=None, **kwargs):
-        """Certified radii around `x` by bisection; see `tfgeom.certification.certified_radius`."""
+        """Certified radii around `x` by bisection; see `tfgeom.verify.certification.certified_radius`."""
         if executor is None:
             return certification.certified_radius(self, x, norm=norm, method=method, **kwargs)
         x = self.check(x)

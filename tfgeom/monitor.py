@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom.errors import InputError
-from tfgeom.feature_space import FeatureSpace
-from tfgeom.validation import check_positive_int
+from tfgeom.features.feature_space import FeatureSpace
+from tfgeom.runtime.validation import check_positive_int
 
 MEASURES = ("deepfool", "curvature", "hull", "margins")
 

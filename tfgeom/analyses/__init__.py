@@ -4,9 +4,9 @@ An analysis is a small class, registered under its name with `@register`:
 
 - `name`, `title`, `intro` (two or three sentences opening its report section);
 - `Settings`: a `NamedTuple` of typed settings with defaults (changed with
-  `--set name.key=value` or a TOML table `[name]`; see `tfgeom.settings`);
+  `--set name.key=value` or a TOML table `[name]`; see `tfgeom.analyses.settings`);
 - `compute(context, settings) -> dict`: the measurements: `summary`
-  (`{snake_case_key: value}`; display labels live in `tfgeom.labels`), other
+  (`{snake_case_key: value}`; display labels live in `tfgeom.report.labels`), other
   JSON-ready records, and under `data` whatever `present` needs that is not
   written to `report.json` (arrays, result tuples);
 - `present(result, context, settings) -> dict`: what a reader sees, drawn
@@ -15,23 +15,70 @@ An analysis is a small class, registered under its name with `@register`:
 
 The `Context` computes shared work once per run: DeepFool L2 and Linf on the
 analysed inputs (every analysis takes rows of them), predictions, features.
-Each analysis lives in a module named after it; importing the module
-registers it, in report order.
+Each analysis lives in a module of this package named after it and
+declares everything about itself there: its `position` in the report, its
+settings, the display `labels` of its summary keys, the settings that
+`scale` with the input size. `REGISTRY` finds the modules (every module here
+but the framework's own, `SUPPORT`) and imports them on first use, so that
+importing this package stays cheap (no TensorFlow).
 """
+import importlib
+import pkgutil
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 
-REGISTRY = {}
+SUPPORT = frozenset({"settings", "summaries", "plots"})  # modules of this package that are not analyses
+
+
+def names():
+    """The analyses' names (their modules'), found without importing them (sorted)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg and m.name not in SUPPORT
+                  and not m.name.startswith("_"))
+
+
+class _Registry(Mapping):
+    """`{name: analysis}` in report order (by `position`), filled by importing the modules on first use."""
+
+    def __init__(self):
+        self._analyses = {}
+        self._loaded = False
+
+    def add(self, analysis):
+        self._analyses[analysis.name] = analysis
+
+    def _load(self):
+        if not self._loaded:
+            for name in names():
+                importlib.import_module(f"{__name__}.{name}")
+            self._analyses = dict(sorted(self._analyses.items(), key=lambda item: item[1].position))
+            self._loaded = True
+        return self._analyses
+
+    def __getitem__(self, name):
+        return self._load()[name]
+
+    def __iter__(self):
+        return iter(self._load())
+
+    def __len__(self):
+        return len(self._load())
+
+
+REGISTRY = _Registry()
 
 
 class Analysis:
     """Base class of the analyses (see the module docstring)."""
 
-    name = ""
+    name = ""  # the report key, `--only` name and module name
     title = ""
     intro = ""
+    position = 100  # place in the report (smaller first)
     CHOICES = {}  # allowed values of string settings
+    labels = {}  # `{summary_key: display label}` of the keys its `compute` writes
+    scaled = ()  # settings that scale with the input size (`tfgeom.analyses.settings.scaled`)
 
     class Settings(NamedTuple):
         pass
@@ -51,7 +98,7 @@ class Analysis:
 def register(cls):
     """Class decorator: instantiate the analysis and add it to `REGISTRY` under `cls.name`."""
     cls.intro = " ".join(cls.intro.split())
-    REGISTRY[cls.name] = cls()
+    REGISTRY.add(cls())
     return cls
 
 
@@ -64,7 +111,7 @@ class Context:
         out_dir: folder for figures and arrays (a `pathlib.Path`).
         seed: seed for any randomness.
         progress: `progress(description, done, total)` or None.
-        executor: where per-example work runs (`tfgeom.executor`); None: in this process.
+        executor: where per-example work runs (`tfgeom.execution.executor`); None: in this process.
     """
 
     def __init__(self, gm, data, out_dir, seed=0, progress=None, executor=None):
@@ -119,7 +166,7 @@ class Context:
 
     def feature_space(self, max_train):
         """A `FeatureSpace` of the first `max_train` training points (built once per size)."""
-        from tfgeom.feature_space import FeatureSpace
+        from tfgeom.features.feature_space import FeatureSpace
 
         return self._once(("feature_space", max_train),
                           lambda: FeatureSpace(self.gm, self.data.x_train[:max_train], self.data.y_train[:max_train]))
@@ -128,13 +175,3 @@ class Context:
 def image_like(x):
     """Whether inputs `[N, H, W, C]` can be drawn as images (1 or 3 channels)."""
     return x.ndim == 4 and x.shape[-1] in (1, 3)
-
-
-# Importing a module registers its analysis; the order here is the report's order.
-from tfgeom.analyses import deepfool  # noqa: E402,F401
-from tfgeom.analyses import curvature  # noqa: E402,F401
-from tfgeom.analyses import subspace  # noqa: E402,F401
-from tfgeom.analyses import connectivity  # noqa: E402,F401
-from tfgeom.analyses import detection  # noqa: E402,F401
-from tfgeom.analyses import feature_space  # noqa: E402,F401
-from tfgeom.analyses import certification  # noqa: E402,F401

@@ -4,7 +4,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom import milp, plots
+from tfgeom.verify import milp
+from tfgeom.analyses import plots
 from tfgeom.analyses import Analysis, register
 from tfgeom.errors import InputError, ModelError
 
@@ -43,7 +44,7 @@ def _feature_side(context, settings, rows, pred):
 
 def _exact(gm, x, y, settings):
     """MILP margins at one eps next to CROWN's and IBP's bounds on the same inputs."""
-    from tfgeom import bounds as bd
+    from tfgeom.verify import bounds as bd
 
     eps = settings.milp_eps * (gm.bounds[1] - gm.bounds[0])
     cert = {m: gm.certify(x, eps, method=m, cls=y, intermediate=settings.intermediate) for m in ("ibp", "crown")}
@@ -65,6 +66,32 @@ class CertificationAnalysis(Analysis):
     """Certified L-inf radii by IBP and CROWN on the same inputs (MILP for small ReLU nets), segments, feature space."""
 
     name = "certification"
+    position = 70
+    scaled = ("points",)  # per-input sizes whose cost grows with d (see settings.scale_defaults)
+    labels = {
+        "input_range": "input range (radii are fractions of it)",
+        "crown_intermediate": "CROWN pre-activation bounds",
+        "radius_inputs": "inputs behind every radius figure (same for IBP and CROWN)",
+        "bisection_rtol": "radius resolution (bracket within this fraction of the radius)",
+        "median_crown_over_ibp_radius": "median CROWN / IBP radius (correct inputs)",
+        "ibp_median_radius_fraction_of_range": "IBP median certified radius (fraction of range)",
+        "ibp_median_radius_input_units": "IBP median certified radius (input units)",
+        "ibp_seconds_per_input": "IBP seconds per input",
+        "crown_median_radius_fraction_of_range": "CROWN median certified radius (fraction of range)",
+        "crown_median_radius_input_units": "CROWN median certified radius (input units)",
+        "crown_seconds_per_input": "CROWN seconds per input",
+        "segments_certified": "morphing segments certified (CROWN)",
+        "milp": "MILP",
+        "milp_eps_fraction_of_range": "MILP eps (fraction of range)",
+        "milp_inputs": "MILP inputs",
+        "milp_solves_optimal": "MILP solves optimal",
+        "milp_certified": "MILP certified inputs",
+        "milp_ordering_holds": "MILP >= CROWN >= IBP on every margin",
+        "feature_test_inputs": "feature space: test inputs",
+        "feature_class_hulls_certified": "feature space: class hulls certified (LP)",
+        "feature_in_guaranteed_region": "feature space: test inputs in a guaranteed region",
+        "feature_median_certified_l2_radius": "feature space: median exact certified L2 radius",
+    }
     title = "Certified regions"
     intro = """A certified radius is one within which no input can change the class, proven by bound propagation
     (IBP: fast and loose; CROWN: tighter) or exactly by MILP on small ReLU networks. Radii are L-inf and given
@@ -103,7 +130,7 @@ class CertificationAnalysis(Analysis):
         for i, method in enumerate(("ibp", "crown")):
             context.tell(f"certified radius ({method})", i, 2)
             start = time.perf_counter()
-            # CROWN's bounds are never looser than IBP's (tfgeom.bounds), so its search starts at IBP's radius
+            # CROWN's bounds are never looser than IBP's (tfgeom.verify.bounds), so its search starts at IBP's radius
             lower = radii["ibp"] * span if method == "crown" else None
             r = gm.certified_radius(x[rows], settings.norm, method, cls=y[rows], rtol=settings.rtol,
                                     intermediate=settings.intermediate, attack=context.deepfool(settings.norm, rows),

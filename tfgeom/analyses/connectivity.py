@@ -3,9 +3,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom import plots
+from tfgeom.analyses import plots
 from tfgeom.analyses import Analysis, image_like, register
-from tfgeom.summaries import summarize_paths
+from tfgeom.analyses.summaries import summarize_paths
 
 
 def same_class_pairs(labels, count, generator):
@@ -65,6 +65,11 @@ class ConnectivityAnalysis(Analysis):
     """Paths between random same-class pairs and between adversarial and natural pairs."""
 
     name = "connectivity"
+    position = 40
+    labels = {
+        "natural_connected": "natural pairs",
+        "adversarial_connected": "adversarial pairs",
+    }
     title = "Connectivity of classification regions"
     intro = """For pairs of inputs with the same predicted class, tfgeom searches a polygonal path that never leaves
     the class region (every point checked at the reported L2 resolution). Connected pairs support the claim
@@ -98,7 +103,7 @@ class ConnectivityAnalysis(Analysis):
                      gm.runtime.predict(paths.anchors[best]))
         return {
             "summary": summary,
-            "evidence": {"natural_connected": natural.connected.tolist(),  # per pair, for the claims (tfgeom.claims)
+            "evidence": {"natural_connected": natural.connected.tolist(),  # per pair, for the claims (tfgeom.report.claims)
                          "adversarial_connected": [] if adversarial is None else adversarial.connected.tolist()},
             "anchor_counts": np.bincount(natural.num_anchors, minlength=1).tolist(),
             "resolution": natural.resolution,

@@ -3,10 +3,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom import plots
+from tfgeom.analyses import plots
 from tfgeom.analyses import Analysis, register
-from tfgeom.curvature import curvature_profile, shared_direction_score
-from tfgeom.summaries import summarize_profile
+from tfgeom.geometry.curvature import curvature_profile, shared_direction_score
+from tfgeom.analyses.summaries import summarize_profile
 
 
 @register
@@ -14,6 +14,11 @@ class CurvatureAnalysis(Analysis):
     """Curvature profile at DeepFool boundary points, and sections along curved and random directions."""
 
     name = "curvature"
+    position = 20
+    scaled = ("points", "sections", "resolution")  # per-input sizes whose cost grows with d (see settings.scale_defaults)
+    labels = {
+        "saturated": "points with more curved directions than computed (flat fraction then an upper bound)",
+    }
     title = "Curvature of the decision boundary"
     intro = """Principal curvatures of the decision boundary at DeepFool boundary points (1/input units): the k most
     negative and k most positive of the d - 1 directions tangent to the boundary, averaged over points.
@@ -53,7 +58,7 @@ class CurvatureAnalysis(Analysis):
                 "negative_mass": profile.negative_mass,
                 "positive_mass": profile.positive_mass,
             },
-            "evidence": {  # one value per boundary point, for the claims' intervals (tfgeom.claims)
+            "evidence": {  # one value per boundary point, for the claims' intervals (tfgeom.report.claims)
                 "not_saturated": (~profile.saturated).tolist(),
                 "negative_mass": np.abs(np.minimum(profile.values, 0)).sum(axis=1).tolist(),
                 "positive_mass": np.maximum(profile.values, 0).sum(axis=1).tolist(),

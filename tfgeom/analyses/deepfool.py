@@ -3,9 +3,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom import plots
+from tfgeom.analyses import plots
 from tfgeom.analyses import Analysis, image_like, register
-from tfgeom.summaries import summarize_attack
+from tfgeom.analyses.summaries import summarize_attack
 
 
 def _per_class(l2, linf, num_classes):
@@ -28,6 +28,16 @@ class DeepFoolAnalysis(Analysis):
     """DeepFool L2 and Linf on every example; norms, success, per-class table, histograms."""
 
     name = "deepfool"
+    position = 10
+    labels = {
+        "l2_success_rate": "L2 success rate",
+        "l2_median_norm": "L2 median norm (input units)",
+        "l2_median_relative_norm": "L2 median norm relative to ||x|| (median of ||r|| / ||x||)",
+        "linf_success_rate": "Linf success rate",
+        "linf_median_norm": "Linf median norm (input units)",
+        "median_relative_norm": "median ||r|| / ||x||",
+        "max_boundary_residual": "largest relative residual of the boundary points",
+    }
     title = "Distance to the decision boundary (DeepFool)"
     intro = """DeepFool finds, for each input, a small perturbation that changes the predicted class; its norm
     estimates the distance to the decision boundary, in input units (L2 over all pixels, Linf the largest

@@ -1,11 +1,13 @@
 """Analysis `detection`: perturbed inputs detected by curvature asymmetry, beside a margin baseline."""
 from typing import NamedTuple
 
-from tfgeom import attacks, plots, statistics
+from tfgeom.geometry import attacks
+from tfgeom.analyses import plots
+from tfgeom.runtime import statistics
 from tfgeom.analyses import Analysis, register
-from tfgeom.detection import RULES, calibrate, evaluate
+from tfgeom.geometry.detection import RULES, calibrate, evaluate
 from tfgeom.errors import TfgeomError
-from tfgeom.validation import check_choice
+from tfgeom.runtime.validation import check_choice
 
 
 def _orientation(det):
@@ -31,6 +33,16 @@ class DetectionAnalysis(Analysis):
     """Calibrate the detector on clean inputs; ROC, TPR at the threshold and recovery per attack on others."""
 
     name = "detection"
+    position = 50
+    labels = {
+        "calibration_inputs": "calibration inputs (clean only)",
+        "step_h": "finite-difference step h (input units)",
+        "chosen_directions": "directions chosen on the calibration split",
+        "chosen_rule": "score chosen on the calibration split",
+        "chosen_calibration_auc": "its AUC on the calibration split",
+        "threshold": "threshold on the score",
+        "orientation": "orientation",
+    }
     title = "Detection of perturbed inputs by curvature asymmetry"
     intro = """The curvature detector scores each input by the oriented curvature of the boundary towards its runner-up
     class, calibrated on clean inputs only (threshold at the 5% false-positive rate), and is evaluated on other

@@ -3,9 +3,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom import plots, statistics
+from tfgeom.analyses import plots
+from tfgeom.runtime import statistics
 from tfgeom.analyses import Analysis, image_like, register
-from tfgeom.summaries import summarize_hulls
+from tfgeom.analyses.summaries import summarize_hulls
 
 
 def rank_correlation(a, b):
@@ -22,6 +23,20 @@ class FeatureSpaceAnalysis(Analysis):
     """Exact boundary distances vs DeepFool, hulls in both spaces, guaranteed regions, morphing."""
 
     name = "feature_space"
+    position = 60
+    labels = {
+        "feature_dim": "feature dimension",
+        "median_feature_boundary_distance": "median exact boundary distance, feature space",
+        "median_deepfool_over_feature_distance": "median DeepFool L2 / feature boundary distance",
+        "rank_correlation_deepfool_feature_distance": "rank correlation DeepFool vs feature distance",
+        "ambiguous_fraction": "ambiguous (second boundary within 10% of the first)",
+        "accuracy_in_guaranteed_regions": "accuracy in guaranteed regions",
+        "median_hull_distance_correct": "median hull distance, correct inputs",
+        "median_hull_distance_wrong": "median hull distance, misclassified inputs",
+        "rank_correlation_hull_distance_confidence": "rank correlation hull distance vs confidence",
+        "morph_class_changes_pixel_line": "morph: class changes along the pixel line",
+        "morph_class_changes_feature_line": "morph: class changes along the feature line",
+    }
     title = "Feature space of the last hidden layer"
     intro = """In the space of the last hidden layer the classifier is affine, so its regions are polyhedra and the
     distance to the boundary is exact (feature units, L2). Distances to the convex hull of the training
@@ -80,7 +95,7 @@ class FeatureSpaceAnalysis(Analysis):
         ]
         data = {"df": df, "regions": regions, "feat": feat.distance, "pix": pix.distance, "z": z, "pred": pred,
                 "fs": fs, "morph": m}
-        evidence = {  # one value per test input, for the claims' intervals (tfgeom.claims)
+        evidence = {  # one value per test input, for the claims' intervals (tfgeom.report.claims)
             "outside_pixel_hull": (~fs.inside(pix.distance, "pixel")).tolist(),
             "outside_feature_hull": (~fs.inside(feat.distance, "feature")).tolist(),
             "correct_in_guaranteed_region": correct[inside].tolist(),

@@ -3,9 +3,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom import plots
+from tfgeom.analyses import plots
 from tfgeom.analyses import Analysis, register
-from tfgeom.subspace import curved_subspace, vulnerability
+from tfgeom.geometry.subspace import curved_subspace, vulnerability
 
 
 @register
@@ -13,6 +13,22 @@ class SubspaceAnalysis(Analysis):
     """S_c from some inputs' boundary points; energy, fooling and removal experiments on others."""
 
     name = "subspace"
+    position = 30
+    scaled = ("fit", "evaluate")  # per-input sizes whose cost grows with d (see settings.scale_defaults)
+    labels = {
+        "fit_points": "boundary points defining S_c",
+        "evaluation_inputs": "evaluation inputs",
+        "dim": "dimension m of S_c",
+        "energy_curved": "share of DeepFool perturbation in S_c (||P r|| / ||r||)",
+        "energy_random": "share in a random m-dimensional subspace",
+        "noise_l2_norm": "L2 norm of the random noise (median DeepFool norm)",
+        "fooling_rate_curved": "fooling rate of noise in S_c",
+        "fooling_rate_random": "fooling rate of noise in a random subspace",
+        "accuracy": "accuracy (original inputs)",
+        "accuracy_curved_removed": "accuracy with S_c removed from the inputs",
+        "median_l2_norm": "median DeepFool L2 norm (original inputs)",
+        "median_l2_norm_curved_removed": "median DeepFool L2 norm with S_c removed",
+    }
     title = "Curved subspace and vulnerability"
     intro = """The curved subspace S_c is spanned by the m most curved boundary directions, found on some inputs
     and tested on others. Energy is the share ||P r|| / ||r|| of DeepFool perturbations inside S_c (a random

@@ -1,0 +1,7 @@
+"""Execution: where per-example work runs, and what survives a crash.
+
+`executor` (stages declared by the modules that define them, cut into shards,
+run in process or on Ray workers (`ray`), merged in order), `store` (finished
+work on disk in a data-only format: shards, report sections, certification
+records), `lock` (one run per output folder). It imports no analysis.
+"""
