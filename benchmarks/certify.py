@@ -46,13 +46,13 @@ def backward_alone(gm, x, y, eps):
     """Fraction of margins where CROWN's backward bound alone (before max with IBP) is >= IBP's."""
     import tensorflow as tf
 
-    from tfgeom.verify import bounds
+    from tfgeom.verify import certification, sets
     from tfgeom.verify.certification import _margin_rows
 
-    input_set = bounds.ball(x, np.full(len(x), eps, np.float32), "linf", gm.bounds)
+    input_set = sets.ball(x, np.full(len(x), eps, np.float32), "linf", gm.bounds)
     coeffs, const = _margin_rows(*gm.head, tf.constant(y))
-    raw, _ = bounds.margin_lower_bounds(gm.layer_graph, input_set, coeffs, const, "crown", combine=False)
-    ibp, _ = bounds.margin_lower_bounds(gm.layer_graph, input_set, coeffs, const, "ibp")
+    raw, _ = certification.margin_lower_bounds(gm.layer_graph, input_set, coeffs, const, "crown", combine=False)
+    ibp, _ = certification.margin_lower_bounds(gm.layer_graph, input_set, coeffs, const, "ibp")
     keep = np.ones(raw.shape, bool)
     keep[np.arange(len(y)), y] = False
     return float(np.mean((raw.numpy() >= ibp.numpy() - 1e-6)[keep]))

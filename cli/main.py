@@ -660,7 +660,7 @@ def certify(
 
     gm = _load(model, bounds, unsafe, batch_size, data, logits=logits)
     from tfgeom.report.runner import file_digest
-    from tfgeom.execution.runlog import ResultLog
+    from tfgeom.execution.store import RecordLog
 
     dataset = _load_data(data, gm, limit, image_size)
     x = dataset.x
@@ -672,7 +672,7 @@ def certify(
                 "radius": radius, "intermediate": intermediate.value,
                 "time_limit": time_limit if method is Method.bab else None}
     identity = {"model_sha256": file_digest(model), "data": data, "limit": limit, "bounds": list(gm.bounds), **settings}
-    log = ResultLog(out, identity, resume)
+    log = RecordLog(out, identity, resume)
     todo = [i for i in range(len(x)) if i not in log.records]
     # CROWN and MILP cost seconds per input: go one at a time so progress and results come per input
     # (on Ray: one input per task, a few per worker between writes).

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import tfgeom
 from tfgeom.geometry import attacks
-from tfgeom.verify import bounds, graph as layer_graph
+from tfgeom.verify import crown as crown_lib, forward as forward_lib, graph as layer_graph, ibp as ibp_lib, sets
 from tfgeom.features import regions
 from tfgeom.errors import InputError, ModelError
 from tfgeom.verify.operators import MaxPool
@@ -96,10 +96,10 @@ def test_feature_bounds_contain_attacked_features(request, digits, norm):
     eps = 0.03 if norm == "linf" else 0.3
     for gm in _all(request):
         graph = gm.layer_graph
-        s = bounds.ball(x, np.full(len(x), eps, np.float32), norm, gm.bounds)
-        ibp = bounds.interval_bounds(graph, s)[-1]
-        crown = bounds.crown_bounds(graph, s)[-1]
-        forward = bounds.forward_bounds(graph, s)[-1]
+        s = sets.ball(x, np.full(len(x), eps, np.float32), norm, gm.bounds)
+        ibp = ibp_lib.interval_bounds(graph, s)[-1]
+        crown = crown_lib.crown_bounds(graph, s)[-1]
+        forward = forward_lib.forward_bounds(graph, s)[-1]
         adv = attacks.pgd(gm, x, eps, norm=norm, steps=20).x_adv
         points = [adv]
         for _ in range(10):
@@ -179,8 +179,9 @@ def test_segment_bounds_contain_the_line(request, digits):
     x_a, x_b = digits.x[:8], digits.x[8:16]
     t = np.linspace(0, 1, 200, dtype=np.float32)
     for gm in _all(request):
-        s = bounds.segment(x_a, x_b, gm.bounds)
-        found = [f(gm.layer_graph, s)[-1] for f in (bounds.interval_bounds, bounds.crown_bounds, bounds.forward_bounds)]
+        s = sets.segment(x_a, x_b, gm.bounds)
+        found = [f(gm.layer_graph, s)[-1]
+                 for f in (ibp_lib.interval_bounds, crown_lib.crown_bounds, forward_lib.forward_bounds)]
         for i in range(len(x_a)):
             z = gm.features(x_a[i][None] + t[:, None, None, None] * (x_b[i] - x_a[i])[None])
             for low, high in found:
@@ -356,10 +357,10 @@ def test_patch_form_equals_the_dense_backward_pass(monkeypatch):
         x = rng.uniform(size=(3, 28, 28, 2)).astype("float32")
         results = {}
         for use in (False, True):
-            monkeypatch.setattr(bounds, "PATCHES", use)
+            monkeypatch.setattr(crown_lib, "PATCHES", use)
             gm = tfgeom.GeometryModel(model)
-            input_set = bounds.ball(x, np.full(3, 0.05, np.float32), "linf", gm.bounds)
-            results[use] = bounds.crown_bounds(gm.layer_graph, input_set)
+            input_set = sets.ball(x, np.full(3, 0.05, np.float32), "linf", gm.bounds)
+            results[use] = crown_lib.crown_bounds(gm.layer_graph, input_set)
             used = [key[1] for key in gm.layer_graph.programs if key[0] == "patches"]
             assert bool(used) == use
             if use:  # a neuron behind a max-pooling took the patch pass
@@ -424,10 +425,10 @@ def test_smooth_networks_bounds_hold(activation):
                               keras.layers.Dense(8, activation=activation), keras.layers.Dense(3)])
     gm = tfgeom.GeometryModel(model, bounds=(-3.0, 3.0))
     x = rng.uniform(-2, 2, (4, 6)).astype(np.float32)
-    input_set = bounds.ball(x, np.full(4, 0.5, np.float32), "linf", gm.bounds)
-    found = {"ibp": bounds.interval_bounds(gm.layer_graph, input_set)[-1],
-             "forward": bounds.forward_bounds(gm.layer_graph, input_set)[-1],
-             "crown": bounds.crown_bounds(gm.layer_graph, input_set)[-1]}
+    input_set = sets.ball(x, np.full(4, 0.5, np.float32), "linf", gm.bounds)
+    found = {"ibp": ibp_lib.interval_bounds(gm.layer_graph, input_set)[-1],
+             "forward": forward_lib.forward_bounds(gm.layer_graph, input_set)[-1],
+             "crown": crown_lib.crown_bounds(gm.layer_graph, input_set)[-1]}
     corners = rng.choice([-0.5, 0.5], (150, 4, 6))
     points = np.concatenate([rng.uniform(-0.5, 0.5, (150, 4, 6)), corners]) + x[None]
     features = np.stack([gm.features(np.clip(p, -3, 3).astype(np.float32)) for p in points])

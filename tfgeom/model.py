@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tfgeom.verify import certification
 from tfgeom.geometry import connectivity, curvature, deepfool, sections, subspace
-from tfgeom.execution import executor as executor_lib
+from tfgeom import execution
 from tfgeom.runtime.data import from_tf_dataset
 from tfgeom.errors import InputError, ModelError
 from tfgeom.features.feature_space import FeatureSpace
@@ -157,7 +157,7 @@ class GeometryModel:
         """Features `[N, D]` at the split layer (the input of the affine head)."""
         self._require_split()
         if executor is not None:
-            return executor_lib.run(self, "features", {"x": self.check(x)}, {}, executor)
+            return execution.run(self, "features", {"x": self.check(x)}, {}, executor)
         return self.runtime.features(self.check(x), batch_size)
 
     def gradient(self, x, coeffs, batch_size=None):
@@ -169,26 +169,18 @@ class GeometryModel:
         return self.runtime.gradient(x, coeffs, batch_size)
 
     # -- analyses (faces over the functional modules) --------------------------
+    #
+    # Each per-example method takes `executor=`: a `tfgeom.execution.LocalExecutor` or
+    # `tfgeom.execution.ray.RayExecutor` to run the inputs in shards on (default: in this
+    # process, no shards). The core function does the sharding; these only forward.
 
     def deepfool(self, x, norm=2, executor=None, **kwargs):
-        """Minimal adversarial perturbations; see `tfgeom.geometry.deepfool.deepfool`.
-
-        `executor`: a `tfgeom.execution.executor.LocalExecutor` or `tfgeom.execution.ray.RayExecutor` to run the
-        inputs in shards on (default: in this process, no shards); the same for the other per-example methods.
-        """
-        if executor is None:
-            return deepfool.deepfool(self, x, norm=norm, **kwargs)
-        inputs = {"x": self.check(x), "targets": kwargs.pop("targets", None)}
-        progress = kwargs.pop("progress", None)
-        return executor_lib.run(self, "deepfool", inputs, dict(kwargs, norm=norm), executor, progress)
+        """Minimal adversarial perturbations; see `tfgeom.geometry.deepfool.deepfool`."""
+        return deepfool.deepfool(self, x, norm=norm, executor=executor, **kwargs)
 
     def principal_curvatures(self, x, k=20, hvp="auto", method="lanczos", executor=None, **kwargs):
         """Principal curvatures near `x`; see `tfgeom.geometry.curvature.principal_curvatures`."""
-        if executor is None:
-            return curvature.principal_curvatures(self, x, k=k, hvp=hvp, method=method, **kwargs)
-        inputs = {"x": self.check(x), "attack": kwargs.pop("attack", None)}
-        params = dict(kwargs, k=k, hvp=hvp, method=method)
-        return executor_lib.run(self, "principal_curvatures", inputs, params, executor, kwargs.pop("progress", None))
+        return curvature.principal_curvatures(self, x, k=k, hvp=hvp, method=method, executor=executor, **kwargs)
 
     def curvature_profile(self, x, k=20, **kwargs):
         """Curvature profile near `x`; see `tfgeom.geometry.curvature.curvature_profile`."""
@@ -196,25 +188,11 @@ class GeometryModel:
 
     def boundary_sections(self, x, direction="curved", executor=None, **kwargs):
         """2-D boundary sections at `x`; see `tfgeom.geometry.sections.boundary_sections`."""
-        if executor is None:
-            return sections.boundary_sections(self, x, direction=direction, **kwargs)
-        x = self.check(x)
-        attack = kwargs.pop("attack", None)
-        if attack is None:
-            attack = self.deepfool(x, executor=executor)
-        if kwargs.get("radius") is None:  # the default radius is a median over all inputs, not per shard
-            kwargs["radius"] = sections.default_radius(self, attack)
-        inputs = {"x": x, "attack": attack, "curvatures": kwargs.pop("curvatures", None)}
-        return executor_lib.run(self, "boundary_sections", inputs, dict(kwargs, direction=direction), executor)
+        return sections.boundary_sections(self, x, direction=direction, executor=executor, **kwargs)
 
     def connect(self, x1, x2, executor=None, **kwargs):
         """Paths inside classification regions between pairs; see `tfgeom.geometry.connectivity.connect`."""
-        if executor is None:
-            return connectivity.connect(self, x1, x2, **kwargs)
-        x1, x2 = self.check(x1), self.check(x2)
-        if kwargs.get("resolution") is None and x1.shape == x2.shape:  # a median over all pairs, not per shard
-            kwargs["resolution"] = connectivity.default_resolution(self, x1, x2)
-        return executor_lib.run(self, "connect", {"x1": x1, "x2": x2}, kwargs, executor)
+        return connectivity.connect(self, x1, x2, executor=executor, **kwargs)
 
     def curved_subspace(self, x, dim=20, **kwargs):
         """The curved subspace from `x`; see `tfgeom.geometry.subspace.curved_subspace`."""
@@ -234,27 +212,29 @@ class GeometryModel:
 
     def certify(self, x, eps, norm="linf", method="crown", executor=None, **kwargs):
         """Certify balls around `x`; see `tfgeom.verify.certification.certify`."""
-        if executor is None:
-            return certification.certify(self, x, eps, norm=norm, method=method, **kwargs)
-        x = self.check(x)
-        inputs = {"x": x, "eps": np.broadcast_to(np.asarray(eps, np.float32), (len(x),)).copy(),
-                  "cls": kwargs.pop("cls", None)}
-        return executor_lib.run(self, "certify", inputs, dict(kwargs, norm=norm, method=method), executor)
+        return certification.certify(self, x, eps, norm=norm, method=method, executor=executor, **kwargs)
 
     def certify_segment(self, x_a, x_b, method="crown", **kwargs):
         """Certify segments `[x_a, x_b]`; see `tfgeom.verify.certification.certify_segment`."""
         return certification.certify_segment(self, x_a, x_b, method=method, **kwargs)
 
     def certified_radius(self, x, norm="linf", method="crown", executor=None, **kwargs):
-        """Certified radii around `x` by bisection; see `tfgeom.verify.certification.certified_radius`."""
-        if executor is None:
-            return certification.certified_radius(self, x, norm=norm, method=method, **kwargs)
-        x = self.check(x)
-        inputs = {"x": x, **{key: per_example(kwargs.pop(key, None), len(x)) for key in ("cls", "upper", "lower")},
-                  "attack": kwargs.pop("attack", None)}
-        return executor_lib.run(self, "certified_radius", inputs, dict(kwargs, norm=norm, method=method), executor)
+        """Certified radii around `x` by bisection; see `tfgeom.verify.certification.certified_radius`.
+
+        Without `upper` or `attack`, DeepFool in `norm` gives each search its upper end.
+        """
+        if kwargs.get("upper") is None and kwargs.get("attack") is None:
+            x = self.check(x)
+            kwargs["attack"] = deepfool.deepfool(self, x, norm=norm, batch_size=kwargs.get("batch_size"),
+                                                 executor=executor)
+        return certification.certified_radius(self, x, norm=norm, method=method, executor=executor, **kwargs)
 
 
-def per_example(value, n):
-    """A scalar or `[n]` value as an `[n]` array (None stays None), so that it can be cut into shards."""
-    return None if value is None else np.broadcast_to(np.asarray(value), (n,)).copy()
+@execution.stage("features")
+def _features_shard(gm, start, x):
+    return gm.runtime.features(x)
+
+
+@execution.stage("logits")
+def _logits_shard(gm, start, x):
+    return gm.runtime.logits(x)

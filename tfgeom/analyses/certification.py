@@ -44,11 +44,11 @@ def _feature_side(context, settings, rows, pred):
 
 def _exact(gm, x, y, settings):
     """MILP margins at one eps next to CROWN's and IBP's bounds on the same inputs."""
-    from tfgeom.verify import bounds as bd
+    from tfgeom.verify.sets import ball
 
     eps = settings.milp_eps * (gm.bounds[1] - gm.bounds[0])
     cert = {m: gm.certify(x, eps, method=m, cls=y, intermediate=settings.intermediate) for m in ("ibp", "crown")}
-    margins, status, _ = milp.exact_margins(gm.layer_graph, *gm.head, bd.ball(x, np.full(len(x), eps, np.float32),
+    margins, status, _ = milp.exact_margins(gm.layer_graph, *gm.head, ball(x, np.full(len(x), eps, np.float32),
                                             settings.norm, gm.bounds), y, time_limit=settings.milp_seconds)
     done = np.isfinite(margins) & np.isfinite(cert["crown"].margins)
     return {
@@ -130,7 +130,7 @@ class CertificationAnalysis(Analysis):
         for i, method in enumerate(("ibp", "crown")):
             context.tell(f"certified radius ({method})", i, 2)
             start = time.perf_counter()
-            # CROWN's bounds are never looser than IBP's (tfgeom.verify.bounds), so its search starts at IBP's radius
+            # CROWN's bounds are never looser than IBP's (tfgeom.verify.crown), so its search starts at IBP's radius
             lower = radii["ibp"] * span if method == "crown" else None
             r = gm.certified_radius(x[rows], settings.norm, method, cls=y[rows], rtol=settings.rtol,
                                     intermediate=settings.intermediate, attack=context.deepfool(settings.norm, rows),

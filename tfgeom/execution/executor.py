@@ -2,43 +2,56 @@
 
 Most of tfgeom's work splits by example: DeepFool of each input, curvature at
 each boundary point, each connectivity pair, each certificate. A *stage* is
-such a computation, registered here by name (`STAGES`) so that a worker
-process can run it from the name alone: `run(gm, start, **shard)` computes the
-rows `start, start + 1, ...` of the caller's examples, and the executor
-concatenates the shards' results in order (`merge`).
+such a computation, declared by the module that defines it with `@stage(name)`
+next to its function: `run(gm, start, **shard_and_params)` computes the rows
+`start, start + 1, ...` of the caller's examples, and the executor merges the
+shards' results in order (`concat`, or the stage's own `merge`). A core
+function that takes `executor=` passes its stage's name to `run`; this module
+runs what was declared and imports no domain module (a worker that does not
+know a stage yet imports the module that declared it, `Stage.module`).
 
 - `LocalExecutor` runs in this process (the default: the same calls as
   without an executor, no Ray import).
 - `tfgeom.execution.ray.RayExecutor` runs shards on Ray actors, one model per
   actor.
 
-Both write each finished shard into a `ShardStore` when given one (atomic
-writes), and read finished shards back instead of recomputing them, which is
-how `tfgeom analyze --resume` continues an interrupted run.
+Per-example inputs are cut into shards by `take`: arrays and lists by rows,
+anything else by its own `rows(slice)` method; `length` counts examples by
+`len`, or by an `examples` attribute where a result defines one (`None` for
+results that hold rows for only some of the caller's examples, such as
+`Curvatures`, which then do not count).
+
+Both executors write each finished shard into a `ShardStore`
+(`tfgeom.execution.store`, data-only files written atomically) when given
+one, and read finished shards back instead of recomputing them, which is how
+`tfgeom analyze --resume` continues an interrupted run.
 
 Randomness inside a stage is derived from the seed and the example's index
 (`example_rng`), never from the shard, so results do not depend on how the
 work was split.
 """
-import hashlib
+import importlib
 import os
-import pathlib
-import pickle
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 from tfgeom.errors import InputError
+from tfgeom.execution.store import ShardStore, digest
 
 
 class Stage(NamedTuple):
     """A per-example computation.
 
     Fields:
+        name: its unique name.
+        module: the module that declared it (a worker imports it to find the stage).
         run: `run(gm, start, **shard_and_params) -> result` for one shard.
         merge: `merge([result, ...]) -> result` of the shards in order.
     """
 
+    name: str
+    module: str
     run: Callable
     merge: Callable
 
@@ -47,13 +60,24 @@ STAGES = {}
 
 
 def stage(name, merge=None):
-    """Decorator registering `run` as the stage `name` (merge defaults to `concat`)."""
+    """Decorator declaring `run` as the stage `name` (merge defaults to `concat`); returns `run` unchanged."""
 
     def register(run):
-        STAGES[name] = Stage(run, merge or concat)
+        if name in STAGES and STAGES[name].module != run.__module__:
+            raise ValueError(f"stage {name!r} is declared twice ({STAGES[name].module}, {run.__module__})")
+        STAGES[name] = Stage(name, run.__module__, run, merge or concat)
         return run
 
     return register
+
+
+def lookup(name, module=None):
+    """The stage `name`, importing `module` (the one that declared it) first if it is not known yet."""
+    if name not in STAGES and module is not None:
+        importlib.import_module(module)
+    if name not in STAGES:
+        raise InputError(f"no stage named {name!r}; stages: {sorted(STAGES)}")
+    return STAGES[name]
 
 
 def example_rng(seed, index):
@@ -61,22 +85,18 @@ def example_rng(seed, index):
     return np.random.default_rng([int(seed), int(index)])
 
 
+def per_example(value, n):
+    """A scalar or `[n]` value as an `[n]` array (None stays None), so that it can be cut into shards."""
+    return None if value is None else np.broadcast_to(np.asarray(value), (n,)).copy()
+
+
 # -- splitting and merging -----------------------------------------------------
 
 
 def take(value, rows):
-    """Rows `rows` (a slice) of a per-example value: an array, a list, a result with `rows()`, or None.
-
-    `Curvatures` keep the rows whose `index` falls in the slice, renumbered from its start.
-    """
-    from tfgeom.geometry.curvature import Curvatures
-
+    """Rows `rows` (a slice) of a per-example value: an array, a list, a result with `rows()`, or None."""
     if value is None:
         return None
-    if isinstance(value, Curvatures):
-        keep = (value.index >= rows.start) & (value.index < rows.stop)
-        return value._replace(index=value.index[keep] - rows.start, values=value.values[keep],
-                              directions=value.directions[keep], gradient_norm=value.gradient_norm[keep])
     if hasattr(value, "rows"):
         return value.rows(rows)
     return value[rows]
@@ -87,9 +107,12 @@ def concat(results):
 
     Arrays and lists are concatenated; for a `NamedTuple` field by field, where
     fields that are not per-example (a norm name, a step) are taken from the
-    first shard and `None` stays `None`.
+    first shard and `None` stays `None`. A result type that joins differently
+    defines `merge(results)` (e.g. `Curvatures`, whose `index` is renumbered).
     """
     first = results[0]
+    if hasattr(type(first), "merge"):
+        return type(first).merge(results)
     if isinstance(first, np.ndarray):
         return np.concatenate(results)
     if isinstance(first, list):
@@ -110,19 +133,17 @@ def _join(values):
 
 
 def length(shard_inputs):
-    """The number of examples of `{name: per-example value}` (all must agree)."""
-    from tfgeom.geometry.curvature import Curvatures
-
-    # Curvatures hold rows only for some inputs (their `index`): the other inputs give the count
-    sizes = {name: _rows_of(v) for name, v in shard_inputs.items() if v is not None and not isinstance(v, Curvatures)}
+    """The number of examples of `{name: per-example value}` (all that count must agree)."""
+    sizes = {name: _rows_of(v) for name, v in shard_inputs.items() if v is not None}
+    sizes = {name: n for name, n in sizes.items() if n is not None}
     if not sizes or len(set(sizes.values())) != 1:
         raise InputError(f"per-example inputs must have the same number of rows; got {sizes}")
     return next(iter(sizes.values()))
 
 
 def _rows_of(value):
-    if hasattr(value, "x_adv"):
-        return len(value.x_adv)
+    if hasattr(value, "examples"):
+        return value.examples
     return len(value)
 
 
@@ -132,60 +153,6 @@ def plan(n, shard_size):
 
 
 # -- finished shards on disk ---------------------------------------------------
-
-
-def digest(value, h=None):
-    """SHA-256 of a nested value of arrays, numbers, strings and tuples (identifies a shard's work)."""
-    h = h or hashlib.sha256()
-    if isinstance(value, np.ndarray):
-        h.update(f"{value.dtype}{value.shape}".encode())
-        h.update(np.ascontiguousarray(value).tobytes())
-    elif isinstance(value, dict):
-        for key in sorted(value):
-            h.update(str(key).encode())
-            digest(value[key], h)
-    elif isinstance(value, (list, tuple)):
-        h.update(f"{type(value).__name__}{len(value)}".encode())
-        for v in value:
-            digest(v, h)
-    else:
-        h.update(repr(value).encode())
-    return h
-
-
-class ShardStore:
-    """Finished shards of stages in a folder: one pickle per shard, written atomically.
-
-    A shard's file name holds the stage, its rows and a digest of its inputs
-    and parameters, so a shard is reused only for the very same work.
-
-    Args:
-        folder: where the shard files go (created).
-    """
-
-    def __init__(self, folder):
-        self.folder = pathlib.Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.written = 0  # shards written by this store (tests count recomputed shards with it)
-
-    def path(self, name, rows, key):
-        return self.folder / f"{name}-{rows.start:07d}-{rows.stop:07d}-{key[:16]}.pkl"
-
-    def load(self, name, rows, key):
-        """The stored result of this shard, or None."""
-        path = self.path(name, rows, key)
-        if not path.exists():
-            return None
-        with open(path, "rb") as f:
-            return pickle.load(f)
-
-    def save(self, name, rows, key, result):
-        path = self.path(name, rows, key)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-        self.written += 1
 
 
 def shard_key(name, shard_inputs, params_digest, rows):
@@ -230,7 +197,7 @@ class Executor:
 
         Args:
             gm: the `GeometryModel` (the driver's; workers hold their own copy).
-            name: a key of `STAGES`.
+            name: a declared stage (`stage`).
             inputs: `{argument: per-example value}`; each is cut into shards (`take`).
             params: `{argument: value}` passed whole to every shard.
             progress: `progress(done_examples, total)` or None.
@@ -241,7 +208,7 @@ class Executor:
         store = self.store if keep else None
         n = length(inputs)
         if n == 0:
-            return STAGES[name].run(gm, 0, **inputs, **params)
+            return lookup(name).run(gm, 0, **inputs, **params)
         size = self.shard_size or self.aligned(gm, self.default_shard_size(gm, n))
         shards = plan(n, size)
         results, todo, keys = [None] * len(shards), [], {}
@@ -268,7 +235,7 @@ class Executor:
                 progress(done, n)
 
         self.run_shards(gm, name, todo, params, finished)
-        return STAGES[name].merge(results)
+        return lookup(name).merge(results)
 
     def run_shards(self, gm, name, todo, params, finished):
         """Compute `todo` (`[(i, rows, shard)]`), calling `finished(i, result)` as each completes."""
@@ -289,98 +256,14 @@ class LocalExecutor(Executor):
 
     def run_shards(self, gm, name, todo, params, finished):
         for i, rows, shard in todo:
-            finished(i, STAGES[name].run(gm, rows.start, **shard, **params))
+            finished(i, lookup(name).run(gm, rows.start, **shard, **params))
 
 
 def run(gm, name, inputs, params=None, executor=None, progress=None):
     """Stage `name` through `executor`, or directly in process when it is None (no shards, no store)."""
     if executor is None:
-        return STAGES[name].run(gm, 0, **inputs, **dict(params or {}))
+        return lookup(name).run(gm, 0, **inputs, **dict(params or {}))
     if not isinstance(executor, Executor):
         raise InputError("executor must be a tfgeom executor (LocalExecutor, RayExecutor); "
                          f"got {type(executor).__name__}")
     return executor.map(gm, name, inputs, params, progress)
-
-
-# -- the stages --------------------------------------------------------------------
-
-
-@stage("features")
-def _features(gm, start, x):
-    return gm.runtime.features(x)
-
-
-@stage("logits")
-def _logits(gm, start, x):
-    return gm.runtime.logits(x)
-
-
-@stage("deepfool")
-def _deepfool(gm, start, x, targets=None, **params):
-    from tfgeom.geometry.deepfool import deepfool
-
-    return deepfool(gm, x, targets=targets, **params)
-
-
-@stage("attack")
-def _attack(gm, start, x, name, eps, targets=None, **params):
-    from tfgeom.geometry import attacks
-
-    return getattr(attacks, name)(gm, x, eps, targets=targets, **params)
-
-
-@stage("principal_curvatures")
-def _curvatures(gm, start, x, attack=None, **params):
-    from tfgeom.geometry.curvature import principal_curvatures
-
-    result = principal_curvatures(gm, x, attack=attack, start=start, **params)
-    return result._replace(index=result.index + start)
-
-
-@stage("boundary_sections")
-def _sections(gm, start, x, attack=None, curvatures=None, **params):
-    from tfgeom.geometry.sections import boundary_sections
-
-    return boundary_sections(gm, x, attack=attack, curvatures=curvatures, start=start, **params)
-
-
-@stage("connect")
-def _connect(gm, start, x1, x2, **params):
-    from tfgeom.geometry.connectivity import connect
-
-    return connect(gm, x1, x2, **params)
-
-
-@stage("detection_scores")
-def _detection_scores(gm, start, x, detector):
-    from tfgeom.geometry.detection import CurvatureDetector
-
-    return CurvatureDetector(gm, **detector).curvatures(x)  # directions travel with the configuration
-
-
-@stage("certify")
-def _certify(gm, start, x, eps, cls=None, **params):
-    from tfgeom.verify.certification import certify
-
-    return certify(gm, x, eps, cls=cls, **params)
-
-
-@stage("certified_radius")
-def _certified_radius(gm, start, x, cls=None, upper=None, lower=None, attack=None, **params):
-    from tfgeom.verify.certification import certified_radius
-
-    return certified_radius(gm, x, cls=cls, upper=upper, lower=lower, attack=attack, **params)
-
-
-@stage("subspace_products", merge=sum)
-def _subspace_products(gm, start, z, coeffs, normals, gnorms, v, hvp, step, chunk):
-    from tfgeom.geometry.subspace import summed_products
-
-    return summed_products(gm, z, coeffs, normals, gnorms, v, hvp, step, chunk)
-
-
-@stage("hull_distance")
-def _hull_distance(gm, start, query, points, **params):
-    from tfgeom.features.hull import HullEngine
-
-    return HullEngine(points, **params).distance(query)

@@ -19,7 +19,7 @@ import math
 import os
 
 from tfgeom.errors import InputError
-from tfgeom.execution.executor import STAGES, Executor
+from tfgeom.execution.executor import Executor, lookup
 
 INSTALL_HINT = 'distributed runs need Ray: pip install "tfgeom[ray]"'
 SHARDS_PER_WORKER = 4  # enough to balance uneven shards, few enough that each takes seconds or more
@@ -54,8 +54,8 @@ class _Worker:
         import_user_code(imports)
         self.gm = _build(recipe)
 
-    def run(self, name, start, shard, params):
-        return STAGES[name].run(self.gm, start, **shard, **params)
+    def run(self, name, module, start, shard, params):
+        return lookup(name, module).run(self.gm, start, **shard, **params)
 
     def pid(self):
         return os.getpid()
@@ -187,12 +187,13 @@ class RayExecutor(Executor):
     def run_shards(self, gm, name, todo, params, finished):
         ray = self.ray
         params_ref = ray.put(params)  # large parameters (hull points, detector) go to the store once
+        module = lookup(name).module  # the worker imports the module that declared the stage
         queue = list(todo)
         flight = {}  # object ref -> (actor index, task, attempts)
 
         def submit(a, task, attempts=0):
             i, rows, shard = task
-            ref = self.actors[a].run.remote(name, rows.start, shard, params_ref)
+            ref = self.actors[a].run.remote(name, module, rows.start, shard, params_ref)
             flight[ref] = (a, task, attempts)
 
         for a in range(min(len(self.actors), len(queue))):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom.execution import executor as executor_lib
+from tfgeom import execution
 from tfgeom.features import regions
 
 from tfgeom.errors import InputError
@@ -94,7 +94,7 @@ class FeatureSpace:
         self.gm = gm
         self.x_train, self.y_train = gm.check(x_train, y_train)
         self.W, self.b = (v.astype(np.float64) for v in gm.head)
-        self.features = gm.features(self.x_train, batch_size=batch_size).astype(np.float64)
+        self.features = gm.runtime.features(self.x_train, batch_size).astype(np.float64)
         self.predicted = (self.features @ self.W + self.b).argmax(axis=1)
         self.correct = self.predicted == self.y_train
         self.nonneg_features = bool(np.all(self.features >= 0))
@@ -191,8 +191,8 @@ class FeatureSpace:
         q = np.asarray(q, np.float64)
         q = q.reshape(len(q), -1)
         if executor is not None:
-            return executor_lib.run(self.gm, "hull_distance", {"query": q}, {"points": self._points(space, cls)},
-                                    executor)
+            return execution.run(self.gm, "hull_distance", {"query": q}, {"points": self._points(space, cls)},
+                                 executor)
         return self._engine(space, cls).distance(q)
 
     def in_hull(self, q, space="feature", cls=None, tol=FLOAT32_TOL):
@@ -230,7 +230,7 @@ class FeatureSpace:
         contains that hull). Pass `features` (the features of `x`) when
         they are already computed.
         """
-        z = (self.gm.features(x) if features is None else np.asarray(features)).astype(np.float64)
+        z = (self.gm.runtime.features(self.gm.check(x)) if features is None else np.asarray(features)).astype(np.float64)
         cls = (z @ self.W + self.b).argmax(axis=1)
         dist = np.zeros(len(z))
         inside = np.zeros(len(z), bool)
@@ -293,7 +293,7 @@ def morph(fs, x_a, x_b, steps=21):
     t = np.linspace(0.0, 1.0, steps)
     shape = (-1,) + (1,) * (x.ndim - 1)
     path = (1 - t).reshape(shape) * x[0] + t.reshape(shape) * x[1]
-    z_path = gm.features(path).astype(np.float64)
+    z_path = gm.runtime.features(gm.check(path)).astype(np.float64)
     z_line = (1 - t)[:, None] * z_path[0] + t[:, None] * z_path[-1]
     cls = int((z_path[0] @ fs.W + fs.b).argmax())
     return Morph(

@@ -30,10 +30,10 @@ results are the same; only the peak memory differs.
 """
 from typing import NamedTuple
 
-import cvxpy as cp
 import numpy as np
 from scipy.optimize import nnls
 
+from tfgeom import execution
 from tfgeom.errors import InputError, TfgeomError
 from tfgeom.runtime.resources import memory_budget
 
@@ -233,6 +233,8 @@ CLARABEL_TIGHT = {"tol_gap_abs": 1e-14, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
 
 def direct_distance(points, query, solver="CLARABEL"):
     """The reference: one cvxpy problem over all points for one query (slow)."""
+    import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
+
     points = np.asarray(points, np.float64)
     a = cp.Variable(len(points), nonneg=True)
     problem = cp.Problem(cp.Minimize(cp.sum_squares(points.T @ a - query)), [cp.sum(a) == 1])
@@ -245,8 +247,15 @@ def direct_distance(points, query, solver="CLARABEL"):
 
 def in_hull_lp(points, query, solver="HIGHS"):
     """Membership by LP feasibility: exists `a >= 0`, `sum a = 1`, `Z^T a = q`."""
+    import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
+
     points = np.asarray(points, np.float64)
     a = cp.Variable(len(points), nonneg=True)
     problem = cp.Problem(cp.Minimize(0), [cp.sum(a) == 1, points.T @ a == query])
     problem.solve(solver=solver)
     return problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
+
+
+@execution.stage("hull_distance")
+def _hull_distance_shard(gm, start, query, points, **params):
+    return HullEngine(points, **params).distance(query)

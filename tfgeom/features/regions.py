@@ -12,7 +12,6 @@ is never certified.
 """
 from typing import NamedTuple, Optional
 
-import cvxpy as cp
 import numpy as np
 
 from tfgeom.errors import InputError
@@ -85,6 +84,8 @@ class _Solver:
     """`min a^T z` over one region, for many `a` (closed form or one parameterised cvxpy problem)."""
 
     def __init__(self, region):
+        import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
+
         self.region = region
         self.problem = None
         r = region
@@ -111,6 +112,8 @@ class _Solver:
 
     def minimise(self, a):
         """`(value, point, status)`."""
+        import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
+
         r = self.region
         if isinstance(r, Box):
             if self.empty:

@@ -13,7 +13,8 @@ References:
 import numpy as np
 import tensorflow as tf
 
-from tfgeom.geometry.deepfool import attack_result
+from tfgeom import execution
+from tfgeom.geometry.deepfool import attack_result, deepfool
 from tfgeom.errors import InputError
 from tfgeom.runtime.programs import expand_like
 from tfgeom.runtime.validation import check_choice, check_labels, check_positive_int
@@ -57,7 +58,7 @@ def pgd_program(logits_fn, bounds, norm):
     return program
 
 
-def pgd(gm, x, eps, norm="linf", targets=None, steps=10, alpha=None, batch_size=None):
+def pgd(gm, x, eps, norm="linf", targets=None, steps=10, alpha=None, batch_size=None, executor=None):
     """Projected gradient ascent on the cross-entropy of the predicted label (or descent on a target's).
 
     Args:
@@ -69,10 +70,15 @@ def pgd(gm, x, eps, norm="linf", targets=None, steps=10, alpha=None, batch_size=
         steps: iterations. Defaults to `10`.
         alpha: step size. Defaults to `2.5 * eps / steps`.
         batch_size: examples per compiled call. Defaults to the model's.
+        executor: a `tfgeom.execution` executor to run the inputs in shards on
+            (the stage `"pgd"`). Defaults to `None`: in this process.
 
     Returns:
         An `AttackResult` (no boundary points).
     """
+    if executor is not None:
+        params = dict(eps=eps, norm=norm, steps=steps, alpha=alpha, batch_size=batch_size)
+        return execution.run(gm, "pgd", {"x": gm.check(x), "targets": targets}, params, executor)
     rt = gm.runtime
     norm = check_choice("norm", norm, ("l2", "linf"))
     steps = check_positive_int("steps", steps)
@@ -103,21 +109,22 @@ def by_name(name, eps=None):
     def radius(gm):
         return 0.1 * (gm.bounds[1] - gm.bounds[0]) if eps is None else eps
 
-    from tfgeom.execution import executor as executor_lib
-
     table = {
-        "deepfool-l2": lambda gm, x, executor=None: gm.deepfool(x, norm="l2", executor=executor),
-        "deepfool-linf": lambda gm, x, executor=None: gm.deepfool(x, norm="linf", executor=executor),
-        "fgsm": lambda gm, x, executor=None: executor_lib.run(gm, "attack", {"x": gm.check(x)},
-                                                              {"name": "fgsm", "eps": radius(gm)}, executor),
-        "pgd": lambda gm, x, executor=None: executor_lib.run(gm, "attack", {"x": gm.check(x)},
-                                                             {"name": "pgd", "eps": radius(gm), "steps": 10}, executor),
+        "deepfool-l2": lambda gm, x, executor=None: deepfool(gm, x, norm="l2", executor=executor),
+        "deepfool-linf": lambda gm, x, executor=None: deepfool(gm, x, norm="linf", executor=executor),
+        "fgsm": lambda gm, x, executor=None: fgsm(gm, x, radius(gm), executor=executor),
+        "pgd": lambda gm, x, executor=None: pgd(gm, x, radius(gm), steps=10, executor=executor),
     }
     if name not in table:
         raise InputError(f"attack {name!r} is not one of {sorted(table)}")
     return table[name]
 
 
-def fgsm(gm, x, eps, norm="linf", targets=None, batch_size=None):
+def fgsm(gm, x, eps, norm="linf", targets=None, batch_size=None, executor=None):
     """One gradient-sign (Linf) or normalised-gradient (L2) step of size `eps`; see `pgd`."""
-    return pgd(gm, x, eps, norm=norm, targets=targets, steps=1, alpha=eps, batch_size=batch_size)
+    return pgd(gm, x, eps, norm=norm, targets=targets, steps=1, alpha=eps, batch_size=batch_size, executor=executor)
+
+
+@execution.stage("pgd")
+def _pgd_shard(gm, start, x, targets=None, **params):
+    return pgd(gm, x, targets=targets, **params)

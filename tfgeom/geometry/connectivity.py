@@ -19,7 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tfgeom import execution
 from tfgeom.errors import InputError
+from tfgeom.geometry.deepfool import deepfool
 from tfgeom.runtime.resources import FLOAT32, check_memory
 from tfgeom.runtime.validation import check_positive_int
 
@@ -56,7 +58,7 @@ def _segment_samples(u, v, resolution):
 
 
 def _margins(gm, points, labels):
-    logits = gm.logits(points)
+    logits = gm.runtime.logits(np.asarray(points, np.float32))  # points between valid inputs: no checks
     own = logits[np.arange(len(points)), labels]
     logits[np.arange(len(points)), labels] = -np.inf
     return own - logits.max(axis=1)
@@ -89,7 +91,7 @@ def default_resolution(gm, x1, x2):
     return float(np.median(dist)) / 256 or 1e-3 * (gm.bounds[1] - gm.bounds[0])
 
 
-def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=None):
+def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=None, executor=None):
     """Find paths inside the region of the common class between pairs `(x1[p], x2[p])`.
 
     Args:
@@ -104,6 +106,8 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
             (well inside rather than on the boundary), else the DeepFool point
             itself (overshoot 0.02). Defaults to `0.5`.
         batch_size: examples per compiled call. Defaults to the model's.
+        executor: a `tfgeom.execution` executor to run the pairs in shards on
+            (the stage `"connect"`). Defaults to `None`: in this process.
 
     Returns:
         `Paths`.
@@ -111,9 +115,13 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
     x1, x2 = gm.check(x1), gm.check(x2)
     if x1.shape != x2.shape:
         raise InputError(f"x1 and x2 must have the same shape; got {x1.shape} and {x2.shape}")
+    if executor is not None:
+        resolution = default_resolution(gm, x1, x2) if resolution is None else resolution  # over all pairs
+        params = dict(max_anchors=max_anchors, resolution=resolution, depth=depth, batch_size=batch_size)
+        return execution.run(gm, "connect", {"x1": x1, "x2": x2}, params, executor)
     max_anchors = check_positive_int("max_anchors", max_anchors, 0)
-    labels = gm.predict(x1, batch_size)
-    other = gm.predict(x2, batch_size)
+    labels = gm.runtime.predict(x1, batch_size)
+    other = gm.runtime.predict(x2, batch_size)
     if np.any(labels != other):
         bad = np.flatnonzero(labels != other)
         raise InputError(
@@ -151,12 +159,12 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
         # Split broken segments at their midpoints; push midpoints outside the region back in.
         mids = np.stack([0.5 * (nodes[p][k] + nodes[p][k + 1]) for p, k in broken])
         targets = np.array([labels[p] for p, _ in broken], np.int32)
-        outside = gm.predict(mids, batch_size) != targets
+        outside = gm.runtime.predict(mids, batch_size) != targets
         if outside.any():
-            pushed = gm.deepfool(mids[outside], targets=targets[outside], batch_size=batch_size)
+            pushed = deepfool(gm, mids[outside], targets=targets[outside], batch_size=batch_size)
             # Anchor deeper inside when the scaled perturbation still lands in the region.
             deep = np.clip(mids[outside] + (1.0 + depth) / 1.02 * pushed.perturbation, *gm.bounds)
-            inside = gm.predict(deep, batch_size) == targets[outside]
+            inside = gm.runtime.predict(deep, batch_size) == targets[outside]
             mids[outside] = np.where(inside.reshape(-1, *[1] * (deep.ndim - 1)), deep, pushed.x_adv)
             for b in np.flatnonzero(outside)[~pushed.success]:
                 failed[broken[b][0]] = True
@@ -182,3 +190,8 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
         resolution=float(resolution),
         straight=straight,
     )
+
+
+@execution.stage("connect")
+def _connect_shard(gm, start, x1, x2, **params):
+    return connect(gm, x1, x2, **params)

@@ -21,9 +21,11 @@ import tensorflow as tf
 
 from tfgeom.geometry import hvp as hvp_lib
 from tfgeom.errors import InputError
-from tfgeom.execution.executor import example_rng
+from tfgeom import execution
+from tfgeom.execution import example_rng
+from tfgeom.geometry.deepfool import deepfool
 from tfgeom.geometry.lanczos import lanczos_extremes
-from tfgeom.verify.graph import layer_piecewise_linear
+from tfgeom.runtime.layers import is_piecewise_linear
 from tfgeom.runtime.resources import FLOAT32, memory_budget
 
 
@@ -49,6 +51,17 @@ class Curvatures(NamedTuple):
     hvp: str
     step: object
     lanczos_steps: int
+
+    def rows(self, rows):
+        """The rows of inputs `rows` (a slice of the caller's examples), `index` renumbered from its start."""
+        keep = (self.index >= (rows.start or 0)) & (self.index < rows.stop)
+        return self._replace(index=self.index[keep] - (rows.start or 0), values=self.values[keep],
+                             directions=self.directions[keep], gradient_norm=self.gradient_norm[keep])
+
+    @property
+    def examples(self):
+        """None: rows exist for some inputs only, so they do not say how many inputs there are."""
+        return None
 
 
 def projected_operator(logits_fn, hvp, step):
@@ -119,51 +132,6 @@ def dense_curvatures(logits_fn, z, coeffs, hvp="exact", step=None):
     return values, vectors, gnorm.numpy()
 
 
-_PIECEWISE_LINEAR = {"relu", "relu6", "leaky_relu", "linear", "softmax", "log_softmax", None}
-_PL_LAYERS = ("ReLU", "LeakyReLU", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D")
-
-
-def _all_layers(model):
-    """Every layer inside `model`, nested models included (Keras' public `layers`, recursively)."""
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _all_layers(layer)
-
-
-def is_piecewise_linear(model):
-    """True when every nonlinearity of the model is piecewise linear (ReLU-type, max-pooling).
-
-    Such networks have a zero Hessian almost everywhere, so `hvp="auto"` uses
-    finite differences for them. Unknown layers count as smooth.
-    """
-    for layer in _all_layers(model):
-        known = layer_piecewise_linear(layer)  # the certification conversion table knows most layers
-        if known is not None:
-            if not known:
-                return False
-            continue
-        name = type(layer).__name__
-        if name in _PL_LAYERS:
-            continue
-        act = getattr(layer, "activation", None)
-        act_name = getattr(act, "__name__", None) if act is not None else None
-        if act_name not in _PIECEWISE_LINEAR:
-            return False
-        if name == "Lambda" or (act is None and not _is_affine(layer)):
-            return False
-    return True
-
-
-def _is_affine(layer):
-    affine = (
-        "InputLayer", "Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D",
-        "Flatten", "Reshape", "Dropout", "SpatialDropout2D", "BatchNormalization", "Add", "Subtract",
-        "Concatenate", "AveragePooling2D", "GlobalAveragePooling2D", "ZeroPadding2D", "Cropping2D",
-        "Softmax", "Activation", "Rescaling", "Normalization", "Identity",
-    )
-    return type(layer).__name__ in affine or type(layer).__name__.startswith(("Sequential", "Functional"))
-
-
 def lanczos_batch(batch_size, steps, d):
     """Points per Lanczos call: `batch_size`, lowered so that the float32 Krylov bases `[b, steps, d]`
     (and the copy each basis update makes) fit the memory budget; at 224x224x3 with 80 steps a basis
@@ -178,7 +146,7 @@ def margin_coefficients(labels, others, num_classes):
 
 
 def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, step=None, at="boundary",
-                         seed=0, batch_size=None, attack=None, start=0):
+                         seed=0, batch_size=None, attack=None, start=0, executor=None):
     """Principal curvatures of the decision boundary near inputs `x`.
 
     Runs DeepFool (L2) on `x`, takes the boundary point `z` on `[x, x_adv]`
@@ -204,10 +172,15 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         start: the index of `x[0]` among the caller's examples: input `i`'s start
             vector is drawn from `(seed, start + i)`, so a shard of the inputs
             gives the rows of the whole. Defaults to `0`.
+        executor: a `tfgeom.execution` executor to run the inputs in shards on
+            (the stage `"principal_curvatures"`). Defaults to `None`: in this process.
 
     Returns:
         A `Curvatures`; its `index [M]` says which inputs the `M` rows are.
     """
+    if executor is not None:
+        params = dict(k=k, hvp=hvp, method=method, steps=steps, step=step, at=at, seed=seed, batch_size=batch_size)
+        return execution.run(gm, "principal_curvatures", {"x": gm.check(x), "attack": attack}, params, executor)
     from tfgeom.runtime.validation import check_choice, check_positive_int
 
     method = check_choice("method", method, ("lanczos", "dense"))
@@ -224,7 +197,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         hvp = "finite-difference" if is_piecewise_linear(gm.model) else "exact"
     if hvp == "finite-difference" and step is None:
         step = hvp_lib.default_step(d, gm.bounds)
-    result = attack if attack is not None else gm.deepfool(x, batch_size=batch_size)
+    result = attack if attack is not None else deepfool(gm, x, batch_size=batch_size)
     index = np.flatnonzero(result.success)
     z = result.boundary_points[index] if at == "boundary" else (gm.check(x) + 0.8 * result.perturbation)[index]
     coeffs = margin_coefficients(result.labels[index], result.boundary_classes[index], gm.num_classes)
@@ -303,7 +276,7 @@ def curvature_profile(gm, x, k=20, flat_tol=0.1, **kwargs):
     Returns:
         A `Profile` (its `curvatures` carry the per-point values, directions and `index`).
     """
-    curv = gm.principal_curvatures(x, k=k, **kwargs)  # a method: it takes `executor=` too
+    curv = principal_curvatures(gm, x, k=k, **kwargs)
     values = curv.values
     d = int(np.prod(gm.input_shape))
     kk = values.shape[1] // 2
@@ -349,3 +322,9 @@ def shared_direction_score(curvatures):
     top /= np.maximum(np.linalg.norm(top, axis=1, keepdims=True), 1e-30)
     cos2 = (top @ top.T) ** 2
     return (cos2.sum(axis=1) - 1.0) / (m - 1) * top.shape[1]
+
+
+@execution.stage("principal_curvatures")
+def _curvatures_shard(gm, start, x, attack=None, **params):
+    result = principal_curvatures(gm, x, attack=attack, start=start, **params)
+    return result._replace(index=result.index + start)

@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfgeom import execution
 from tfgeom.geometry import boundary
 from tfgeom.errors import InputError
 from tfgeom.runtime.resources import FLOAT32, check_memory
@@ -70,6 +71,11 @@ class AttackResult(NamedTuple):
     def rows(self, index):
         """The same result for rows `index` of the inputs (a slice, indices or a mask)."""
         return AttackResult(*[v[index] if isinstance(v, np.ndarray) else v for v in self])
+
+    @property
+    def examples(self):
+        """`N`, the number of inputs (how an executor counts a per-example value)."""
+        return len(self.x_adv)
 
 
 DeepFoolResult = AttackResult  # the name DeepFool's results had before FGSM and PGD shared them
@@ -282,7 +288,7 @@ def _programs(rt, bounds, norm, candidates, targeted, box_aware, narrow, boundar
 
 
 def deepfool(gm, x, norm=2, overshoot=0.02, max_iter=50, candidates=10, targets=None, batch_size=None,
-             boundary_rtol=1e-3, box_aware=False, narrow=3, progress=None):
+             boundary_rtol=1e-3, box_aware=False, narrow=3, progress=None, executor=None):
     """Minimal adversarial perturbations by DeepFool, with boundary points.
 
     Args:
@@ -312,10 +318,16 @@ def deepfool(gm, x, norm=2, overshoot=0.02, max_iter=50, candidates=10, targets=
             On the demo CNN, `3` gave bit-identical L2 results and the
             same median Linf norm at about 2.2x the speed. Defaults to `3`.
         progress: optional callable `progress(done, total)`.
+        executor: a `tfgeom.execution` executor to run the inputs in shards on
+            (the stage `"deepfool"`). Defaults to `None`: in this process.
 
     Returns:
         An `AttackResult` with boundary points.
     """
+    if executor is not None:
+        params = dict(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=batch_size,
+                      boundary_rtol=boundary_rtol, box_aware=box_aware, narrow=narrow)
+        return execution.run(gm, "deepfool", {"x": gm.check(x), "targets": targets}, params, executor, progress)
     rt = gm.runtime
     norm = check_choice("norm", norm, ("l2", "linf"))
     x = gm.check(x)
@@ -349,3 +361,8 @@ def deepfool(gm, x, norm=2, overshoot=0.02, max_iter=50, candidates=10, targets=
     resid[~success] = np.nan
     biters[~success] = 0
     return attack_result(x, x_adv, labels, adv_labels, success, iters, norm, (zb, cls, resid, biters))
+
+
+@execution.stage("deepfool")
+def _deepfool_shard(gm, start, x, targets=None, **params):
+    return deepfool(gm, x, targets=targets, **params)

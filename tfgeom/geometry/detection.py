@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgeom.execution import executor as executor_lib
+from tfgeom import execution
 from tfgeom.geometry import hvp as hvp_lib
 from tfgeom.runtime import statistics
 from tfgeom.errors import InputError
@@ -191,7 +191,7 @@ class CurvatureDetector:
         """`Scores`: `rho_j` (not oriented) towards the top candidate classes of inputs `x [N, ...]`."""
         x = self.gm.check(x)
         if self.executor is not None:
-            return executor_lib.run(self.gm, "detection_scores", {"x": x}, {"detector": self.config}, self.executor)
+            return execution.run(self.gm, "detection_scores", {"x": x}, {"detector": self.config}, self.executor)
         rt = self.gm.runtime
         program = rt.program(
             ("second-difference",),
@@ -283,8 +283,8 @@ def evaluate(detector, x_eval, perturbed, name=None, clean=None):
     y = np.r_[np.zeros(len(clean)), np.ones(len(dirty))]
     s = np.r_[clean, dirty]
     fpr, tpr, _ = roc_curve(y, s)
-    logits_dirty = gm.logits(xa)
-    z_clean, z_dirty = np.sort(gm.logits(x_eval), 1), np.sort(logits_dirty, 1)
+    logits_dirty = gm.runtime.logits(gm.check(xa))
+    z_clean, z_dirty = np.sort(gm.runtime.logits(x_eval), 1), np.sort(logits_dirty, 1)
     margin = np.r_[z_clean[:, -1] - z_clean[:, -2], z_dirty[:, -1] - z_dirty[:, -2]]
     flagged = dirty > detector.threshold
     recovered = detector.recover_from(cands[flagged], rho[flagged])
@@ -372,3 +372,8 @@ def calibrate(gm, x_clean, perturbed, step_scales=STEP_SCALES, counts=(32,), bas
             hits[recover_side] = float(np.mean(detector.recover_from(dirty.candidates, dirty.rho) == truth))
         detector.recover_side = max(hits, key=hits.get)
     return detector, rows
+
+
+@execution.stage("detection_scores")
+def _detection_scores_shard(gm, start, x, detector):
+    return CurvatureDetector(gm, **detector).curvatures(x)  # directions travel with the configuration

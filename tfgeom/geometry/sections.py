@@ -12,7 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom.errors import InputError
-from tfgeom.execution.executor import example_rng
+from tfgeom import execution
+from tfgeom.execution import example_rng
+from tfgeom.geometry.curvature import principal_curvatures
+from tfgeom.geometry.deepfool import deepfool
 
 
 class Section(NamedTuple):
@@ -109,7 +112,7 @@ def default_radius(gm, attack):
 
 
 def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, seed=0, attack=None, curvatures=None,
-                      start=0, **kwargs):
+                      start=0, executor=None, **kwargs):
     """Sections at the DeepFool boundary points of inputs `x`.
 
     Args:
@@ -128,22 +131,27 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
         start: the index of `x[0]` among the caller's examples (random
             directions and Lanczos start vectors are drawn per example index).
             Defaults to `0`.
+        executor: a `tfgeom.execution` executor to run the inputs in shards on
+            (the stage `"boundary_sections"`; DeepFool and the default radius run
+            over all inputs first). Defaults to `None`: in this process.
         **kwargs: passed to `principal_curvatures` (`hvp`, `k`, ...).
 
     Returns:
         A list of `Section`, one per input where DeepFool succeeded.
     """
-    from tfgeom.geometry.curvature import principal_curvatures
-
     if direction not in ("curved", "random"):
         raise InputError(f"direction={direction!r} is not one of ['curved', 'random']")
+    if executor is not None:
+        x = gm.check(x)
+        attack = attack if attack is not None else deepfool(gm, x, executor=executor)
+        radius = default_radius(gm, attack) if radius is None else radius  # a median over all inputs, not per shard
+        params = dict(kwargs, direction=direction, radius=radius, resolution=resolution, seed=seed)
+        inputs = {"x": x, "attack": attack, "curvatures": curvatures}
+        return execution.run(gm, "boundary_sections", inputs, params, executor)
     kwargs.setdefault("k", 5)
-    df = attack if attack is not None else gm.deepfool(x)
+    df = attack if attack is not None else deepfool(gm, x)
     if direction == "curved" and curvatures is not None:
-        keep = np.flatnonzero(curvatures.index < len(x))
-        curv = curvatures._replace(index=curvatures.index[keep], values=curvatures.values[keep],
-                                   directions=curvatures.directions[keep],
-                                   gradient_norm=curvatures.gradient_norm[keep])
+        curv = curvatures.rows(slice(0, len(x)))
         index = curv.index
     elif direction == "curved":
         curv = principal_curvatures(gm, x, attack=df, seed=seed, start=start, **kwargs)
@@ -164,3 +172,8 @@ def boundary_sections(gm, x, direction="curved", radius=None, resolution=81, see
             section(gm, point, int(df.labels[i]), int(df.boundary_classes[i]), u, radius, resolution, kappa)
         )
     return out
+
+
+@execution.stage("boundary_sections")
+def _sections_shard(gm, start, x, attack=None, curvatures=None, **params):
+    return boundary_sections(gm, x, attack=attack, curvatures=curvatures, start=start, **params)

@@ -17,9 +17,12 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from tfgeom import execution
 from tfgeom.geometry import curvature
+from tfgeom.geometry.deepfool import deepfool
 from tfgeom.errors import InputError
 from tfgeom.geometry.lanczos import lanczos_extremes
+from tfgeom.runtime.layers import is_piecewise_linear
 from tfgeom.runtime.statistics import listed
 from tfgeom.runtime.validation import check_positive_int
 
@@ -113,16 +116,16 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
     if 2 * dim > d - 1:
         raise InputError(f"dim={dim} is too large for inputs of dimension {d}; use dim <= {(d - 1) // 2}")
     if hvp == "auto":
-        hvp = "finite-difference" if curvature.is_piecewise_linear(gm.model) else "exact"
+        hvp = "finite-difference" if is_piecewise_linear(gm.model) else "exact"
     if hvp == "finite-difference" and step is None:
         step = hvp_lib.default_step(d, gm.bounds)
-    attack = attack if attack is not None else gm.deepfool(x, batch_size=batch_size, executor=executor)
+    attack = attack if attack is not None else deepfool(gm, x, batch_size=batch_size, executor=executor)
     index = np.flatnonzero(attack.success)
     if len(index) == 0:
         raise InputError("DeepFool found no boundary point for these inputs; cannot average curvature")
     z = attack.boundary_points[index]
     coeffs = curvature.margin_coefficients(attack.labels[index], attack.boundary_classes[index], gm.num_classes)
-    _, grads = gm.gradient(z, coeffs, batch_size=batch_size)
+    _, grads = gm.runtime.gradient(z, coeffs, batch_size)
     grads = grads.reshape(len(z), -1)
     gnorms = np.linalg.norm(grads, axis=1)
     normals = grads / np.maximum(gnorms, 1e-30)[:, None]
@@ -198,7 +201,7 @@ def _fooled(gm, x, labels, basis, eps, draws, rng):
         v = rng.normal(size=(n, basis.shape[0])).astype(np.float32) @ basis
         v *= eps / np.linalg.norm(v, axis=1, keepdims=True)
         xp = np.clip(x.reshape(n, d) + v, *gm.bounds).reshape(x.shape)
-        fooled += gm.predict(xp) != labels
+        fooled += gm.runtime.predict(xp) != labels
     return fooled / draws
 
 
@@ -269,7 +272,7 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
     if not dims:
         raise InputError(f"dims must not exceed the subspace dimension {len(subspace.basis)}")
     n, d = len(x), int(np.prod(gm.input_shape))
-    clean = attack if attack is not None else gm.deepfool(x, executor=executor)
+    clean = attack if attack is not None else deepfool(gm, x, executor=executor)
     labels = clean.labels
     truth = labels if y is None else np.asarray(y)
     ok = clean.success
@@ -281,7 +284,7 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
         rand = random_subspace(d, m, rng)
         flat = x.reshape(n, d)
         removed = np.clip(flat - (flat @ basis.T) @ basis, *gm.bounds).reshape(x.shape)
-        adv = gm.deepfool(removed, executor=executor)
+        adv = deepfool(gm, removed, executor=executor)
         energy_curved, energy_random = _energy(basis, r), _energy(rand, r)
         fooled_curved = _fooled(gm, x, labels, basis, eps, draws, rng)
         fooled_random = _fooled(gm, x, labels, rand, eps, draws, rng)
@@ -315,3 +318,8 @@ def vulnerability(gm, x, y, subspace, dims=(5, 10, 20), eps=None, draws=5, seed=
     half = {"curved": _half_norm(sweep, "fooling_curved"), "random": _half_norm(sweep, "fooling_random")}
     return Vulnerability(eps, float(np.mean(labels == truth)), float(np.median(clean.norms_l2[ok])), rows, sweep,
                          half, per_input)
+
+
+@execution.stage("subspace_products", merge=sum)
+def _subspace_products_shard(gm, start, z, coeffs, normals, gnorms, v, hvp, step, chunk):
+    return summed_products(gm, z, coeffs, normals, gnorms, v, hvp, step, chunk)

@@ -10,40 +10,22 @@ import datetime
 import hashlib
 import html
 import json
-import os
 import pathlib
 import shutil
 import time
 
-import numpy as np
 
 from tfgeom.analyses import settings as settings_lib
 from tfgeom.analyses import REGISTRY, Context
 from tfgeom.report.claims import scorecard
 from tfgeom.errors import InputError
-from tfgeom.execution.executor import ShardStore
+from tfgeom.execution.store import ShardStore, jsonable, read_json, write_atomic
 from tfgeom.report.labels import label
 from tfgeom.execution.lock import folder_lock
 
 
 def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, pathlib.PurePath):
-        return str(value)
-    return value
-
-
-def _write_atomic(path, text):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    return jsonable(value, finite=True)
 
 
 def file_digest(path):
@@ -75,19 +57,6 @@ def select(only):
 def configure(overrides=None):
     """Every analysis' effective settings (`{name: Settings}`) with `overrides` `{name: {key: value}}` applied."""
     return settings_lib.resolve(REGISTRY, overrides or {})
-
-
-def _previous(path, identity):
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError) as err:
-        raise InputError(f"cannot resume: {path} is unreadable ({err}); run without --resume") from None
-    if previous.get("identity") != identity:
-        raise InputError(
-            f"cannot resume: {path} was written for other model/data/settings; "
-            "use a new --out folder or run without --resume"
-        )
-    return previous.get("sections", {})
 
 
 def run_analyses(gm, dataset, out_dir, *, only=None, seed=0, resume=False, identity=None, progress=None,
@@ -151,7 +120,7 @@ def _run(gm, dataset, out, only, seed, resume, identity, progress, settings, exe
         "sections": {},
     }
     if resume and path.exists():
-        report["sections"] = _previous(path, identity)
+        report["sections"] = read_json(path, identity).get("sections", {})
     context = Context(gm, dataset, out, seed, progress, executor)
     for name in names:
         analysis = REGISTRY[name]
@@ -173,11 +142,11 @@ def _run(gm, dataset, out, only, seed, resume, identity, progress, settings, exe
         context.tell(f"section {name}", 1, 1)
         report["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         report["claims"] = _jsonable(scorecard(report["sections"]))
-        _write_atomic(path, json.dumps(report, indent=2))
-        _write_atomic(out / "report.html", render_html(report, out))
+        write_atomic(path, json.dumps(report, indent=2))
+        write_atomic(out / "report.html", render_html(report, out))
     report["claims"] = _jsonable(scorecard(report["sections"]))
-    _write_atomic(path, json.dumps(report, indent=2))
-    _write_atomic(out / "report.html", render_html(report, out))
+    write_atomic(path, json.dumps(report, indent=2))
+    write_atomic(out / "report.html", render_html(report, out))
     return report
 
 

@@ -10,18 +10,12 @@ report says so. Subclassed models cannot be cloned layer by layer and are refuse
 import keras
 
 from tfgeom.errors import ModelError
-
-
-def _all_layers(model):
-    """Every layer, nested models' layers included (depth first)."""
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _all_layers(layer)
+from tfgeom.runtime.layers import all_layers
 
 
 def low_precision_layers(model):
     """Names of layers whose compute dtype is not float32."""
-    return [layer.name for layer in _all_layers(model)
+    return [layer.name for layer in all_layers(model)
             if getattr(layer, "compute_dtype", "float32") not in ("float32", None)]
 
 
@@ -48,7 +42,7 @@ def as_float32(model):
 
 
 def _dtype_of(model, name):
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if layer.name == name:
             return layer.compute_dtype
     return "low precision"

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from tfgeom.verify import bounds as bd
+from tfgeom.verify import crown as bd
 from tfgeom.verify.operators import ReLU
 from tfgeom.runtime.resources import memory_budget
 

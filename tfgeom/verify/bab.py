@@ -37,7 +37,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfgeom.verify import bounds as bd
+from tfgeom.verify import crown as bd
+from tfgeom.verify.sets import ball
 from tfgeom.verify import milp
 from tfgeom.verify.operators import ReLU
 
@@ -104,7 +105,7 @@ class _Problem:
 
     def input_set(self, count):
         x = np.repeat(self.x[None], count, 0)
-        return bd.ball(x, np.full(count, self.eps, np.float32), "linf", self.gm.bounds)
+        return ball(x, np.full(count, self.eps, np.float32), "linf", self.gm.bounds)
 
     def bound(self, splits):
         """`(lower [B, L-1], bounds, grads, box grads)` of the subdomains `splits` (a list of dicts)."""

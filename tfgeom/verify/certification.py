@@ -5,7 +5,7 @@ margin `f_c(x) - f_j(x) = (w_c - w_j)^T phi(x) + b_c - b_j` over `S` is
 positive. The margins are bounded directly (not each logit): for `"ibp"` over
 the interval bounds of the features `phi(S)` in closed form; for `"crown"` by
 a backward pass that starts from the margin rows `C W^T`; for `"milp"` exactly
-(small ReLU networks). See `tfgeom.verify.bounds` and `tfgeom.verify.milp`.
+(small ReLU networks). See `tfgeom.verify.crown` and `tfgeom.verify.milp`.
 
 Bounds are computed in float32; a set counts as certified only when the
 bound exceeds `1e-5` times the logit scale, so rounding cannot make a
@@ -16,8 +16,10 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfgeom.verify import bounds as bd
+from tfgeom.verify import alpha_crown, crown, forward, ibp
+from tfgeom.verify.sets import ball, segment
 from tfgeom.verify import bab, milp
+from tfgeom import execution
 from tfgeom.errors import InputError
 from tfgeom.runtime.validation import check_choice, check_labels, check_positive_int
 
@@ -73,7 +75,7 @@ def _margin_rows(weights, bias, cls):
 
 def _check_cls(gm, x, cls):
     if cls is None:
-        return gm.predict(x)
+        return gm.runtime.predict(x)
     return check_labels(cls, gm.num_classes, len(x), name="cls")
 
 
@@ -86,12 +88,68 @@ def _bound(gm, input_set, cls, method, max_units=milp.MAX_UNITS, intermediate="b
         margins, status, _ = milp.exact_margins(graph, weights, bias, input_set, cls, max_units)
     else:
         coeffs, const = _margin_rows(weights, bias, cls)
-        lower, _ = bd.margin_lower_bounds(graph, input_set, coeffs, const, method, intermediate=intermediate)
+        lower, _ = margin_lower_bounds(graph, input_set, coeffs, const, method, intermediate=intermediate)
         margins = lower.numpy().astype(np.float64)
         # intervals that overflow float32 on deep nets (inf - inf) give NaN: no bound at all
         margins[np.isnan(margins)] = -np.inf
     margins[np.arange(len(cls)), cls] = np.inf
     return margins, status
+
+
+class MarginBounds(NamedTuple):
+    """Lower bounds of linear functions of the features over input sets.
+
+    Fields:
+        lower: `[N, S]` lower bounds.
+        bounds: `[(l, u)]` of every node (pre-activation bounds used on the way).
+    """
+
+    lower: tf.Tensor
+    bounds: list
+
+
+def _box_lower(coeffs, const, l, u):
+    """Lower bounds of `coeffs @ z + const` over the box `[l, u]`: `[N, S]`."""
+    return const + tf.einsum("nsd,nd->ns", tf.maximum(coeffs, 0.0), l) + tf.einsum(
+        "nsd,nd->ns", tf.minimum(coeffs, 0.0), u)
+
+
+def margin_lower_bounds(graph, input_set, coeffs, const, method, memory=crown.MEMORY, combine=True,
+                        intermediate="backward"):
+    """Lower bounds of `coeffs @ z + const` over the set, `z` the features.
+
+    Args:
+        coeffs: `[N, S, D]` rows of the margins (e.g. `w_c - w_j`).
+        const: `[N, S]`.
+        method: `"ibp"` (minimise over the feature box in closed form),
+            `"crown"` (backward pass from the margins, never looser than IBP)
+            or `"alpha-crown"` (CROWN with optimised slopes in the margins'
+            backward pass, `tfgeom.verify.alpha_crown`; never looser than CROWN).
+        combine: for `"crown"`, return `max(CROWN, IBP)`; `False` gives the
+            backward pass's own bound (for measuring it).
+        intermediate: for `"crown"`, how pre-activation bounds are found:
+            `"backward"` (a backward pass per neuron, CROWN proper) or
+            `"forward"` (forward linear bounds, much cheaper on convolutional
+            networks, looser). The margins always get a backward pass.
+
+    Returns:
+        A `MarginBounds`.
+    """
+    if method == "ibp":
+        bounds = ibp.compiled_interval_bounds(graph, input_set)
+    elif method == "alpha-crown":
+        backward, bounds = alpha_crown.optimise(graph, input_set, coeffs, const, memory=memory)
+    elif intermediate == "forward":
+        bounds = forward.forward_bounds(graph, input_set, memory)
+    else:
+        bounds = crown.crown_bounds(graph, input_set, memory)
+    box = graph.program("box-lower", _box_lower, reduce_retracing=True)(coeffs, const, *bounds[-1])
+    if method == "ibp":
+        return MarginBounds(box, bounds)
+    last = len(graph.nodes) - 1
+    if method != "alpha-crown":
+        backward = crown.compiled_backward(graph, last, input_set.kind)(coeffs, const, tuple(bounds[:last]), input_set)
+    return MarginBounds(tf.maximum(backward, box) if combine else backward, bounds)
 
 
 def _bucket(n):
@@ -129,7 +187,7 @@ def _branch_and_bound(gm, x, eps, cls, crown, scale, time_limit):
 
 
 def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, max_units=milp.MAX_UNITS,
-            intermediate="backward", time_limit=60.0):
+            intermediate="backward", time_limit=60.0, executor=None):
     """Certify the `norm`-balls of radius `eps` around `x` (intersected with the bounds).
 
     Args:
@@ -151,10 +209,18 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
             `"backward"`.
         time_limit: for `"bab"`, seconds per input before its verdict is
             `"unknown"`. Defaults to `60`.
+        executor: a `tfgeom.execution` executor to run the inputs in shards on
+            (the stage `"certify"`). Defaults to `None`: in this process.
 
     Returns:
         A `Certificate`.
     """
+    if executor is not None:
+        x = gm.check(x)
+        inputs = {"x": x, "eps": execution.per_example(np.asarray(eps, np.float32), len(x)), "cls": cls}
+        params = dict(norm=norm, method=method, batch_size=batch_size, max_units=max_units, intermediate=intermediate,
+                      time_limit=time_limit)
+        return execution.run(gm, "certify", inputs, params, executor)
     norm = check_choice("norm", norm, NORMS)
     method = check_choice("method", method, METHODS)
     intermediate = check_choice("intermediate", intermediate, INTERMEDIATE)
@@ -164,7 +230,7 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
     x = gm.check(x)
     cls = _check_cls(gm, x, cls)
     eps = _eps_array(eps, len(x))
-    scale = np.abs(gm.logits(x)).max(axis=1)
+    scale = np.abs(gm.runtime.logits(x)).max(axis=1)
     if method == "bab":
         crown = certify(gm, x, eps, norm, "crown", cls, batch_size, intermediate=intermediate)
         return _branch_and_bound(gm, x, eps, cls, crown, scale, time_limit)
@@ -173,7 +239,7 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
         size = len(x[s])
         pad = _bucket(size) if method != "milp" else size
         take = np.minimum(np.arange(pad), size - 1)  # repeat the last example: few distinct shapes
-        input_set = bd.ball(x[s][take], eps[s][take], norm, gm.bounds)
+        input_set = ball(x[s][take], eps[s][take], norm, gm.bounds)
         m, status = _bound(gm, input_set, cls[s][take], method, max_units, intermediate)
         margins.append(m[:size])
         statuses += status or []
@@ -194,10 +260,10 @@ def certify_segment(gm, x_a, x_b, method="crown", cls=None, batch_size=None, max
     if x_a.shape != x_b.shape:
         raise InputError(f"x_a and x_b must have the same shape; got {x_a.shape} and {x_b.shape}")
     cls = _check_cls(gm, x_a, cls)
-    scale = np.maximum(np.abs(gm.logits(x_a)).max(axis=1), np.abs(gm.logits(x_b)).max(axis=1))
+    scale = np.maximum(np.abs(gm.runtime.logits(x_a)).max(axis=1), np.abs(gm.runtime.logits(x_b)).max(axis=1))
     margins, statuses = [], []
     for s in gm.runtime.batches(len(x_a), batch_size):
-        m, status = _bound(gm, bd.segment(x_a[s], x_b[s], gm.bounds), cls[s], method, max_units, intermediate)
+        m, status = _bound(gm, segment(x_a[s], x_b[s], gm.bounds), cls[s], method, max_units, intermediate)
         margins.append(m)
         statuses += status or []
     margins = np.concatenate(margins)
@@ -285,7 +351,7 @@ class _Search:
 
 def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, steps=40, rtol=0.02,
                      batch_size=None, max_units=milp.MAX_UNITS, intermediate="backward", lower=None, attack=None,
-                     search="bisection"):
+                     search="bisection", executor=None):
     """The largest certified radius around each input, by bisection on `eps`.
 
     Each step certifies all unresolved inputs at the midpoints of their
@@ -299,25 +365,36 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
         method: `"ibp"`, `"crown"`, `"alpha-crown"` or `"milp"` (as in `certify`).
         cls: `[N]` classes; defaults to the predicted ones.
         upper: `[N]` or scalar starting upper end: a radius cannot exceed the
-            distance of an adversarial example. Defaults to the norm of the
-            DeepFool perturbation where DeepFool succeeds, else the whole
-            bounds range (`high - low`, times `sqrt(d)` for L2).
+            distance of an adversarial example. Defaults to the norm of
+            `attack`'s perturbation where it succeeded, else the whole bounds
+            range (`high - low`, times `sqrt(d)` for L2).
         steps: maximum bisection steps. Defaults to `40`.
         rtol: stop when `upper - radius <= rtol * upper`. Defaults to `0.02`.
         lower: `[N]` or scalar radius already known to be certified by this
             method (e.g. IBP's radius for CROWN, whose bounds are never looser).
             Defaults to `None`: 0 (CROWN's radius for `"milp"`).
-        attack: a DeepFool `AttackResult` of `x` in `norm` to take the upper
-            ends from. Defaults to `None`: run DeepFool.
+        attack: an `AttackResult` of `x` in `norm` (e.g. DeepFool's) to take the
+            upper ends from. Defaults to `None`: the bounds range
+            (`GeometryModel.certified_radius` runs DeepFool for it).
         search: `"bisection"` (midpoints: arithmetic until a radius is
             certified, then geometric) or `"secant"` (ours: false position on
             the smallest margin bound with the Illinois correction, falling
             back to midpoints; usually fewer certify calls, each bracket end
             still certified or refuted by a call). Defaults to `"bisection"`.
+        executor: a `tfgeom.execution` executor to run the inputs in shards on
+            (the stage `"certified_radius"`). Defaults to `None`: in this process.
 
     Returns:
         A `Radius`; `radius` is certified (a lower bound on the true robust radius).
     """
+    if executor is not None:
+        x = gm.check(x)
+        inputs = {"x": x, "attack": attack,
+                  **{key: execution.per_example(value, len(x)) for key, value in (("cls", cls), ("upper", upper),
+                                                                                 ("lower", lower))}}
+        params = dict(norm=norm, method=method, steps=steps, rtol=rtol, batch_size=batch_size, max_units=max_units,
+                      intermediate=intermediate, search=search)
+        return execution.run(gm, "certified_radius", inputs, params, executor)
     norm = check_choice("norm", norm, NORMS)
     method = check_choice("method", method, METHODS)
     steps = check_positive_int("steps", steps)
@@ -328,9 +405,9 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
     span = gm.bounds[1] - gm.bounds[0]
     if upper is None:
         upper = np.full(len(x), span * (np.sqrt(np.prod(gm.input_shape)) if norm == "l2" else 1.0))
-        found = attack if attack is not None else gm.deepfool(x, norm=norm, batch_size=batch_size)
-        hit = found.success & (found.adv_labels != cls)
-        upper[hit] = np.minimum(upper[hit], found.norms[hit])
+        if attack is not None:
+            hit = attack.success & (attack.adv_labels != cls)
+            upper[hit] = np.minimum(upper[hit], attack.norms[hit])
     hi = _eps_array(upper, len(x)).astype(np.float64)
     lo = np.zeros(len(x)) if lower is None else np.minimum(_eps_array(lower, len(x)).astype(np.float64), hi)
     logits = gm.runtime.logits(x, batch_size)  # once: the labels at the centres and the search's clean margins
@@ -350,3 +427,13 @@ def certified_radius(gm, x, norm="linf", method="crown", cls=None, upper=None, s
         search.update(todo, mid, cert)
     converged = ~ok | (hi - lo <= rtol * hi)
     return Radius(lo.astype(np.float32), hi.astype(np.float32), cls, method, norm, float(rtol), converged)
+
+
+@execution.stage("certify")
+def _certify_shard(gm, start, x, eps, cls=None, **params):
+    return certify(gm, x, eps, cls=cls, **params)
+
+
+@execution.stage("certified_radius")
+def _certified_radius_shard(gm, start, x, cls=None, upper=None, lower=None, attack=None, **params):
+    return certified_radius(gm, x, cls=cls, upper=upper, lower=lower, attack=attack, **params)

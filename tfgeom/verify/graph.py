@@ -1,6 +1,6 @@
 """The feature extractor of a Keras model as a graph of operators (`tfgeom.verify.operators`).
 
-Bound propagation (`tfgeom.verify.bounds`) and the exact MILP (`tfgeom.verify.milp`) do not
+Bound propagation (`tfgeom.verify.ibp`, `crown`, `forward`) and the exact MILP (`tfgeom.verify.milp`) do not
 run Keras layers; each Keras layer becomes operators by a lookup table from
 layer class to converter (`CONVERTERS`):
 
@@ -19,8 +19,8 @@ layer class to converter (`CONVERTERS`):
 
 Dropout-like layers are the identity in inference mode and produce no node.
 Node 0 is the input; nodes are in topological order; the last node is the
-feature tensor (the input of the model's final Dense layer). The table also
-says which layers are piecewise linear (`layer_piecewise_linear`).
+feature tensor (the input of the model's final Dense layer). Which layers are
+piecewise linear is `tfgeom.runtime.layers`' table, shared with curvature.
 """
 from typing import NamedTuple, Tuple
 
@@ -31,37 +31,9 @@ import tensorflow as tf
 from tfgeom.verify import patches
 from tfgeom.errors import ModelError
 from tfgeom.runtime.heads import is_functional, producer, strip_softmax
+from tfgeom.runtime.layers import AVERAGE, IDENTITY, MAXPOOL
 from tfgeom.verify.operators import Add, Affine, Concatenate, Input, MaxPool, ReLU, Smooth, SShaped, ThresholdReLU
 
-_IDENTITY = (
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
-    keras.layers.ActivityRegularization,
-)
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_AVERAGE = (
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.Cropping3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Permute,
-)
-_MAXPOOL = (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-)
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "silu", "swish", "elu",
                "gelu")
 SUPPORTED = (
@@ -381,30 +353,31 @@ def _standalone(layer, inputs, in_shape):
     return [("alias", inputs[0])] if spec[0] is None else _activation_nodes(layer, inputs, in_shape, spec)
 
 
-# Keras layer class -> converter `(layer, inputs, in_shape) -> [operators]` (the last one is the output),
-# and whether its operators are piecewise linear whatever the layer's settings (None: depends on them).
+# Keras layer class -> converter `(layer, inputs, in_shape) -> [operators]` (the last one is the output).
+# Whether a layer is piecewise linear is a fact about Keras layers, shared with curvature:
+# `tfgeom.runtime.layers.PIECEWISE_LINEAR` (a test checks that it knows every layer here).
 CONVERTERS = {
-    keras.layers.Dense: (_dense, None),
-    keras.layers.Conv1D: (_conv, None),
-    keras.layers.Conv2D: (_conv, None),
-    keras.layers.Conv3D: (_conv, None),
-    keras.layers.DepthwiseConv1D: (_depthwise, None),
-    keras.layers.DepthwiseConv2D: (_depthwise, None),
-    keras.layers.SeparableConv1D: (_separable, None),
-    keras.layers.SeparableConv2D: (_separable, None),
-    keras.layers.Normalization: (_normalization, True),
-    keras.layers.UpSampling1D: (_average, True),
-    keras.layers.UpSampling2D: (_upsampling, True),
-    keras.layers.BatchNormalization: (_batch_norm, True),
-    keras.layers.Rescaling: (_rescaling, True),
-    keras.layers.Flatten: (_reshape, True),
-    keras.layers.Reshape: (_reshape, True),
-    **{cls: (_average, True) for cls in _AVERAGE},
-    **{cls: (lambda layer, inputs, in_shape: [_maxpool(layer, inputs, in_shape)], True) for cls in _MAXPOOL},
-    keras.layers.ReLU: (_standalone, None),
-    keras.layers.LeakyReLU: (_standalone, True),
-    keras.layers.ELU: (_standalone, False),
-    keras.layers.Activation: (_standalone, None),
+    keras.layers.Dense: _dense,
+    keras.layers.Conv1D: _conv,
+    keras.layers.Conv2D: _conv,
+    keras.layers.Conv3D: _conv,
+    keras.layers.DepthwiseConv1D: _depthwise,
+    keras.layers.DepthwiseConv2D: _depthwise,
+    keras.layers.SeparableConv1D: _separable,
+    keras.layers.SeparableConv2D: _separable,
+    keras.layers.Normalization: _normalization,
+    keras.layers.UpSampling1D: _average,
+    keras.layers.UpSampling2D: _upsampling,
+    keras.layers.BatchNormalization: _batch_norm,
+    keras.layers.Rescaling: _rescaling,
+    keras.layers.Flatten: _reshape,
+    keras.layers.Reshape: _reshape,
+    **{cls: _average for cls in AVERAGE},
+    **{cls: (lambda layer, inputs, in_shape: [_maxpool(layer, inputs, in_shape)]) for cls in MAXPOOL},
+    keras.layers.ReLU: _standalone,
+    keras.layers.LeakyReLU: _standalone,
+    keras.layers.ELU: _standalone,
+    keras.layers.Activation: _standalone,
 }
 
 
@@ -413,25 +386,6 @@ def _converter(layer):
         if cls in CONVERTERS:
             return CONVERTERS[cls]
     return None
-
-
-def layer_piecewise_linear(layer):
-    """Whether a Keras layer is piecewise linear by the conversion table: True, False, or None when
-    the table does not know the layer (the caller decides)."""
-    if isinstance(layer, _IDENTITY):
-        return True
-    entry = _converter(layer)
-    if entry is None:
-        return None
-    if entry[1] is not None:
-        return entry[1]
-    act = getattr(layer, "activation", None)
-    name = getattr(act, "__name__", None) if act is not None else None
-    if isinstance(layer, keras.layers.ReLU):
-        return True
-    # a final softmax is stripped before any analysis, so it does not make the logits smooth
-    return name in ("relu", "relu6", "leaky_relu", "hard_sigmoid", "linear", "identity", "softmax", "log_softmax",
-                    None)
 
 
 def _layer_nodes(layer, inputs, in_shapes):
@@ -453,7 +407,7 @@ def _layer_nodes(layer, inputs, in_shapes):
         raise ModelError(
             f"layer '{name}' ({type(layer).__name__}) is not supported by certification; supported: {SUPPORTED}"
         )
-    return [node for node in entry[0](layer, tuple(inputs), in_shapes[0]) if node is not None]
+    return [node for node in entry(layer, tuple(inputs), in_shapes[0]) if node is not None]
 
 
 def _concatenate(layer, inputs, in_shapes):
@@ -515,7 +469,7 @@ def build(model):
             index[key] = visit(layer.outputs[0], inner)
             return index[key]
         parent_ids = [visit(p, bindings) for p in parents]
-        if isinstance(layer, _IDENTITY):
+        if isinstance(layer, IDENTITY):
             index[key] = parent_ids[0]
             return parent_ids[0]
         made = _layer_nodes(layer, parent_ids, [nodes[i].shape for i in parent_ids])

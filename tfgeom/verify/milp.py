@@ -21,10 +21,10 @@ L2 balls are refused (they need a mixed-integer SOCP solver).
 """
 from typing import NamedTuple
 
-import cvxpy as cp
 import numpy as np
 
-from tfgeom.verify.bounds import crown_bounds, interval_bounds
+from tfgeom.verify.crown import crown_bounds
+from tfgeom.verify.ibp import interval_bounds
 from tfgeom.errors import ModelError
 from tfgeom.verify.operators import Affine
 
@@ -54,6 +54,8 @@ class Program:
     `input` is the cvxpy variable of the (flattened) input; `features` that of the features."""
 
     def __init__(self, graph, matrices, bounds, input_set, i):
+        import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
+
         nodes = graph.nodes
         self.binaries = 0
         self._matrices = matrices
@@ -74,6 +76,8 @@ class Program:
 
     def minimise(self, coeffs, time_limit=TIME_LIMIT):
         """`(value, status, features)` of `min coeffs^T z` over the set."""
+        import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
+
         self.coeffs.value = np.asarray(coeffs, np.float64)
         try:
             value = self.problem.solve(
@@ -115,7 +119,7 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
         graph: the `LayerGraph`.
         weights: the head's `W [D, L]`.
         bias: the head's `b [L]`.
-        input_set: a `tfgeom.verify.bounds.LinfBall` or `Segment` (an `L2Ball` is refused).
+        input_set: a `tfgeom.verify.sets.LinfBall` or `Segment` (an `L2Ball` is refused).
         cls: `[N]` classes to certify.
         tighten: take the big-M constants from CROWN's pre-activation bounds
             (intersected with IBP's) instead of IBP's alone: still valid
@@ -129,6 +133,8 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
         `ExactMargins`; a margin is `-inf` when its solve did not end optimal
         (the status says why).
     """
+    import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
+
     check_size(graph, max_units)
     input_set.milp_constraints(cp.Variable(graph.nodes[0].size), 0)  # refuses sets the MILP cannot express
     found = crown_bounds(graph, input_set) if tighten else interval_bounds(graph, input_set)

@@ -17,7 +17,6 @@ layers), so that adding a Keras layer means writing (or reusing) one class:
 Shapes exclude the batch axis; `N` is the batch of input sets, `S` the number
 of linear functions bounded at once, `m` the dimensions of the input set.
 """
-import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
@@ -200,6 +199,8 @@ class ReLU(Activation):
         return self.backward_relaxed(a, const, (al, bl[:, None], au[:, None], bu[:, None]))
 
     def milp(self, program, ins, parent, cons):
+        import cvxpy as cp  # only the exact MILP needs it: IBP and CROWN do not load it
+
         x = ins[0]
         l, u = (b.reshape(-1) for b in parent)
         slope = self.slope
@@ -375,6 +376,8 @@ class Concatenate(Operator):
                       tf.concat([i[k][1] for i in ins], self.axis + 1)) for k in (0, 1))
 
     def milp(self, program, ins, parent, cons):
+        import cvxpy as cp  # only the exact MILP needs it: IBP and CROWN do not load it
+
         positions = np.split(np.arange(self.size).reshape(self.shape), np.cumsum(self.sizes)[:-1], self.axis)
         y = cp.Variable(self.size)
         for x, pos in zip(ins, positions):
@@ -461,6 +464,8 @@ class MaxPool(Operator):
         return lo, (tf.where(keep[:, None], up_a, 0.0), tf.where(keep, up_c, tf.reshape(bu, shape)))
 
     def milp(self, program, ins, parent, cons):
+        import cvxpy as cp  # only the exact MILP needs it: IBP and CROWN do not load it
+
         x = ins[0]
         l, u = (b.reshape(-1) for b in parent)
         window = self.window.numpy()

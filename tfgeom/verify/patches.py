@@ -4,7 +4,7 @@ A neuron of a convolution at position `q` depends only on the inputs in its
 receptive field, and so do the coefficients of its linear bounds on every
 earlier tensor. Patch form keeps, for each bounded row, only the window of
 coefficients `[Kh, Kw, C]` on that field (auto_LiRPA's `Patches`), where the
-dense form (`tfgeom.verify.bounds.backward`) carries the whole map `[H, W, C]`: on a
+dense form (`tfgeom.verify.crown.backward`) carries the whole map `[H, W, C]`: on a
 conv(4x4, s2)-conv(4x4, s2) stack the second layer's neurons need 4x4x8
 instead of 13x13x8 coefficients on the first layer's output, and 10x10
 instead of 28x28 on the input.
