@@ -50,7 +50,7 @@ def backward_alone(gm, x, y, eps):
     from tfgeom.verify.certification import _margin_rows
 
     input_set = sets.ball(x, np.full(len(x), eps, np.float32), "linf", gm.bounds)
-    coeffs, const = _margin_rows(*gm.head, tf.constant(y))
+    coeffs, const = _margin_rows(gm.layer_graph, *gm.head, tf.constant(y))
     raw, _ = certification.margin_lower_bounds(gm.layer_graph, input_set, coeffs, const, "crown", combine=False)
     ibp, _ = certification.margin_lower_bounds(gm.layer_graph, input_set, coeffs, const, "ibp")
     keep = np.ones(raw.shape, bool)

@@ -152,7 +152,7 @@ def test_resumed_run_recomputes_no_finished_shard(gm, digits, tmp_path, executor
     start = executor.computed
     with pytest.raises(Stop):
         run_analyses(gm, dataset, out, only=["deepfool"], executor=executor, progress=interrupt)
-    finished = sorted(p.name for p in (out / "shards").glob("*.pkl"))
+    finished = sorted(p.name for p in (out / "shards").glob("*.npz"))
     assert executor.computed - start == len(finished) >= 8 + 3  # all L2 shards, at least three L-inf ones
     start = executor.computed
     report = run_analyses(gm, dataset, out, only=["deepfool"], executor=executor, resume=True)

@@ -23,7 +23,7 @@ def test_analyze_on_two_workers_equals_one_process(small_cnn_path, digits_npz, t
     two = _run(*common, "--out", tmp_path / "two", "--workers", 2)
     assert two.exit_code == 0, two.output
     assert not ray.is_initialized()  # the command shut down the runtime it started
-    assert len(list((tmp_path / "two" / "shards").glob("*.pkl"))) > 4  # finished shards kept for --resume
+    assert len(list((tmp_path / "two" / "shards").glob("*.npz"))) > 4  # finished shards kept for --resume
     one = _run(*common, "--out", tmp_path / "one")
     assert one.exit_code == 0, one.output
     a, b = (json.loads((tmp_path / name / "report.json").read_text())["sections"] for name in ("one", "two"))

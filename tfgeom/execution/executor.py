@@ -107,12 +107,9 @@ def concat(results):
 
     Arrays and lists are concatenated; for a `NamedTuple` field by field, where
     fields that are not per-example (a norm name, a step) are taken from the
-    first shard and `None` stays `None`. A result type that joins differently
-    defines `merge(results)` (e.g. `Curvatures`, whose `index` is renumbered).
+    first shard and `None` stays `None`.
     """
     first = results[0]
-    if hasattr(type(first), "merge"):
-        return type(first).merge(results)
     if isinstance(first, np.ndarray):
         return np.concatenate(results)
     if isinstance(first, list):

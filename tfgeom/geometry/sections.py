@@ -77,7 +77,7 @@ def section(gm, point, k, j, direction, radius, resolution=81, curvature=None):
     """
     coeffs = np.zeros((1, gm.num_classes), np.float32)
     coeffs[0, k], coeffs[0, j] = 1.0, -1.0
-    _, grad = gm.gradient(point[None], coeffs)
+    _, grad = gm.runtime.gradient(np.asarray(point[None], np.float32), coeffs)
     normal = grad[0] / max(np.linalg.norm(grad[0]), 1e-30)
     u = np.asarray(direction, np.float32)
     u = u - np.sum(u * normal) * normal

