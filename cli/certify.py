@@ -46,11 +46,9 @@ def certify(
 
     Radii are fractions of the input range by default and are printed in both units.
     """
-    import numpy as np
-
     gm = load_model(model, bounds, unsafe, batch_size, data, logits=logits)
-    from tfgeom.execution.store import RecordLog
-    from tfgeom.report.certificates import certify_all
+    from tfgeom.execution.lock import file_lock
+    from tfgeom.execution.store import content_digest
     from tfgeom.report.runner import file_digest
 
     dataset = load_data(data, gm, limit, image_size)
@@ -62,8 +60,24 @@ def certify(
     settings = {"eps_input_units": None if radius else eps_input, "norm": norm.value, "method": method.value,
                 "radius": radius, "intermediate": intermediate.value,
                 "time_limit": time_limit if method is Method.bab else None}
-    identity = {"model_sha256": file_digest(model), "data": data, "limit": limit, "bounds": list(gm.bounds), **settings}
-    log = RecordLog(out, identity, resume)
+    identity = {"model_sha256": file_digest(model), "data": data, "data_sha256": content_digest(x, y), "limit": limit,
+                "bounds": list(gm.bounds), **settings}
+    with file_lock(out):
+        _run(gm, dataset, x, y, pred, out, identity, resume, method, norm, radius, intermediate, time_limit, eps_input,
+             batch_size, workers, ray_address, as_json)
+
+
+def _run(gm, dataset, x, y, pred, out, identity, resume, method, norm, radius, intermediate, time_limit, eps_input,
+         batch_size, workers, ray_address, as_json):
+    """The certification loop and its summary, with the --out file locked."""
+    import numpy as np
+
+    from tfgeom.execution.store import RecordLog
+    from tfgeom.report.certificates import certify_all
+
+    span = gm.bounds[1] - gm.bounds[0]
+    fields = ("radius_input_units", "converged") if radius else ("certified", "min_margin", "status")
+    log = RecordLog(out, identity, resume, fields)
     todo = [i for i in range(len(x)) if i not in log.records]
     # CROWN and MILP cost seconds per input: go one at a time so progress and results come per input
     # (on Ray: one input per task, a few per worker between writes).

@@ -21,6 +21,16 @@ def fail(message):
     raise typer.Exit(2)
 
 
+def _os_error(err):
+    """One line for an operating-system error: what, on which file, and what to do."""
+    import errno
+
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free some space or write to another --out (--resume continues)"
+    return f"{err.strerror or err}{where}"
+
+
 def cli_errors(command):
     """Turn tfgeom's errors into one line on stderr and exit code 2."""
 
@@ -33,7 +43,7 @@ def cli_errors(command):
         except (TfgeomError, OSError) as err:
             if STATE["debug"]:
                 raise
-            fail(str(err) if isinstance(err, TfgeomError) else f"{err.strerror or err}: {err.filename or ''}")
+            fail(str(err) if isinstance(err, TfgeomError) else _os_error(err))
         except KeyboardInterrupt:
             # caught here, inside the command: Typer would turn it into a silent exit 130
             if STATE["debug"]:
@@ -96,12 +106,12 @@ def show(summary, title, as_json=False):
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    table = Table(title=title, show_header=False)
+    table = Table(title=escape(str(title)), show_header=False)  # titles and cells may hold user text: no markup
     for key, value in summary.items():
         if isinstance(value, list) and len(value) <= 8 and all(not isinstance(v, (list, dict)) for v in value):
-            table.add_row(key, ", ".join(cell(v) for v in value))
+            table.add_row(escape(str(key)), escape(", ".join(cell(v) for v in value)))
         elif not isinstance(value, (list, dict)):
-            table.add_row(key, cell(value))
+            table.add_row(escape(str(key)), escape(cell(value)))
     out_console.print(table)
 
 

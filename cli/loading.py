@@ -1,5 +1,7 @@
 """Reading what a command analyses: paths checked before TensorFlow, the model, the data, the executor."""
 import contextlib
+import os
+import pathlib
 
 from tfgeom.cli.console import STATE, note
 from tfgeom.cli.options import Logits
@@ -14,6 +16,19 @@ def check_paths(model=None, data=None):
         check_path(model)
     if data is not None:
         check_source(data)
+
+
+def check_writable(path):
+    """Refuse an output file whose folder does not exist (before any work, not after it)."""
+    if path is None:
+        return
+    from tfgeom.errors import InputError
+
+    folder = pathlib.Path(path).resolve().parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist; create it or choose another --out")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write {path}: folder {folder} is not writable; choose another --out")
 
 
 def load_tensorflow():
@@ -39,6 +54,11 @@ def make_executor(workers, ray_address, shard_size=None):
     """A RayExecutor when --workers or --ray-address is given, else None (in process)."""
     if workers is None and ray_address is None:
         return None
+    cores = os.cpu_count() or 1
+    if ray_address is None and workers > cores:
+        note(f"--workers {workers} capped at this machine's {cores} cores (more workers than cores only compete; "
+             "join a cluster with --ray-address for more)")
+        workers = cores
     from tfgeom.execution.ray import RayExecutor
 
     return RayExecutor(workers=workers, address=ray_address, shard_size=shard_size, imports=STATE["imports"])

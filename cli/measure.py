@@ -7,7 +7,7 @@ from typing_extensions import Annotated
 
 from tfgeom.analyses.summaries import summarize_attack, summarize_hulls, summarize_paths, summarize_profile
 from tfgeom.cli.console import cli_errors, note, progress_bar, progress_callback, show
-from tfgeom.cli.loading import load_data, load_model, make_executor, running
+from tfgeom.cli.loading import check_writable, load_data, load_model, make_executor, running
 from tfgeom.cli.options import (At, Attack, BatchOpt, BoundsOpt, DataOpt, Hvp, ImageSizeOpt, JsonOpt, LimitOpt, Logits,
                                 LogitsOpt, ModelArg, Norm, RayAddressOpt, SplitOpt, TrainDataOpt, UnsafeOpt, WorkersOpt)
 
@@ -57,6 +57,7 @@ def deepfool(
     """Minimal adversarial perturbations (DeepFool) and their norms."""
     import numpy as np
 
+    check_writable(out)
     gm = load_model(model, bounds, unsafe, batch_size, data, logits=logits)
     dataset = load_data(data, gm, limit, image_size)
     if candidates > gm.num_classes:
@@ -112,6 +113,7 @@ def curvature(
     """Principal curvatures of the decision boundary at DeepFool boundary points (the profile)."""
     import numpy as np
 
+    check_writable(out)
     gm = load_model(model, bounds, unsafe, batch_size, data, logits=logits)
     dataset = load_data(data, gm, limit, image_size)
     with running(make_executor(workers, ray_address)) as executor:

@@ -102,6 +102,7 @@ def prepare(model, data, image_size, train_data, split, only, set_, config, limi
     if train_data:
         check_paths(data=train_data)
     load_tensorflow()
+    from tfgeom.execution.store import content_digest
     from tfgeom.report.runner import file_digest, select
 
     select(only)  # unknown names fail before any work
@@ -110,6 +111,7 @@ def prepare(model, data, image_size, train_data, split, only, set_, config, limi
     gm = load_model(model, bounds, unsafe, batch_size, data, logits=logits)
     dataset = load_data(data, gm, limit, image_size, train_data, split, seed)
     identity = {"model_sha256": file_digest(model), "data": data, "train_data": train_data,
+                "data_sha256": content_digest(dataset.x, dataset.y, dataset.x_train, dataset.y_train),
                 "data_note": dataset.note, "limit": limit, "bounds": list(bounds), "logits": logits.value,
                 "imports": STATE["imports"]}
     return gm, dataset, identity, settings, executor

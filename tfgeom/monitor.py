@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom.errors import InputError
-from tfgeom.features.feature_space import FeatureSpace
+from tfgeom.features.feature_space import FeatureSpace, exact_regions
 from tfgeom.runtime.validation import check_positive_int
 
 MEASURES = ("deepfool", "curvature", "hull", "margins")
@@ -110,13 +110,9 @@ class GeometryMonitor(keras.callbacks.Callback):
         w, b = (v.astype(np.float64) for v in gm.head)
         if "margins" in self.measures:
             # exact distance in feature space to the nearest class boundary: min_j m_j / ||w_c - w_j||
-            logits = z @ w + b
-            cls = logits.argmax(1)
-            margin = logits[np.arange(len(z)), cls][:, None] - logits
-            gaps = np.linalg.norm(w[:, cls].T[:, :, None] - w[None], axis=1)
-            dist = np.where(np.arange(w.shape[1])[None] == cls[:, None], np.inf, margin / np.maximum(gaps, 1e-30))
-            histograms["feature_margin"] = dist.min(1)
-            scalars["feature_margin_median"] = float(np.median(dist.min(1)))
+            dist = exact_regions(z, w, b).distance
+            histograms["feature_margin"] = dist
+            scalars["feature_margin_median"] = float(np.median(dist))
         if "hull" in self.measures:
             space = FeatureSpace(gm, self.x_reference, self.y_reference)
             scalars["inside_training_hull"] = float(np.mean(space.in_hull(z)))

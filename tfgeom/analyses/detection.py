@@ -6,7 +6,7 @@ from tfgeom.analyses import plots
 from tfgeom.runtime import statistics
 from tfgeom.analyses import Analysis, register
 from tfgeom.geometry.detection import RULES, calibrate, evaluate
-from tfgeom.errors import TfgeomError
+from tfgeom.errors import InputError, TfgeomError
 from tfgeom.runtime.validation import check_choice
 
 
@@ -60,6 +60,8 @@ class DetectionAnalysis(Analysis):
         attacks: str = "deepfool-l2,deepfool-linf,fgsm,pgd"  # comma-separated
 
     def check(self, settings):
+        if not 0.0 < settings.fpr < 1.0:
+            raise InputError(f"detection.fpr must be a rate in (0, 1); got {settings.fpr!r}")
         for name in settings.attacks.split(","):
             if name.strip():
                 attacks.by_name(name.strip())

@@ -110,6 +110,11 @@ def resolve(analyses, overrides):
                 raise InputError(f"unknown setting {name}.{key}; {name} settings are: {allowed}")
         choices = getattr(analysis, "CHOICES", {})
         values = {k: coerce(f"{name}.{k}", getattr(defaults, k), v, choices.get(k)) for k, v in given.items()}
+        for key, value in values.items():
+            default = getattr(defaults, key)
+            # a count (an int setting whose default is at least 1) of zero or less would run nothing, or crash later
+            if isinstance(default, int) and not isinstance(default, bool) and default >= 1 and value < 1:
+                raise InputError(f"{name}.{key} must be at least 1; got {value}")
         out[name] = defaults._replace(**values)
         analysis.check(out[name])
     return out

@@ -61,6 +61,22 @@ class _Worker:
         return os.getpid()
 
 
+def _probe(address, timeout=5.0):
+    """Refuse in one line, within `timeout` seconds, an address `HOST:PORT` (or `ray://HOST:PORT`) where nothing
+    listens (Ray itself retries for minutes); `auto` and other forms are left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise InputError(f"no Ray cluster answers at {address} ({err.strerror or err}); start one with "
+                         "`ray start --head` and pass its address, or use --workers N for a local runtime") from None
+
+
 def _build(recipe):
     import tempfile
 
@@ -126,6 +142,7 @@ class RayExecutor(Executor):
                      configure_logging=False)
             self._started = True
         else:
+            _probe(self.address)
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
 
     def _plan_workers(self):

@@ -204,8 +204,17 @@ def jsonable(value, finite=False):
     return value
 
 
-def _mismatch(path, what="run"):
-    return InputError(f"cannot resume: {path} was written for another {what} (other model, data or settings); "
+def content_digest(*arrays):
+    """Hex SHA-256 of arrays' contents (None allowed): identifies the data a run analyses, not its path."""
+    return digest([a if a is None else np.asarray(a) for a in arrays]).hexdigest()
+
+
+def _mismatch(path, found, expected):
+    """One line naming what differs between the identity in a file and the resuming run's."""
+    found = found if isinstance(found, dict) else {}
+    keys = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    what = ", ".join(keys[:6]) or "its identity"
+    return InputError(f"cannot resume: {path} was written for another run ({what} differ); "
                       "use a new --out or run without --resume")
 
 
@@ -223,8 +232,9 @@ def read_json(path, identity, kind="report"):
         raise InputError(f"cannot resume: {path} is unreadable ({err}); {FIX}") from None
     if not isinstance(found, dict):
         raise InputError(f"cannot resume: {path} is not a tfgeom {kind}; {FIX}")
-    if found.get("identity") != jsonable(identity, finite=True):
-        raise _mismatch(path)
+    expected = jsonable(identity, finite=True)
+    if found.get("identity") != expected:
+        raise _mismatch(path, found.get("identity"), expected)
     return found
 
 
@@ -240,10 +250,12 @@ class RecordLog:
         identity: JSON-ready dict identifying the run.
         resume: keep the items of an earlier run with the same identity.
             Defaults to `False`: start the file anew.
+        fields: keys every record must have (a resumed file missing one is refused). Defaults to `()`.
     """
 
-    def __init__(self, path, identity, resume=False):
+    def __init__(self, path, identity, resume=False, fields=()):
         self.path = pathlib.Path(path)
+        self.fields = tuple(fields)
         self.identity = json.loads(json.dumps(jsonable(identity)))
         self.records = {}
         if resume and self.path.exists():
@@ -264,7 +276,7 @@ class RecordLog:
         if not isinstance(header, dict) or "identity" not in header:
             raise InputError(f"cannot resume: {self.path} has no tfgeom header line; {FIX}")
         if header["identity"] != self.identity:
-            raise _mismatch(self.path)
+            raise _mismatch(self.path, header["identity"], self.identity)
         records = []
         for number, line in enumerate(lines[1:], start=2):
             if not line.strip():
@@ -277,6 +289,9 @@ class RecordLog:
                 raise InputError(f"cannot resume: line {number} of {self.path} is not JSON; {FIX}") from None
             if not isinstance(record, dict) or not isinstance(record.get("index"), int):
                 raise InputError(f"cannot resume: line {number} of {self.path} is not a record with an index; {FIX}")
+            missing = [key for key in self.fields if key not in record]
+            if missing:
+                raise InputError(f"cannot resume: line {number} of {self.path} lacks {missing}; {FIX}")
             records.append(record)
         self.records = {r["index"]: r for r in records}
         # rewrite without a possibly truncated last line

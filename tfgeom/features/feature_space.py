@@ -74,6 +74,46 @@ def _halfspace_projection(q, a, c, nonneg):
     return out
 
 
+def exact_regions(z, W, b, cls=None, nonneg=False):
+    """Exact distance from features `z [m, D]` to the boundary of `P_cls`.
+
+    Args:
+        z: `[m, D]` feature vectors.
+        W: `[D, L]` head weights.
+        b: `[L]` head bias.
+        cls: `[m]` classes; defaults to the predicted class of each `z`.
+        nonneg: restrict the feature space to `z >= 0` (ReLU features):
+            the flip point must be a reachable feature vector. Defaults to `False`.
+
+    Returns:
+        `Regions`. Without `nonneg`, `min_j margin_j / ||w_c - w_j||` in
+        closed form; with it, per class `j` the projection onto
+        `{margin_j <= 0, z >= 0}` (see `_halfspace_projection`).
+    """
+    z = np.asarray(z, np.float64)
+    cls = (z @ W + b).argmax(axis=1) if cls is None else np.asarray(cls)
+    m, classes = len(z), W.shape[1]
+    dist = np.full((m, classes), np.inf)
+    points = np.zeros((m, classes, z.shape[1]))
+    for j in range(classes):
+        rows = np.flatnonzero(cls != j)
+        for c in np.unique(cls[rows]):
+            sel = rows[cls[rows] == c]
+            a = W[:, j] - W[:, c]  # crossing into j: a^T p + (b_j - b_c) >= 0
+            p = _halfspace_projection(z[sel], -a, -(b[j] - b[c]), nonneg)
+            points[sel, j] = p
+            dist[sel, j] = np.linalg.norm(p - z[sel], axis=1)
+    order = np.argsort(dist, axis=1)
+    nearest = order[:, 0]
+    return Regions(
+        cls=cls,
+        distance=dist[np.arange(m), nearest],
+        nearest=nearest,
+        flip_point=points[np.arange(m), nearest],
+        second=dist[np.arange(m), order[:, 1]] if classes > 2 else np.full(m, np.inf),
+    )
+
+
 class FeatureSpace:
     """Training features of a `GeometryModel` and the exact geometry of its head.
 
@@ -108,41 +148,8 @@ class FeatureSpace:
         return logits[np.arange(len(z)), cls][:, None] - logits
 
     def regions(self, z, cls=None, nonneg=False):
-        """Exact distance from features `z [m, D]` to the boundary of `P_cls`.
-
-        Args:
-            z: `[m, D]` feature vectors.
-            cls: `[m]` classes; defaults to the predicted class of each `z`.
-            nonneg: restrict the feature space to `z >= 0` (ReLU features):
-                the flip point must be a reachable feature vector. Defaults to `False`.
-
-        Returns:
-            `Regions`. Without `nonneg`, `min_j margin_j / ||w_c - w_j||` in
-            closed form; with it, per class `j` the projection onto
-            `{margin_j <= 0, z >= 0}` (see `_halfspace_projection`).
-        """
-        z = np.asarray(z, np.float64)
-        cls = (z @ self.W + self.b).argmax(axis=1) if cls is None else np.asarray(cls)
-        m, classes = len(z), self.W.shape[1]
-        dist = np.full((m, classes), np.inf)
-        points = np.zeros((m, classes, z.shape[1]))
-        for j in range(classes):
-            rows = np.flatnonzero(cls != j)
-            for c in np.unique(cls[rows]):
-                sel = rows[cls[rows] == c]
-                a = self.W[:, j] - self.W[:, c]  # crossing into j: a^T p + (b_j - b_c) >= 0
-                p = _halfspace_projection(z[sel], -a, -(self.b[j] - self.b[c]), nonneg)
-                points[sel, j] = p
-                dist[sel, j] = np.linalg.norm(p - z[sel], axis=1)
-        order = np.argsort(dist, axis=1)
-        nearest = order[:, 0]
-        return Regions(
-            cls=cls,
-            distance=dist[np.arange(m), nearest],
-            nearest=nearest,
-            flip_point=points[np.arange(m), nearest],
-            second=dist[np.arange(m), order[:, 1]] if classes > 2 else np.full(m, np.inf),
-        )
+        """Exact distance from features `z [m, D]` to the boundary of `P_cls` (see `exact_regions`)."""
+        return exact_regions(z, self.W, self.b, cls, nonneg)
 
     def boundary_distance(self, z, cls=None, nonneg=False):
         """`[m]` exact distances to the boundary of the class polyhedra (`regions(...).distance`)."""

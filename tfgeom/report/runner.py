@@ -45,9 +45,12 @@ def select(only):
 
     `only` is a list of names; each item may itself be a comma-separated list.
     """
-    if not only:
+    if only is None:
         return list(REGISTRY)
     names = [n.strip() for item in only for n in str(item).split(",") if n.strip()]
+    if not names:
+        raise InputError(f"--only {','.join(map(str, only))!r} names no analysis; name some of {list(REGISTRY)} "
+                         "or leave --only out to run them all")
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
         raise InputError(f"unknown analysis {unknown}; available: {list(REGISTRY)}")
@@ -163,9 +166,11 @@ def _cell(value):
 
 
 def _embed(out, name):
-    file = out / name
-    if not file.exists():
-        return f"<p><em>missing figure {html.escape(name)}</em></p>"
+    file = (out / str(name)).resolve()
+    if not file.is_relative_to(out.resolve()):  # a report.json edited to name a file elsewhere: never read it
+        return f"<p><em>figure {html.escape(str(name))} is outside the report folder; not shown</em></p>"
+    if not file.is_file():
+        return f"<p><em>missing figure {html.escape(str(name))}</em></p>"
     data = base64.b64encode(file.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
@@ -203,6 +208,8 @@ def interval_text(card):
     """`value [low, high]` of a scorecard record, or `-`."""
     if card.get("value") is None:
         return "-"
+    if card.get("low") is None or card.get("high") is None:  # too few examples for an interval
+        return f"{card['value']:.3g} [no interval]"
     return f"{card['value']:.3g} [{card['low']:.3g}, {card['high']:.3g}]"
 
 

@@ -270,6 +270,9 @@ def _from_folder(path, image_size, channels):
     """Class subfolders of images, read in sorted order with `keras.utils.image_dataset_from_directory`."""
     if image_size is None:
         raise InputError(f"reading images from {path!r} needs their size; pass image_size=(H, W) (CLI: --image-size H W)")
+    size = tuple(int(v) for v in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise InputError(f"image size must be two positive integers H W; got {tuple(image_size)}")
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     if not classes:
         raise InputError(
@@ -281,13 +284,36 @@ def _from_folder(path, image_size, channels):
     import keras
 
     ds = keras.utils.image_dataset_from_directory(
-        path, labels="inferred", label_mode="int", class_names=classes, image_size=tuple(int(v) for v in image_size),
+        path, labels="inferred", label_mode="int", class_names=classes, image_size=size,
         color_mode="grayscale" if channels == 1 else "rgb", batch_size=None, shuffle=False, verbose=False,
     )
-    x, y = from_tf_dataset(ds)
+    try:
+        x, y = from_tf_dataset(ds)
+    except Exception as err:  # TensorFlow's decoding error does not name the file: find it
+        bad = _unreadable_image(path, classes)
+        if bad is None:
+            raise InputError(f"cannot read the images of {path!r}: {type(err).__name__}") from None
+        raise InputError(f"cannot read image {bad!r} (corrupt, empty or not an image); remove or replace it") from None
     return Dataset(x.astype(np.float32), y.astype(np.int32), name=os.path.basename(os.path.normpath(path)),
                    note=f"classes from folder names in sorted order: {', '.join(classes[:20])}"
                    + (" ..." if len(classes) > 20 else ""))
+
+
+def _unreadable_image(path, classes):
+    """The first image file under `path`'s class folders that TensorFlow cannot decode, or None."""
+    import tensorflow as tf
+
+    for c in classes:
+        folder = os.path.join(path, c)
+        for name in sorted(os.listdir(folder)):
+            if not name.lower().endswith(_IMAGE_EXTENSIONS):
+                continue
+            file = os.path.join(folder, name)
+            try:
+                tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+            except Exception:  # any decoding failure: this is the file to name
+                return file
+    return None
 
 
 def with_training(dataset, train=None, split=True, seed=0, train_fraction=0.5):

@@ -52,6 +52,9 @@ def import_user_code(sources):
                 module = importlib.import_module(source)
         except ModelError:
             raise
+        except SystemExit as err:  # the user's code ended the process: say so instead of ending silently
+            raise ModelError(f"--import {source!r} called sys.exit({err.code!r}) while being imported; "
+                             "import a module that only defines and registers classes") from None
         except Exception as err:  # the user's code: any error it raises is reported in one line
             raise ModelError(f"--import {source!r} failed: {type(err).__name__}: {_first_line(str(err))}") from err
         names.append(module.__name__)

@@ -172,9 +172,6 @@ def _eps_array(eps, n):
 
 def _branch_and_bound(gm, x, eps, cls, crown, scale, time_limit):
     """`Certificate` of method `"bab"`: CROWN's certificates stand, the rest go to `tfgeom.verify.bab.verify`."""
-    if not gm.layer_graph.piecewise_linear():
-        raise InputError("method='bab' needs a piecewise-linear network (its subdomains end in linear programs); "
-                         "this one has smooth units: use method='alpha-crown'")
     certified = crown.certified.copy()
     status = ["certified" if c else "unknown" for c in certified]
     found = np.full(x.shape, np.nan, np.float32)
@@ -233,6 +230,10 @@ def certify(gm, x, eps, norm="linf", method="crown", cls=None, batch_size=None, 
     eps = _eps_array(eps, len(x))
     scale = np.abs(gm.runtime.logits(x)).max(axis=1)
     if method == "bab":
+        if not gm.layer_graph.piecewise_linear():
+            raise InputError("method='bab' needs a piecewise-linear network (its subdomains end in linear programs); "
+                             "this one has smooth units: use method='alpha-crown'")
+        milp.check_encoded(gm.layer_graph, "method='bab'")  # before any work, not mid-search
         crown = certify(gm, x, eps, norm, "crown", cls, batch_size, intermediate=intermediate)
         return _branch_and_bound(gm, x, eps, cls, crown, scale, time_limit)
     margins, statuses = [], []

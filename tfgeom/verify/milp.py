@@ -25,12 +25,28 @@ import numpy as np
 
 from tfgeom.verify.crown import crown_bounds
 from tfgeom.verify.ibp import interval_bounds
-from tfgeom.errors import ModelError
+from tfgeom.errors import ModelError, TfgeomError
 from tfgeom.verify.operators import Affine
 
 MAX_UNITS = 4096  # activation + max-pool units of the feature extractor
 MIP_GAP = 1e-6
 TIME_LIMIT = 120.0  # seconds per solve; a solve stopped by it reports its status and certifies nothing
+# Pre-activation bounds come from float32 propagation; the true activations can lie outside them by a few
+# float32 roundings of the values' scale (1e-8 to 1e-7 seen on small CNNs). An exact solver given them as hard
+# constraints would optimise over a set that excludes the true minimiser (an overestimated margin, or
+# "infeasible" on a set that is not empty), so every bound is widened by this fraction of its node's scale.
+ROUNDING = 1e-5
+
+
+def widened(bounds):
+    """`[(l, u)]` of one example's nodes in float64, each widened by `ROUNDING` times its node's scale
+    (the largest `|l|`, `|u|` of the node, at least 1): a sound margin for float32 rounding."""
+    out = []
+    for l, u in bounds:
+        l, u = np.asarray(l, np.float64), np.asarray(u, np.float64)
+        pad = ROUNDING * max(1.0, float(np.max(np.abs(l), initial=0.0)), float(np.max(np.abs(u), initial=0.0)))
+        out.append((l - pad, u + pad))
+    return out
 
 
 def check_size(graph, max_units=MAX_UNITS):
@@ -40,12 +56,22 @@ def check_size(graph, max_units=MAX_UNITS):
             "method='milp' needs a piecewise-linear network (ReLU/LeakyReLU, max-pooling); this one has "
             "smooth units (tanh, sigmoid, softplus, silu, elu or gelu): use method='crown'"
         )
+    check_encoded(graph, "method='milp'")
     units = sum(graph.counts().values())
     if units > max_units:
         raise ModelError(
             f"method='milp' is for small networks: this feature extractor has {units} activation/pooling "
             f"units, above the limit of {max_units} (pass max_units=... to try anyway, or use method='crown')"
         )
+
+
+def check_encoded(graph, what):
+    """Raise `ModelError` naming the first operator the MILP does not encode (before any work of `what`)."""
+    for node in graph.nodes:
+        if not node.milp_encoded:
+            raise ModelError(f"{what} needs every layer in exact linear programs, and layer '{node.name}' "
+                             f"({type(node).__name__}: a ReLU with a threshold, or max_value with negative_slope) "
+                             "has none; use method='crown', 'alpha-crown' or 'ibp'")
 
 
 class Program:
@@ -57,6 +83,7 @@ class Program:
         import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
 
         nodes = graph.nodes
+        bounds = widened(bounds)
         self.binaries = 0
         self._matrices = matrices
         x = cp.Variable(nodes[0].size)
@@ -153,6 +180,9 @@ def exact_margins(graph, weights, bias, input_set, cls, max_units=MAX_UNITS, tig
             if j == c:
                 continue
             value, status, _ = prog.minimise(w[:, c] - w[:, j], time_limit)
+            if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):  # the set holds its centre or x_a: not empty
+                raise TfgeomError(f"the MILP solver called the input set of example {i} infeasible, but it is not "
+                                  "empty (numerical trouble in the solver); use method='crown' or 'bab' for it")
             margins[i, j] = value + b[c] - b[j]
             if status != cp.OPTIMAL:
                 worst = status

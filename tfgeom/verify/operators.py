@@ -35,6 +35,7 @@ class Operator:
     """Base class: a node reading `inputs` (node indices) with output `shape`, from Keras layer `name`."""
 
     piecewise_linear = True  # for the MILP and for choosing finite-difference HVPs
+    milp_encoded = True  # whether `milp` encodes the operator (the MILP and branch and bound's leaves need it)
     units = False  # activation/pooling units count towards the MILP size limit
 
     def __init__(self, name, inputs, shape):
@@ -267,6 +268,8 @@ class ThresholdReLU(Activation):
         high = tf.reduce_max(tf.stack([tf.where(ok, g, -np.inf) for g, ok in gs]), 0)
         slack = 1e-6 * (1.0 + tf.maximum(tf.abs(low), tf.abs(high)))  # float32 rounding of f - lam x
         return lam, low - slack, lam, high + slack
+
+    milp_encoded = False
 
     def milp(self, program, ins, parent, cons):
         raise ModelError(f"ReLU layer '{self.name}' has a threshold (or max_value with negative_slope), which "
