@@ -26,7 +26,7 @@ def distinct_pairs(labels):
 def adversarial_pairs(gm, x, labels, count, generator, executor=None):
     """`(x_adv, x_b)`: an input of another class pushed into class `i` by targeted DeepFool, and an input of `i`."""
     pairs = same_class_pairs(labels, count, generator)
-    if len(pairs) == 0:
+    if len(pairs) == 0 or len(np.unique(labels)) < 2:  # no pair, or no other class to push from
         return x[:0], x[:0]
     sources = np.array([generator.choice(np.flatnonzero(labels != labels[a])) for a, _ in pairs])
     pushed = gm.deepfool(x[sources], targets=labels[pairs[:, 0]], executor=executor)

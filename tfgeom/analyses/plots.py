@@ -172,7 +172,9 @@ def feature_pca(train, train_labels, test, test_labels, path):
 
     mean = train.mean(axis=0)
     _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
-    proj, proj_test = (train - mean) @ vt[:2].T, (test - mean) @ vt[:2].T
+    basis = np.zeros((2, train.shape[1]))
+    basis[: min(2, len(vt))] = vt[:2]  # fewer than two training points span fewer than two directions
+    proj, proj_test = (train - mean) @ basis.T, (test - mean) @ basis.T
     fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=110)
     cmap = plt.get_cmap("tab10")
     for c in np.unique(train_labels):

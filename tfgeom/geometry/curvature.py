@@ -215,7 +215,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
         lambda: lanczos_program(rt.logits_fn, steps, k, hvp, step),
         [rt.spec(), tf.TensorSpec([None, gm.num_classes], tf.float32), tf.TensorSpec([None, d], tf.float32)],
     )
-    v0 = np.stack([example_rng(seed, start + i).normal(size=d) for i in index]).astype(np.float32).reshape(-1, d)
+    v0 = np.array([example_rng(seed, start + i).normal(size=d) for i in index], np.float32).reshape(-1, d)
     batch_size = lanczos_batch(batch_size or rt.batch_size, steps, d)
     values, dirs, gnorm = rt.map(program, [z, coeffs, v0], batch_size) if len(z) else (
         np.zeros((0, 2 * k)), np.zeros((0, 2 * k, d)), np.zeros(0))

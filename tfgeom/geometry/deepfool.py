@@ -23,7 +23,7 @@ from tfgeom.runtime.resources import FLOAT32, check_memory
 from tfgeom.runtime.programs import expand_like
 from tfgeom.runtime.validation import check_choice, check_labels, check_positive_int
 
-_EPS_NORM = 1e-8  # guards the division by a zero gradient norm
+_TINY_NORM = 1e-30  # guards the division by a zero gradient norm (relative: logits of any scale, even 1e-12)
 _EPS_STEP = 1e-4  # pushes each linearised step just past the boundary
 
 
@@ -124,7 +124,7 @@ def _best_candidate(losses, grads, dual_ord):
         gnorm = tf.reduce_sum(tf.abs(flat), axis=-1)
     else:
         gnorm = tf.norm(flat, axis=-1)
-    distances = tf.abs(losses) / (gnorm + _EPS_NORM)
+    distances = tf.abs(losses) / tf.maximum(gnorm, _TINY_NORM)
     best = tf.argmin(distances, axis=1, output_type=tf.int32)
     return (
         tf.gather(distances, best, batch_dims=1) + _EPS_STEP,
@@ -141,7 +141,7 @@ def l2_step(losses, grads):
     """
     distance, g, distances = _best_candidate(losses, grads, 2)
     gnorm = tf.norm(tf.reshape(g, [tf.shape(g)[0], -1]), axis=1)
-    return expand_like(distance / (gnorm + _EPS_NORM), g) * g, distances
+    return expand_like(distance / tf.maximum(gnorm, _TINY_NORM), g) * g, distances
 
 
 def linf_step(losses, grads):
