@@ -85,6 +85,9 @@ def deepfool(
             iterations=result.iterations,
             boundary_points=result.boundary_points,
         )
+    if not result.success.any():
+        note(f"DeepFool reached the decision boundary from none of the {len(dataset.x)} inputs: the model's scores "
+             "barely change with the input (check the model's weights, --logits and --bounds)")
     summary = dict(summarize_attack(result, dataset.x), out=str(out) if out else None)
     show(summary, f"DeepFool {result.norm} on {dataset.name}", as_json)
 
