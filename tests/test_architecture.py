@@ -188,3 +188,17 @@ def test_ibp_and_crown_do_not_import_the_milp_solver():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_public_names_users_write_still_resolve():
+    """The names the README and docs use stay where users find them after the move into subpackages."""
+    import tfgeom
+
+    assert tfgeom.GeometryModel.__module__ == "tfgeom.model"
+    assert callable(tfgeom.data.load) and callable(tfgeom.data.validate) and callable(tfgeom.zoo.demo_cnn)
+    assert tfgeom.keras.GeometryMonitor.__name__ == "GeometryMonitor"
+    assert tfgeom.distributed.RayExecutor.__module__ == "tfgeom.execution.ray"
+    from tfgeom.execution import LocalExecutor
+    from tfgeom.execution.ray import RayExecutor
+
+    assert issubclass(RayExecutor, tfgeom.execution.Executor) and issubclass(LocalExecutor, tfgeom.execution.Executor)

@@ -57,7 +57,7 @@ def test_resumed_shards_are_never_unpickled(small_cnn, digits, tmp_path):
     shards[0].write_bytes(pickle.dumps(_Evil(marker)))
     np.save(open(shards[1], "wb"), np.array([_Evil(marker)], dtype=object), allow_pickle=True)
     for _ in range(2):
-        with pytest.raises(InputError, match="not a result file tfgeom wrote.*without --resume"):
+        with pytest.raises(InputError, match="not a result file tfgeom wrote.*remove that file and rerun with --resume"):
             gm.deepfool(digits.x[:16], executor=LocalExecutor(shard_size=8, store=store))
         shards[0], shards[1] = shards[1], shards[0]
         shards[0].unlink(missing_ok=True)

@@ -138,15 +138,16 @@ def save_npz(path, value):
     write_atomic(path, buffer.getvalue())
 
 
-def load_npz(path):
-    """The value stored by `save_npz`; anything else (a pickle, a torn or foreign file) is one clear line."""
+def load_npz(path, fix=FIX):
+    """The value stored by `save_npz`; anything else (a pickle, a torn or foreign file) is one clear line ending
+    in `fix`."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             entries = {key: npz[key] for key in npz.files}
         skeleton = json.loads(str(entries.pop("skeleton")))
         return decode(skeleton, entries)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
-        raise InputError(f"{path} is not a result file tfgeom wrote ({type(err).__name__}: {err}); {FIX}") from None
+        raise InputError(f"{path} is not a result file tfgeom wrote ({type(err).__name__}: {err}); {fix}") from None
 
 
 class ShardStore:
@@ -172,7 +173,9 @@ class ShardStore:
     def load(self, name, rows, key):
         """The stored result of this shard, or None."""
         path = self.path(name, rows, key)
-        return load_npz(path) if path.exists() else None
+        # running without --resume would clear every finished shard; removing this one keeps the others
+        return load_npz(path, "remove that file and rerun with --resume (the other finished shards are kept)") \
+            if path.exists() else None
 
     def save(self, name, rows, key, result):
         save_npz(self.path(name, rows, key), result)
