@@ -69,9 +69,9 @@ def check_encoded(graph, what):
     """Raise `ModelError` naming the first operator the MILP does not encode (before any work of `what`)."""
     for node in graph.nodes:
         if not node.milp_encoded:
-            raise ModelError(f"{what} needs every layer in exact linear programs, and layer '{node.name}' "
-                             f"({type(node).__name__}: a ReLU with a threshold, or max_value with negative_slope) "
-                             "has none; use method='crown', 'alpha-crown' or 'ibp'")
+            raise ModelError(f"layer '{node.name}' is a ReLU with a threshold (or max_value with negative_slope), "
+                             f"which {what} does not encode in its exact linear programs; use method='crown', "
+                             "'alpha-crown' or 'ibp'")
 
 
 class Program:
