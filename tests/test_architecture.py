@@ -202,3 +202,20 @@ def test_public_names_users_write_still_resolve():
     from tfgeom.execution.ray import RayExecutor
 
     assert issubclass(RayExecutor, tfgeom.execution.Executor) and issubclass(LocalExecutor, tfgeom.execution.Executor)
+
+
+def test_user_visible_text_names_only_files_users_have():
+    """Every `.md` file that library strings, CLI strings, the docs or the README name is in the repository
+    (the papers' notes the developers read are not shipped, so nothing may point to them)."""
+    import re
+
+    shipped = {p.name for p in ROOT.glob("*.md")} | {p.name for p in (ROOT / "docs").rglob("*.md")}
+    texts = [(p, p.read_text(encoding="utf-8")) for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]]
+    for path in [*(ROOT / "tfgeom").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]:
+        strings = [n.value for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        texts.append((path, "\n".join(strings)))
+    missing = sorted({f"{path.relative_to(ROOT)}: {name}" for path, text in texts
+                      for name in re.findall(r"[\w-]+\.md\b", text) if name not in shipped})
+    assert not missing, missing
+    assert all("../shared" not in text for _, text in texts)

@@ -1,6 +1,6 @@
 """The papers' claims, judged on the analysed model: the scorecard at the top of every report.
 
-Each `Claim` names its source (paper and section of `PAPERS.md`), the
+Each `Claim` names its source (the paper's section and `docs/science.md`'s), the
 statistic that measures it, and a criterion fixed here, in code, before any
 measurement (`tfgeom.runtime.statistics.Criterion`; never tuned on a result). The
 evidence comes from the report's sections (their `evidence` records: one value
@@ -132,59 +132,61 @@ A, B = "Fawzi et al. 2018", "Yousefzadeh 2022"
 NOT_SHOWN = "pairs without a path within the anchor budget are not shown, not disconnected"
 CLAIMS = [
     Claim("regions_connected", "Classification regions are connected: same-class natural inputs are joined by a "
-          "path that stays in the region.", f"{A}, Sec. 3 (PAPERS.md A.2)",
+          "path that stays in the region.", f"{A}, Sec. 3 (docs/science.md A.2)",
           "fraction of random same-class pairs joined by a verified path", [("connected", st.Criterion(">", 0.9))],
           _fraction("connectivity", "natural_connected"), NOT_SHOWN),
     Claim("adversarial_regions_connected", "An input pushed into a class by an adversarial perturbation is connected "
-          "to natural members of that class.", f"{A}, Sec. 3 (PAPERS.md A.2)",
+          "to natural members of that class.", f"{A}, Sec. 3 (docs/science.md A.2)",
           "fraction of adversarial/natural pairs joined by a verified path", [("connected", st.Criterion(">", 0.9))],
           _fraction("connectivity", "adversarial_connected"), NOT_SHOWN),
     Claim("boundary_flat", "Near data points the decision boundary is flat in most directions and curved in a few.",
-          f"{A}, Sec. 4 (PAPERS.md A.3)", "fraction of boundary points whose |curvature| falls below 10% of its "
+          f"{A}, Sec. 4 (docs/science.md A.3)", "fraction of boundary points whose |curvature| falls below 10% of its "
           "maximum within the k computed directions at both ends (so all but at most 2k of d - 1 directions are "
           "near-flat)", [("flat", st.Criterion(">", 0.5))], _fraction("curvature", "not_saturated"),
           "points whose k computed directions at an end are all still curved say nothing about the other "
           "directions (raise curvature.k to see further)"),
-    Claim("more_negative_curvature", "There are more negatively than positively curved directions (curvature is "
-          "asymmetric).", f"{A}, Sec. 4 (PAPERS.md A.3)", "fraction of boundary points whose summed negative "
-          "curvature exceeds the summed positive curvature (tfgeom's sign convention, docs/choices.md)",
+    Claim("more_negative_curvature", "The boundary bends towards the input's class region more than away from it "
+          "(curvature is asymmetric; negative curvature in tfgeom's convention).",
+          f"{A}, Sec. 4 (docs/science.md A.3)", "fraction of boundary points whose summed curvature towards the "
+          "input's region (negative, F = f_k - f_j) exceeds the summed curvature away from it; the paper's own sign "
+          "cannot be confirmed, so read the verdict geometrically (docs/science.md A.3)",
           [("negative", st.Criterion(">", 0.5))], _more_negative),
     Claim("curved_directions_shared", "The curved directions are shared across data points.",
-          f"{A}, Sec. 4 (PAPERS.md A.4)", "median over points of the mean squared cosine between a point's most "
+          f"{A}, Sec. 4 (docs/science.md A.4)", "median over points of the mean squared cosine between a point's most "
           "curved direction and the other points' ones, over its value for random directions (1/d)",
           [("shared", st.Criterion(">", 2.0))], _shared),
     Claim("curved_subspace_holds_perturbations", "Adversarial perturbations lie mostly in the curved subspace S_c.",
-          f"{A}, Sec. 4 (PAPERS.md A.4)", "median over evaluation inputs of ||P_Sc r|| / ||P_rand r|| for DeepFool "
+          f"{A}, Sec. 4 (docs/science.md A.4)", "median over evaluation inputs of ||P_Sc r|| / ||P_rand r|| for DeepFool "
           "L2 perturbations r (S_c fitted on other inputs; a random subspace of the same dimension)",
           [("energy_ratio", st.Criterion(">", 1.5))], _energy),
     Claim("noise_in_curved_subspace_fools_more", "Random noise inside S_c fools the classifier more often than "
-          "noise of the same norm in a random subspace.", f"{A}, Sec. 4 (PAPERS.md A.4)",
+          "noise of the same norm in a random subspace.", f"{A}, Sec. 4 (docs/science.md A.4)",
           "mean over inputs of (fooling rate in S_c - fooling rate in a random subspace), noise norm = median "
           "DeepFool L2 norm", [("difference", st.Criterion(">", 0.0))], _noise),
     Claim("removing_curved_subspace_adds_robustness", "Removing the S_c component of inputs raises robustness and "
-          "barely changes accuracy.", f"{A}, Sec. 4 (PAPERS.md A.4)", "median over inputs of DeepFool L2 norm "
+          "barely changes accuracy.", f"{A}, Sec. 4 (docs/science.md A.4)", "median over inputs of DeepFool L2 norm "
           "after / before removing S_c (> 1), and mean change of correctness (> -0.05)",
           [("norm_ratio", st.Criterion(">", 1.0)), ("accuracy_change", st.Criterion(">", -0.05))], _removal),
     Claim("curvature_detects_perturbations", "Curvature asymmetry detects small adversarial perturbations.",
-          f"{A}, Sec. 5 (PAPERS.md A.5)", "ROC AUC of the calibrated curvature score, clean evaluation inputs vs "
+          f"{A}, Sec. 5 (docs/science.md A.5)", "ROC AUC of the calibrated curvature score, clean evaluation inputs vs "
           "their DeepFool L2 perturbations (threshold and orientation set on a disjoint calibration split)",
           [("auc", st.Criterion(">", 0.9))], _detection),
     Claim("curvature_recovers_labels", "The curvature of the detected inputs recovers their original label.",
-          f"{A}, Sec. 5 (PAPERS.md A.5)", "fraction of detected DeepFool L2 perturbations whose recovered label is "
+          f"{A}, Sec. 5 (docs/science.md A.5)", "fraction of detected DeepFool L2 perturbations whose recovered label is "
           "the original", [("recovered", st.Criterion(">", 0.5))], _recovery),
     Claim("test_outside_training_hull_pixel", "Test inputs lie outside the convex hull of the training set in pixel "
-          "space.", f"{B}, Sec. 1 (PAPERS.md B.2)", "fraction of test inputs outside the hull of the training inputs",
+          "space.", f"{B}, Sec. 1 (docs/science.md B.2)", "fraction of test inputs outside the hull of the training inputs",
           [("outside", st.Criterion(">", 0.5))], _fraction("feature_space", "outside_pixel_hull")),
     Claim("test_outside_training_hull_feature", "Test inputs lie outside the convex hull of the training features "
-          "too.", f"{B}, Sec. 1 (PAPERS.md B.2)", "fraction of test inputs whose features are outside the hull of "
+          "too.", f"{B}, Sec. 1 (docs/science.md B.2)", "fraction of test inputs whose features are outside the hull of "
           "the training features", [("outside", st.Criterion(">", 0.5))],
           _fraction("feature_space", "outside_feature_hull")),
     Claim("guaranteed_regions_classify_correctly", "Inputs whose features fall in a class's training hull (a "
-          "guaranteed region) are classified correctly.", f"{B}, Sec. 3 (PAPERS.md B.3)",
+          "guaranteed region) are classified correctly.", f"{B}, Sec. 3 (docs/science.md B.3)",
           "accuracy on test inputs inside the guaranteed region of their predicted class",
           [("accuracy", st.Criterion(">", 0.95))], _fraction("feature_space", "correct_in_guaranteed_region")),
     Claim("feature_and_pixel_distances_differ", "Distances to the boundary in feature space and in pixel space "
-          "tell different stories.", f"{B}, Sec. 1 (PAPERS.md B.1)", "Spearman rank correlation between the "
+          "tell different stories.", f"{B}, Sec. 1 (docs/science.md B.1)", "Spearman rank correlation between the "
           "DeepFool L2 distance (pixel space) and the exact feature-space boundary distance, over test inputs",
           [("rank_correlation", st.Criterion("<", 0.9))], _distances),
 ]
