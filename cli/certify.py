@@ -97,6 +97,11 @@ def _run(gm, dataset, x, y, pred, out, identity, resume, method, norm, radius, i
     if radius:
         summary.update(summarize_radii([rec["radius_input_units"] for rec in records], correct, span,
                                        [rec["converged"] for rec in records]))
+        ratios = [rec["deepfool_norm_input_units"] / rec["radius_input_units"] for rec, ok in zip(records, correct)
+                  if ok and rec.get("deepfool_norm_input_units") is not None and rec["radius_input_units"] > 0]
+        norms = [rec["deepfool_norm_input_units"] for rec in records if rec.get("deepfool_norm_input_units") is not None]
+        summary["median_deepfool_norm_input_units"] = float(np.median(norms)) if norms else None
+        summary["median_deepfool_over_certified_radius"] = float(np.median(ratios)) if ratios else None
     else:
         summary.update(summarize_certificates(
             np.array([rec["certified"] for rec in records]), [rec["min_margin"] for rec in records], correct,

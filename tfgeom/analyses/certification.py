@@ -10,6 +10,21 @@ from tfgeom.analyses import Analysis, register
 from tfgeom.errors import InputError, ModelError
 
 
+def _bracket(lower, attack, labels, correct):
+    """Per input `lower <= distance to the boundary <= upper`: the certified radius and the norm of an attack that
+    changed the label (none where it failed), with their ratio; the summary's median over correct inputs."""
+    found = attack.success & (attack.adv_labels != labels)
+    upper = np.where(found, attack.norms, np.nan)
+    ratio = np.where(found & (lower > 0), upper / np.maximum(lower, 1e-30), np.nan)
+    rows = [{"input": i, "class": int(labels[i]), "certified_radius": float(lower[i]),
+             "deepfool_norm": None if np.isnan(upper[i]) else float(upper[i]),
+             "ratio": None if np.isnan(ratio[i]) else float(ratio[i])} for i in range(len(lower))]
+    both = correct & np.isfinite(ratio)
+    summary = {"bracketed_inputs": int(both.sum()),
+               "median_deepfool_over_certified_radius": float(np.median(ratio[both])) if both.any() else None}
+    return {"rows": rows, "summary": summary}
+
+
 def _curve(radius, correct, top):
     eps = np.linspace(0.0, top, 200)
     return eps, np.array([np.mean(correct & (radius >= e)) for e in eps])
@@ -91,6 +106,9 @@ class CertificationAnalysis(Analysis):
         "feature_class_hulls_certified": "feature space: class hulls certified (LP)",
         "feature_in_guaranteed_region": "feature space: test inputs in a guaranteed region",
         "feature_median_certified_l2_radius": "feature space: median exact certified L2 radius",
+        "bracketed_inputs": "inputs with both ends of the distance bracket (CROWN radius <= distance <= DeepFool)",
+        "median_deepfool_over_certified_radius": "median DeepFool norm / CROWN certified radius (the bracket's "
+                                                 "width as a ratio; 1 = the distance is known exactly)",
     }
     title = "Certified regions"
     intro = """A certified radius is one within which no input can change the class, proven by bound propagation
@@ -149,6 +167,8 @@ class CertificationAnalysis(Analysis):
                                                             np.maximum(radii["ibp"][correct], 1e-12)))
             if correct.any() else None,
         })
+        bracket = _bracket(radii["crown"] * span, context.deepfool(settings.norm, rows), y[rows], correct)
+        summary.update(bracket["summary"])
         for m in ("ibp", "crown"):
             summary[f"{m}_median_radius_fraction_of_range"] = float(np.median(radii[m]))
             summary[f"{m}_median_radius_input_units"] = float(np.median(radii[m]) * span)
@@ -168,6 +188,7 @@ class CertificationAnalysis(Analysis):
             summary["milp"] = f"not run: {err}"
         result = {"summary": summary, "certified_accuracy": table,
                   "radii_fraction_of_range": {m: radii[m].tolist() for m in radii},
+                  "distance_bracket": bracket["rows"],
                   "data": {"correct": correct, "feature_radius": None}}
         if data.x_train is not None:
             m = min(settings.feature_points, len(x))
@@ -197,6 +218,13 @@ class CertificationAnalysis(Analysis):
             + [f"eps={e:g} ({e * span:.3g})" for e in settings.eps] + ["seconds per input"],
             "rows": result["certified_accuracy"],
         }]
+        tables.append({
+            "title": f"Distance to the boundary, bracketed ({settings.norm}, input units): the certified radius is a "
+            "lower bound, the DeepFool norm an upper bound",
+            "columns": ["input", "class", "CROWN certified radius", "DeepFool norm", "DeepFool / certified"],
+            "rows": [[r["input"], r["class"], r["certified_radius"], r["deepfool_norm"], r["ratio"]]
+                     for r in result["distance_bracket"]],
+        })
         radius = result["data"]["feature_radius"]
         if radius is not None:
             tables.append({

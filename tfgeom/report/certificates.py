@@ -28,17 +28,22 @@ def certify_records(gm, x, y, index, eps, norm, method, radius, intermediate, ti
 
     Returns:
         `[{"index", "certified", "min_margin", "status"}]`, or with `radius`
-        `[{"index", "radius_input_units", "radius_fraction_of_range", "converged"}]`.
+        `[{"index", "radius_input_units", "radius_fraction_of_range", "converged", "deepfool_norm_input_units"}]`
+        (the certified radius is a lower bound on the distance to the boundary, DeepFool's norm an upper bound;
+        None where DeepFool did not change the label).
     """
     span = gm.bounds[1] - gm.bounds[0]
     if radius:
         if method == "bab":
             raise InputError("--radius with --method bab would run branch and bound at every bisection step; "
                              "use --method alpha-crown for radii, or bab at one --eps")
+        attack = gm.deepfool(x[index], norm=norm, executor=executor)  # the bracket's upper end
         r = gm.certified_radius(x[index], norm=norm, method=method, cls=y[index], intermediate=intermediate,
-                                executor=executor)
+                                attack=attack, executor=executor)
+        found = attack.success & (attack.adv_labels != y[index])
         return [{"index": int(i), "radius_input_units": float(r.radius[k]),
-                 "radius_fraction_of_range": float(r.radius[k] / span), "converged": bool(r.converged[k])}
+                 "radius_fraction_of_range": float(r.radius[k] / span), "converged": bool(r.converged[k]),
+                 "deepfool_norm_input_units": float(attack.norms[k]) if found[k] else None}
                 for k, i in enumerate(index)]
     extra = {"time_limit": time_limit} if method == "bab" else {}
     cert = gm.certify(x[index], eps, norm=norm, method=method, cls=y[index], intermediate=intermediate,
