@@ -49,7 +49,8 @@ def test_scorecard_from_evidence():
     g = np.random.default_rng(2)
     sections = {
         "connectivity": {"evidence": {"natural_connected": [True] * 40, "adversarial_connected": [False] * 30}},
-        "curvature": {"evidence": {"not_saturated": [False] * 30, "negative_mass": list(g.random(30) + 1),
+        "curvature": {"evidence": {"flat_fraction_all": list(0.3 + 0.05 * g.random(30)),
+                                   "negative_mass": list(g.random(30) + 1),
                                    "positive_mass": list(g.random(30)), "shared_overlap_over_random": [1.0] * 30}},
         "detection": {"evidence": {"deepfool-l2": {"scores_clean": list(g.normal(size=60)),
                                                    "scores_perturbed": list(g.normal(size=60)),
@@ -59,8 +60,9 @@ def test_scorecard_from_evidence():
     assert [c["key"] for c in claims.scorecard(sections)] == [c.key for c in claims.CLAIMS]
     assert cards["regions_connected"]["verdict"] == st.HOLDS
     assert cards["adversarial_regions_connected"]["verdict"] == st.INCONCLUSIVE  # not shown, never disconnected
-    assert cards["boundary_flat"]["verdict"] == st.INCONCLUSIVE  # all saturated: not shown, not refuted
-    assert "raise curvature.k" in cards["boundary_flat"]["note"]
+    assert cards["boundary_flat"]["verdict"] == st.FAILS  # the whole spectrum: about 30% flat, decided
+    sections["curvature"]["evidence"]["flat_fraction_all"] = list(0.9 + 0.05 * g.random(30))
+    assert {c["key"]: c for c in claims.scorecard(sections)}["boundary_flat"]["verdict"] == st.HOLDS
     assert cards["more_negative_curvature"]["verdict"] == st.HOLDS
     assert cards["curved_directions_shared"]["verdict"] == st.FAILS  # exactly random overlap: not shared
     assert cards["curvature_detects_perturbations"]["verdict"] == st.FAILS  # AUC of two equal distributions

@@ -79,7 +79,8 @@ def test_settings_from_set_and_toml_are_applied_and_recorded(small_cnn_path, dig
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert list(report["sections"]) == ["deepfool", "curvature"]
-    assert report["settings"]["curvature"] == {"points": 6, "k": 2, "sections": 1, "resolution": 81}
+    assert report["settings"]["curvature"] == {"points": 6, "k": 2, "sections": 1, "resolution": 81,
+                                               "spectrum_probes": 4, "spectrum_steps": 40}
     assert report["sections"]["curvature"]["summary"]["points"] <= 6
     assert len(report["sections"]["curvature"]["profile"]["mean_negative"]) == 2
 

@@ -81,7 +81,8 @@ def projected_operator(logits_fn, hvp, step):
     return op
 
 
-def _normal(logits_fn, z, coeffs):
+def unit_normal(logits_fn, z, coeffs):
+    """`(n [N, d], ||grad F|| [N])`: the unit normal of the boundary of `F = coeffs . f` at `z` and the gradient norm."""
     g, _ = hvp_lib.gradient(logits_fn, z, coeffs)
     g = tf.reshape(g, [tf.shape(z)[0], -1])
     gnorm = tf.norm(g, axis=1)
@@ -101,7 +102,7 @@ def lanczos_program(logits_fn, steps, k, hvp="exact", step=None):
     op = projected_operator(logits_fn, hvp, step)
 
     def program(z, coeffs, v0):
-        normal, gnorm = _normal(logits_fn, z, coeffs)
+        normal, gnorm = unit_normal(logits_fn, z, coeffs)
 
         def tangent(v):
             return v - tf.reduce_sum(v * normal, 1, keepdims=True) * normal
@@ -123,7 +124,7 @@ def dense_curvatures(logits_fn, z, coeffs, hvp="exact", step=None):
     z = tf.convert_to_tensor(z, tf.float32)
     coeffs = tf.convert_to_tensor(coeffs, tf.float32)
     op = projected_operator(logits_fn, hvp, step)
-    normal, gnorm = _normal(logits_fn, z, coeffs)
+    normal, gnorm = unit_normal(logits_fn, z, coeffs)
     n, d = int(normal.shape[0]), int(normal.shape[1])
     cols = [op(z, coeffs, normal, gnorm, tf.tile(tf.one_hot([i], d), [n, 1])) for i in range(d)]
     mat = tf.cast(tf.stack(cols, axis=2), tf.float64)

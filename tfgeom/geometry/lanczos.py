@@ -34,6 +34,39 @@ def lanczos_extremes(op, v0, steps, k, project=None):
         restarts from a random vector orthogonal to the basis with a zero
         off-diagonal, so degenerate spectra come out right.
     """
+    basis, a, b = _iterate(op, v0, steps, project)
+    evals, evecs = tf.linalg.eigh(_tridiagonal(a, b))
+    pick = tf.concat([tf.range(k), tf.range(steps - k, steps)], 0)
+    values = tf.cast(tf.gather(evals, pick, axis=1), v0.dtype)
+    vectors = tf.einsum("nmd,nmk->nkd", basis, tf.gather(tf.cast(evecs, v0.dtype), pick, axis=2))
+    return values, vectors
+
+
+def lanczos_quadrature(op, v0, steps, project=None):
+    """Gauss quadrature of each operator's spectral measure seen from its start vector (stochastic Lanczos
+    quadrature's building block): `sum_i w_i g(theta_i) ~ u^T g(A) u` for the unit start vector `u`.
+
+    Args:
+        op, v0, steps, project: as in `lanczos_extremes`.
+
+    Returns:
+        `nodes [N, m]` (the Ritz values, ascending, float64) and `weights [N, m]` (the squared first
+        components of the tridiagonal's eigenvectors; each row sums to 1). After a breakdown (an
+        invariant subspace) the later nodes get weight 0: the quadrature of the first Krylov space is exact.
+    """
+    _, a, b = _iterate(op, v0, steps, project)
+    nodes, vectors = tf.linalg.eigh(_tridiagonal(a, b))
+    return nodes, tf.square(vectors[:, 0, :])
+
+
+def _tridiagonal(a, b):
+    """`[N, m, m]` symmetric tridiagonal matrices (float64) from diagonals `a [N, m]` and `b [N, m - 1]`."""
+    return tf.linalg.diag(a) + tf.linalg.diag(b, k=1) + tf.linalg.diag(b, k=-1)
+
+
+def _iterate(op, v0, steps, project=None):
+    """Lanczos with full reorthogonalisation: `(basis [N, m, d], alphas [N, m], betas [N, m - 1])` (float64
+    diagonals); see `lanczos_extremes` for the restart on breakdown."""
     project = project or (lambda v: v)
     n, d = tf.shape(v0)[0], tf.shape(v0)[1]
     dtype = v0.dtype
@@ -70,9 +103,4 @@ def lanczos_extremes(op, v0, steps, k, project=None):
     )
     a = tf.cast(tf.transpose(alphas.stack()), tf.float64)
     b = tf.cast(tf.transpose(betas.stack())[:, :-1], tf.float64)
-    tri = tf.linalg.diag(a) + tf.linalg.diag(b, k=1) + tf.linalg.diag(b, k=-1)
-    evals, evecs = tf.linalg.eigh(tri)
-    pick = tf.concat([tf.range(k), tf.range(steps - k, steps)], 0)
-    values = tf.cast(tf.gather(evals, pick, axis=1), dtype)
-    vectors = tf.einsum("nmd,nmk->nkd", basis, tf.gather(tf.cast(evecs, dtype), pick, axis=2))
-    return values, vectors
+    return basis, a, b
