@@ -183,7 +183,7 @@ def connect(
     import numpy as np
 
     gm = load_model(model, bounds, unsafe, batch_size, data, logits=logits)
-    from tfgeom.analyses.connectivity import adversarial_pairs, distinct_pairs, same_class_pairs
+    from tfgeom.analyses.connectivity import adversarial_pairs, distinct_pairs, prove_paths, same_class_pairs
 
     x = load_data(data, gm, limit, image_size).x
     generator = np.random.default_rng(seed)
@@ -200,6 +200,9 @@ def connect(
             xa, xb = x[idx[:, 0]], x[idx[:, 1]]
         paths = gm.connect(xa, xb, max_anchors=max_anchors, executor=executor) if len(xa) else None
     summary = summarize_paths(paths) if paths is not None else {"pairs": 0}
+    if paths is not None:
+        proofs = prove_paths(gm, paths)
+        summary.update({"proved_pairs": proofs.status.count("proved"), "sampled_pairs": proofs.status.count("sampled")})
     show(summary, "Connectivity" + (" (adversarial pairs)" if adversarial else ""), as_json)
 
 

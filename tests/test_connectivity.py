@@ -93,3 +93,42 @@ def test_attacks_respect_bounds_and_budgets(small_cnn, digits):
     hit = pgd(gm, x, 0.3, targets=targets, steps=20)
     np.testing.assert_array_equal(hit.success, hit.adv_labels == targets)
     assert hit.success.mean() > 0.5
+
+
+def _wedge_model(width=0.002, height=0.2):
+    """A ReLU network on [0, 1]^2 whose class 1 is a thin diamond around (0.5, 0.5), |x0 - 0.5| < width / 2 on the
+    line x1 = 0.5: class 0 everywhere else."""
+    inputs = keras.Input((2,))
+    h = keras.layers.Dense(4, activation="relu")(inputs)
+    h = keras.layers.Dense(1, activation="relu")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    model.layers[1].set_weights([np.array([[1, -1, 0, 0], [0, 0, 1, -1]], np.float32),
+                                 np.array([-0.5, 0.5, -0.5, 0.5], np.float32)])
+    model.layers[2].set_weights([np.array([[-1 / width], [-1 / width], [-1 / height], [-1 / height]], np.float32),
+                                 np.array([1.0], np.float32)])
+    model.layers[3].set_weights([np.array([[0.0, 2.0]], np.float32), np.array([0.0, -1.0], np.float32)])
+    return GeometryModel(model)
+
+
+def test_a_thin_wedge_between_samples_is_caught_by_the_proof():
+    """Sampling at the default spacing misses a class-1 wedge crossing the segment and calls the pair connected;
+    the certificate over the segment refuses it (the path stays "sampled"), while the same segment moved off the
+    wedge is proved."""
+    from tfgeom.analyses.connectivity import prove_paths
+
+    gm = _wedge_model()
+    ends = None
+    for b0 in np.linspace(0.85, 0.95, 2001):  # an end whose sample points all miss the wedge
+        t = np.linspace(0.0, 1.0, int(np.ceil((b0 - 0.1) / ((b0 - 0.1) / 256))) + 1)
+        if np.min(np.abs(0.1 + t * (b0 - 0.1) - 0.5)) > 0.0012:
+            ends = b0
+            break
+    assert ends is not None
+    a = np.array([[0.1, 0.5], [0.1, 0.8]], np.float32)
+    b = np.array([[ends, 0.5], [ends, 0.8]], np.float32)
+    assert gm.predict(np.array([[0.5, 0.5]], np.float32))[0] == 1  # the wedge is there
+    paths = gm.connect(a, b)
+    assert paths.connected.all() and paths.straight.all()  # sampling saw nothing
+    proofs = prove_paths(gm, paths, depth=4)
+    assert proofs.status == ["sampled", "proved"]
+    assert proofs.pieces[1] >= 1 and proofs.margin_bound[1] > 0

@@ -35,7 +35,8 @@ class Paths(NamedTuple):
         connected: `[P]` every segment verified at `resolution`.
         num_anchors: `[P]` anchors inserted (vertices minus 2).
         straightness: `[P]` path length / straight distance (1 = straight).
-        min_margin: `[P]` smallest `f_i - max_{j != i} f_j` over the checked points.
+        min_margin: `[P]` smallest `f_i - max_{j != i} f_j` over the checked points of the final path
+            (segments that were split on the way are not on it).
         labels: `[P]` the class `i` of each pair.
         resolution: the spacing used.
         straight: `[P]` the plain segment stayed in the region (the convexity baseline).
@@ -137,13 +138,13 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
     nodes = [[x1[p], x2[p]] for p in range(len(x1))]
     pending = [(p, 0) for p in range(len(x1))]  # (pair, index of the segment's first node)
     failed = np.zeros(len(x1), bool)
-    min_margin = np.full(len(x1), np.inf)
+    checked = {}  # (pair, id of a segment's first node, id of its last) -> smallest margin seen on it
     straight = np.zeros(len(x1), bool)
     first_round = True
     while pending:
         broken = []
         for (p, k), m in _segment_margins(gm, nodes, pending, labels, resolution):
-            min_margin[p] = min(min_margin[p], float(m.min()))
+            checked[(p, id(nodes[p][k]), id(nodes[p][k + 1]))] = float(m.min())
             if first_round:
                 straight[p] = bool(np.all(m > 0))
             if np.all(m > 0) or failed[p]:
@@ -178,6 +179,9 @@ def connect(gm, x1, x2, max_anchors=16, resolution=None, depth=0.5, batch_size=N
             pending = [(q, j + 1 if q == p and j > k else j) for q, j in pending]
             pending += [(p, k), (p, k + 1)]
         pending = [(p, k) for p, k in pending if not failed[p]]
+    # the smallest margin over the final path's segments only (a segment split later is not on the path)
+    min_margin = np.array([min((checked.get((p, id(a), id(b)), np.inf) for a, b in zip(n[:-1], n[1:])),
+                               default=np.inf) for p, n in enumerate(nodes)])
     anchors = [np.stack(n) for n in nodes]
     lengths = np.array([np.linalg.norm(np.diff(a.reshape(len(a), -1), axis=0), axis=1).sum() for a in anchors])
     return Paths(

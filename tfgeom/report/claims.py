@@ -133,11 +133,13 @@ NOT_SHOWN = "pairs without a path within the anchor budget are not shown, not di
 CLAIMS = [
     Claim("regions_connected", "Classification regions are connected: same-class natural inputs are joined by a "
           "path that stays in the region.", f"{A}, Sec. 3 (docs/science.md A.2)",
-          "fraction of random same-class pairs joined by a verified path", [("connected", st.Criterion(">", 0.9))],
+          "fraction of random same-class pairs joined by a found path (proved by bound propagation or sampled at the "
+          "reported resolution: the connectivity section counts which)", [("connected", st.Criterion(">", 0.9))],
           _fraction("connectivity", "natural_connected"), NOT_SHOWN),
     Claim("adversarial_regions_connected", "An input pushed into a class by an adversarial perturbation is connected "
           "to natural members of that class.", f"{A}, Sec. 3 (docs/science.md A.2)",
-          "fraction of adversarial/natural pairs joined by a verified path", [("connected", st.Criterion(">", 0.9))],
+          "fraction of adversarial/natural pairs joined by a found path (proved or sampled: the connectivity "
+          "section counts which)", [("connected", st.Criterion(">", 0.9))],
           _fraction("connectivity", "adversarial_connected"), NOT_SHOWN),
     Claim("boundary_flat", "Near data points the decision boundary is flat in most directions and curved in a few.",
           f"{A}, Sec. 4 (docs/science.md A.3)", "median over boundary points of the fraction of all d - 1 tangent "

@@ -265,9 +265,13 @@ def certify_segment(gm, x_a, x_b, method="crown", cls=None, batch_size=None, max
     scale = np.maximum(np.abs(gm.runtime.logits(x_a)).max(axis=1), np.abs(gm.runtime.logits(x_b)).max(axis=1))
     margins, statuses = [], []
     for s in gm.runtime.batches(len(x_a), batch_size):
-        m, status = _bound(gm, segment(x_a[s], x_b[s], gm.bounds), cls[s], method, max_units, intermediate)
-        margins.append(m)
-        statuses += status or []
+        size = len(x_a[s])
+        pad = _bucket(size) if method != "milp" else size
+        take = np.minimum(np.arange(pad), size - 1)  # repeat the last segment: few distinct shapes to compile
+        m, status = _bound(gm, segment(x_a[s][take], x_b[s][take], gm.bounds), cls[s][take], method, max_units,
+                           intermediate)
+        margins.append(m[:size])
+        statuses += (status or [])[:size]
     margins = np.concatenate(margins)
     return Certificate(_certified(margins, scale), margins, cls, np.zeros(len(x_a), np.float32), method,
                        "segment", statuses if method == "milp" else None)
