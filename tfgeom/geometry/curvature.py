@@ -141,6 +141,16 @@ def lanczos_batch(batch_size, steps, d):
     return int(max(1, min(batch_size, memory_budget() // per_point)))
 
 
+def choose_hvp(gm, hvp, step):
+    """`(hvp, step)` with `"auto"` resolved (finite differences for piecewise-linear networks, whose Hessian is
+    zero almost everywhere; exact products otherwise) and the finite-difference step defaulted."""
+    if hvp == "auto":
+        hvp = "finite-difference" if is_piecewise_linear(gm.model) else "exact"
+    if hvp == "finite-difference" and step is None:
+        step = hvp_lib.default_step(gm.runtime.input_dim, gm.bounds)
+    return hvp, step
+
+
 def margin_coefficients(labels, others, num_classes):
     """`[N, L]` rows `e_k - e_j`: the coefficients of the margins `f_k - f_j` (labels `k`, others `j`)."""
     return (np.eye(num_classes, dtype=np.float32)[labels] - np.eye(num_classes, dtype=np.float32)[others])
@@ -194,10 +204,7 @@ def principal_curvatures(gm, x, k=20, hvp="auto", method="lanczos", steps=None, 
             f"k={k} curvatures at each end need 2k={2 * k} of the {d - 1} directions tangent to the "
             f"boundary (inputs of dimension {d}); use k <= {(d - 1) // 2}"
         )
-    if hvp == "auto":
-        hvp = "finite-difference" if is_piecewise_linear(gm.model) else "exact"
-    if hvp == "finite-difference" and step is None:
-        step = hvp_lib.default_step(d, gm.bounds)
+    hvp, step = choose_hvp(gm, hvp, step)
     result = attack if attack is not None else deepfool(gm, x, batch_size=batch_size)
     index = np.flatnonzero(result.success)
     z = result.boundary_points[index] if at == "boundary" else (gm.check(x) + 0.8 * result.perturbation)[index]

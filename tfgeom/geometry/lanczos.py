@@ -47,7 +47,10 @@ def lanczos_quadrature(op, v0, steps, project=None):
     quadrature's building block): `sum_i w_i g(theta_i) ~ u^T g(A) u` for the unit start vector `u`.
 
     Args:
-        op, v0, steps, project: as in `lanczos_extremes`.
+        op: `[N, d] -> [N, d]`, as in `lanczos_extremes`.
+        v0: `[N, d]` start vectors (the probes; need not be normalised).
+        steps: Krylov dimension `m` (quadrature nodes).
+        project: optional projection onto the space the operators act on. Defaults to `None`.
 
     Returns:
         `nodes [N, m]` (the Ritz values, ascending, float64) and `weights [N, m]` (the squared first

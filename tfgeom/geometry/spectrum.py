@@ -25,11 +25,10 @@ import tensorflow as tf
 
 from tfgeom import execution
 from tfgeom.errors import InputError
-from tfgeom.geometry import hvp as hvp_lib
-from tfgeom.geometry.curvature import lanczos_batch, margin_coefficients, projected_operator, unit_normal
+from tfgeom.geometry.curvature import (choose_hvp, lanczos_batch, margin_coefficients, projected_operator,
+                                       unit_normal)
 from tfgeom.geometry.deepfool import deepfool
 from tfgeom.geometry.lanczos import lanczos_quadrature
-from tfgeom.runtime.layers import is_piecewise_linear
 from tfgeom.runtime.validation import check_choice, check_positive_int
 
 PROBE_STREAM = 1  # probes' random numbers: their own stream of (seed, example index), apart from Lanczos starts
@@ -145,10 +144,7 @@ def curvature_spectrum(gm, x, probes=4, steps=40, flat_tol=0.1, hvp="auto", step
         return execution.run(gm, "curvature_spectrum", inputs, params, executor)
     d = gm.runtime.input_dim
     steps = min(steps, d - 1)
-    if hvp == "auto":
-        hvp = "finite-difference" if is_piecewise_linear(gm.model) else "exact"
-    if hvp == "finite-difference" and step is None:
-        step = hvp_lib.default_step(d, gm.bounds)
+    hvp, step = choose_hvp(gm, hvp, step)
     attack = attack if attack is not None else deepfool(gm, x, batch_size=batch_size)
     index = np.flatnonzero(attack.success)
     z = np.repeat(attack.boundary_points[index], probes, axis=0)

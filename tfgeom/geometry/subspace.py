@@ -22,7 +22,6 @@ from tfgeom.geometry import curvature
 from tfgeom.geometry.deepfool import deepfool
 from tfgeom.errors import InputError
 from tfgeom.geometry.lanczos import lanczos_extremes
-from tfgeom.runtime.layers import is_piecewise_linear
 from tfgeom.runtime.statistics import listed
 from tfgeom.runtime.validation import check_positive_int
 
@@ -109,16 +108,11 @@ def curved_subspace(gm, x, dim=20, hvp="auto", steps=None, step=None, seed=0, ba
     Returns:
         A `CurvedSubspace`.
     """
-    from tfgeom.geometry import hvp as hvp_lib
-
     dim = check_positive_int("dim", dim)
     d = int(np.prod(gm.input_shape))
     if 2 * dim > d - 1:
         raise InputError(f"dim={dim} is too large for inputs of dimension {d}; use dim <= {(d - 1) // 2}")
-    if hvp == "auto":
-        hvp = "finite-difference" if is_piecewise_linear(gm.model) else "exact"
-    if hvp == "finite-difference" and step is None:
-        step = hvp_lib.default_step(d, gm.bounds)
+    hvp, step = curvature.choose_hvp(gm, hvp, step)
     attack = attack if attack is not None else deepfool(gm, x, batch_size=batch_size, executor=executor)
     index = np.flatnonzero(attack.success)
     if len(index) == 0:

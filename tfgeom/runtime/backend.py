@@ -86,6 +86,7 @@ def load():
             import absl.logging
 
             absl.logging.set_verbosity(absl.logging.ERROR)
+            tf.get_logger().setLevel("ERROR")  # e.g. "triggered tf.function retracing": not for users' eyes
         if _memory_growth_wanted():
             _state["memory_growth"] = _grow_gpu_memory(tf, _state["gpus"])
     return tf
