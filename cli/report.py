@@ -41,10 +41,11 @@ def show_claims(cards, as_json=False):
         return
     colours = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
     table = Table(title="The papers' claims on this model (estimate [95% interval])")
-    for column in ("claim", "criterion", "estimate", "n", "verdict"):
+    for column in ("claim", "criterion", "estimate", "n", "n needed", "verdict"):
         table.add_column(column)
     for c in cards:
-        table.add_row(c["key"], c["criterion"], interval_text(c), str(c["examples"]),
+        needed = "-" if c.get("examples_needed") is None else str(c["examples_needed"])
+        table.add_row(c["key"], c["criterion"], interval_text(c), str(c["examples"]), needed,
                       f"[{colours.get(c['verdict'], 'white')}]{c['verdict']}[/]")
     out_console.print(table)
 

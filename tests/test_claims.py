@@ -107,3 +107,21 @@ def test_claims_command_and_report_scorecard(small_cnn_path, digits_npz, tmp_pat
     assert report["claims"] == cards
     html = (out / "report.html").read_text()
     assert html.index("claims on this model") < html.index("<h2>Model</h2>")
+
+
+def test_examples_needed_makes_an_inconclusive_claim_decided():
+    """An inconclusive fraction gets a number of examples; the same evidence repeated to that many examples
+    (same estimate, interval shrunk as 1/sqrt(n)) is decided; a decided estimate needs what it has; an estimate on
+    the criterion can never be decided."""
+    criterion = st.Criterion(">", 0.5)
+    values = np.r_[np.ones(23), np.zeros(17)]  # 0.575 over 40: the interval straddles 0.5
+    estimate = st.interval(values)
+    assert st.verdict(estimate, criterion) == st.INCONCLUSIVE
+    needed = st.examples_needed(estimate, criterion)
+    assert needed > 40
+    repeated = st.interval(np.tile(values, int(np.ceil(1.5 * needed / 40))))
+    assert st.verdict(repeated, criterion) == st.HOLDS
+    fewer = st.interval(np.tile(values, max(1, int(needed / 40 / 3))))
+    assert st.verdict(fewer, criterion) == st.INCONCLUSIVE
+    assert st.examples_needed(repeated, criterion) == repeated.n
+    assert st.examples_needed(st.interval(np.r_[np.ones(20), np.zeros(20)]), criterion) is None

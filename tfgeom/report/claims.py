@@ -196,7 +196,8 @@ def scorecard(sections):
     """One JSON-ready record per claim (`CLAIMS` order) from a report's sections.
 
     Each record: `key`, `claim`, `source`, `statistic`, `criterion` (text),
-    `value`, `low`, `high` (95% interval), `examples`, `verdict`, `note`;
+    `value`, `low`, `high` (95% interval), `examples`, `examples_needed` (for a decisive verdict at the
+    observed spread; None when no number would do), `verdict`, `note`;
     claims with several criteria list each under `parts` and report the first
     one's figures at the top.
     """
@@ -207,7 +208,7 @@ def scorecard(sections):
                   "criterion": " and ".join(c.describe(name) for name, c in claim.criteria)}
         if estimates is None:
             cards.append(dict(record, value=None, low=None, high=None, examples=0, verdict=st.INCONCLUSIVE,
-                              note="its section did not run or has no per-example evidence"))
+                              note="its section did not run or has no per-example evidence", examples_needed=None))
             continue
         verdicts = [st.verdict(e, c) for e, (_, c) in zip(estimates, claim.criteria)]
         verdict, note = st.all_of(verdicts), ""
@@ -216,8 +217,9 @@ def scorecard(sections):
         if min(e.n for e in estimates) < st.MIN_EXAMPLES:
             note = f"fewer than {st.MIN_EXAMPLES} examples"
         first = estimates[0]
+        needed = [st.examples_needed(e, c) for e, (_, c) in zip(estimates, claim.criteria)]
         record.update(value=first.value, low=first.low, high=first.high, examples=first.n, verdict=verdict,
-                      note=note)
+                      note=note, examples_needed=None if None in needed else max(needed))
         if len(estimates) > 1:
             record["parts"] = [dict(name=name, criterion=c.describe(name), verdict=v, **e.as_dict())
                                for (name, c), e, v in zip(claim.criteria, estimates, verdicts)]

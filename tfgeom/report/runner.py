@@ -213,6 +213,12 @@ def interval_text(card):
     return f"{card['value']:.3g} [{card['low']:.3g}, {card['high']:.3g}]"
 
 
+def _needed(card):
+    """The examples a decisive verdict needs at the observed spread, as text (`-`: none would do)."""
+    needed = card.get("examples_needed")
+    return "-" if needed is None else str(needed)
+
+
 def _claims_html(cards):
     if not cards:
         return ""
@@ -223,9 +229,10 @@ def _claims_html(cards):
             f"<tr><td style='text-align:left'>{html.escape(c['claim'])}<br><small>{html.escape(c['source'])}</small>"
             f"</td><td style='text-align:left'><small>{html.escape(c['statistic'])}; criterion "
             f"{html.escape(c['criterion'])}</small></td><td>{html.escape(interval_text(c))}</td>"
-            f"<td>{c['examples']}</td><td style='background:{colour}'><b>{html.escape(c['verdict'])}</b>"
+            f"<td>{c['examples']}</td><td>{_needed(c)}</td><td style='background:{colour}'><b>{html.escape(c['verdict'])}</b>"
             f"{'<br><small>' + html.escape(c['note']) + '</small>' if c.get('note') else ''}</td></tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("claim", "measured by", "estimate [95% interval]", "examples", "verdict"))
+    head = "".join(f"<th>{h}</th>" for h in ("claim", "measured by", "estimate [95% interval]", "examples",
+                                             "examples a verdict needs", "verdict"))
     return ("<h2>The papers' claims on this model</h2><p>Criteria are fixed in the code before any measurement "
             "(tfgeom.report.claims); intervals are bootstrap 95% intervals over examples.</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")

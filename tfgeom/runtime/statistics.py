@@ -111,6 +111,25 @@ def verdict(estimate, criterion, min_examples=MIN_EXAMPLES):
     return HOLDS if below else FAILS if above else INCONCLUSIVE
 
 
+def examples_needed(estimate, criterion, min_examples=MIN_EXAMPLES):
+    """How many examples a decisive verdict would need at the observed spread, or None if none would do.
+
+    An interval's half-width shrinks as `1/sqrt(n)`, so when the interval straddles the criterion the
+    examples needed are `n (w / gap)^2`, `w` the half-width on the criterion's side and `gap` the estimate's
+    distance to the criterion (None when the estimate sits on it). A decided estimate needs what it has.
+    """
+    if estimate.value is None:
+        return None
+    n = max(int(estimate.n), 1)
+    if verdict(estimate, criterion, min_examples) != INCONCLUSIVE:
+        return n
+    gap = estimate.value - criterion.threshold
+    if gap == 0:
+        return None
+    width = (estimate.value - estimate.low) if gap > 0 else (estimate.high - estimate.value)
+    return max(min_examples, n if width <= abs(gap) else int(np.ceil(n * (width / abs(gap)) ** 2)))
+
+
 def all_of(verdicts):
     """One verdict from several that must all hold (any failure fails; otherwise any doubt is inconclusive)."""
     if FAILS in verdicts:
