@@ -46,9 +46,12 @@ def certify(
 
     Radii are fractions of the input range by default and are printed in both units.
     """
+    import numpy as np
+
     gm = load_model(model, bounds, unsafe, batch_size, data, logits=logits)
     from tfgeom.execution.lock import file_lock
-    from tfgeom.execution.store import content_digest
+    from tfgeom.execution.store import RecordLog, content_digest
+    from tfgeom.report.certificates import certify_all
     from tfgeom.report.runner import file_digest
 
     dataset = load_data(data, gm, limit, image_size)
@@ -62,56 +65,43 @@ def certify(
                 "time_limit": time_limit if method is Method.bab else None}
     identity = {"model_sha256": file_digest(model), "data": data, "data_sha256": content_digest(x, y), "limit": limit,
                 "bounds": list(gm.bounds), **settings}
-    with file_lock(out):
-        _run(gm, dataset, x, y, pred, out, identity, resume, method, norm, radius, intermediate, time_limit, eps_input,
-             batch_size, workers, ray_address, as_json)
-
-
-def _run(gm, dataset, x, y, pred, out, identity, resume, method, norm, radius, intermediate, time_limit, eps_input,
-         batch_size, workers, ray_address, as_json):
-    """The certification loop and its summary, with the --out file locked."""
-    import numpy as np
-
-    from tfgeom.execution.store import RecordLog
-    from tfgeom.report.certificates import certify_all
-
-    span = gm.bounds[1] - gm.bounds[0]
-    fields = ("radius_input_units", "converged") if radius else ("certified", "min_margin", "status")
-    log = RecordLog(out, identity, resume, fields)
-    todo = [i for i in range(len(x)) if i not in log.records]
-    # CROWN and MILP cost seconds per input: go one at a time so progress and results come per input
-    # (on Ray: one input per task, a few per worker between writes).
-    executor = make_executor(workers, ray_address, shard_size=None if method is Method.ibp else 1)
-    chunk = batch_size if method is Method.ibp else 1
-    if executor is not None:
-        chunk *= 4 * (workers or 2)
-    start, done = time.perf_counter(), len(x) - len(todo)
-    if done:
-        note(f"resuming: {done} of {len(x)} inputs already in {out}")
-    how = (eps_input, norm.value, method.value, radius, intermediate.value, time_limit)
-    with running(executor):
-        certify_all(gm, x, y, log, chunk, how, executor, _reporter(len(x), done, chunk, out))
-    records = [log.records[i] for i in range(len(x))]
-    correct = pred == y
-    summary = {"method": method.value, "norm": norm.value, "input_range": list(gm.bounds)}
-    if radius:
-        summary.update(summarize_radii([rec["radius_input_units"] for rec in records], correct, span,
-                                       [rec["converged"] for rec in records]))
-        ratios = [rec["deepfool_norm_input_units"] / rec["radius_input_units"] for rec, ok in zip(records, correct)
-                  if ok and rec.get("deepfool_norm_input_units") is not None and rec["radius_input_units"] > 0]
-        norms = [rec["deepfool_norm_input_units"] for rec in records if rec.get("deepfool_norm_input_units") is not None]
-        summary["median_deepfool_norm_input_units"] = float(np.median(norms)) if norms else None
-        summary["median_deepfool_over_certified_radius"] = float(np.median(ratios)) if ratios else None
-    else:
-        summary.update(summarize_certificates(
-            np.array([rec["certified"] for rec in records]), [rec["min_margin"] for rec in records], correct,
-            eps_input, span, [rec["status"] for rec in records] if method is Method.milp else None))
-        if method is Method.bab:
-            verdicts = [rec["status"] for rec in records]
-            summary.update({"counterexamples": verdicts.count("counterexample"), "unknown": verdicts.count("unknown")})
-    summary["seconds"] = time.perf_counter() - start
-    summary["out"] = str(out)
-    show(summary, f"Certification of {dataset.name}", as_json)
+    with file_lock(out):  # one writer per --out: a second run is refused, not interleaved
+        fields = ("radius_input_units", "converged") if radius else ("certified", "min_margin", "status")
+        log = RecordLog(out, identity, resume, fields)
+        todo = [i for i in range(len(x)) if i not in log.records]
+        # CROWN and MILP cost seconds per input: go one at a time so progress and results come per input
+        # (on Ray: one input per task, a few per worker between writes).
+        executor = make_executor(workers, ray_address, shard_size=None if method is Method.ibp else 1)
+        chunk = batch_size if method is Method.ibp else 1
+        if executor is not None:
+            chunk *= 4 * (workers or 2)
+        start, done = time.perf_counter(), len(x) - len(todo)
+        if done:
+            note(f"resuming: {done} of {len(x)} inputs already in {out}")
+        how = (eps_input, norm.value, method.value, radius, intermediate.value, time_limit)
+        with running(executor):
+            certify_all(gm, x, y, log, chunk, how, executor, _reporter(len(x), done, chunk, out))
+        records = [log.records[i] for i in range(len(x))]
+        correct = pred == y
+        summary = {"method": method.value, "norm": norm.value, "input_range": list(gm.bounds)}
+        if radius:
+            summary.update(summarize_radii([rec["radius_input_units"] for rec in records], correct, span,
+                                           [rec["converged"] for rec in records]))
+            ratios = [rec["deepfool_norm_input_units"] / rec["radius_input_units"] for rec, ok in zip(records, correct)
+                      if ok and rec.get("deepfool_norm_input_units") is not None and rec["radius_input_units"] > 0]
+            norms = [rec["deepfool_norm_input_units"] for rec in records if rec.get("deepfool_norm_input_units") is not None]
+            summary["median_deepfool_norm_input_units"] = float(np.median(norms)) if norms else None
+            summary["median_deepfool_over_certified_radius"] = float(np.median(ratios)) if ratios else None
+        else:
+            summary.update(summarize_certificates(
+                np.array([rec["certified"] for rec in records]), [rec["min_margin"] for rec in records], correct,
+                eps_input, span, [rec["status"] for rec in records] if method is Method.milp else None))
+            if method is Method.bab:
+                verdicts = [rec["status"] for rec in records]
+                summary.update({"counterexamples": verdicts.count("counterexample"), "unknown": verdicts.count("unknown")})
+        summary["seconds"] = time.perf_counter() - start
+        summary["out"] = str(out)
+        show(summary, f"Certification of {dataset.name}", as_json)
 
 
 def _reporter(total, done, chunk, out):
