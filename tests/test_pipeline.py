@@ -215,3 +215,26 @@ def test_unset_sizes_scale_with_the_input_dimension_and_set_ones_do_not():
     assert effective["deepfool"] == configure()["deepfool"]
     same, none = settings_lib.scale_defaults(configure(), {}, 64)
     assert none == {} and same["curvature"].points == 100
+
+
+def test_certification_keeps_within_its_budget_and_says_how(small_cnn, digits, tmp_path):
+    """With no time to spare the section still answers: IBP radii on one input, no MILP, each choice stated, and the
+    distance bracket's ends in order (the certified radius never exceeds the DeepFool norm)."""
+    gm = tfgeom.GeometryModel(small_cnn)
+    data = tfgeom.data.validate(tfgeom.data.load("digits"), gm)
+    data = data._replace(x=data.x[:12], y=data.y[:12])
+    settings = {"certification": {"points": 4, "milp_points": 1, "segments": 1, "feature_points": 8, "seconds": 0.0}}
+    report = run_analyses(gm, data, tmp_path, only=["certification"], settings=settings)
+    section = report["sections"]["certification"]
+    summary = section["summary"]
+    assert summary["radius_inputs"] == 1 and summary["crown_intermediate"] == "not run"
+    assert set(section["radii_fraction_of_range"]) == {"ibp"}
+    assert "IBP only" in summary["budget_choices"] and "MILP not run" in summary["budget_choices"]
+    assert summary["milp"].startswith("not run")
+    assert all(r["deepfool_norm"] is None or r["certified_radius"] <= r["deepfool_norm"]
+               for r in section["distance_bracket"])
+    roomy = run_analyses(gm, data, tmp_path / "roomy", only=["certification"],
+                         settings={"certification": dict(settings["certification"], seconds=600.0)})
+    summary = roomy["sections"]["certification"]["summary"]
+    assert summary["radius_inputs"] == 4 and summary["budget_choices"].startswith("none")
+    assert summary["crown_intermediate"] == "forward" and summary["milp_solves_optimal"] == 1

@@ -76,6 +76,152 @@ def _exact(gm, x, y, settings):
     }
 
 
+CALLS_PER_RADIUS = 8  # certify calls a secant radius search typically needs (5-7 on the demo CNN): the estimate
+
+
+class _Budget:
+    """The section's time budget: seconds left, the estimates made, and every choice taken to keep within it
+    (all stated in the report, so a reader knows why a figure covers fewer inputs or a looser method)."""
+
+    def __init__(self, seconds):
+        self.seconds = float(seconds)
+        self.start = time.perf_counter()
+        self.estimated = 0.0
+        self.choices = []
+
+    def left(self):
+        return self.seconds - (time.perf_counter() - self.start)
+
+    def choose(self, text):
+        self.choices.append(text)
+
+    def summary(self):
+        spent = time.perf_counter() - self.start
+        return {"budget_seconds": self.seconds, "budget_estimated_seconds": self.estimated,
+                "budget_spent_seconds": spent,
+                "budget_choices": "; ".join(self.choices) if self.choices else
+                f"none: the whole plan fitted (estimated {self.estimated:.3g} s)"}
+
+
+def _timed(run):
+    start = time.perf_counter()
+    value = run()
+    return value, time.perf_counter() - start
+
+
+def _search(context, settings, method, rows, lower=None, intermediate=None):
+    """Certified radii of `x[rows]` by the secant search from the bracket: `lower` (IBP's radius for CROWN, whose
+    bounds are never looser) below, the DeepFool norm above."""
+    gm, x, y = context.gm, context.data.x, context.labels()
+    return gm.certified_radius(x[rows], settings.norm, method, cls=y[rows], rtol=settings.rtol,
+                               intermediate=intermediate or settings.intermediate,
+                               attack=context.deepfool(settings.norm, rows), lower=lower, search="secant",
+                               executor=context.executor)
+
+
+def _crown_plan(context, settings, budget, ibp_radius):
+    """The pre-activation bounds CROWN can afford, from one timed certify call on input 0 (`None`: IBP only)."""
+    gm, x, y = context.gm, context.data.x, context.labels()
+    options = ("backward", "forward") if settings.intermediate == "backward" else ("forward",)
+    last = None  # the estimate of the option tried before
+    for intermediate in options:
+        _, call = _timed(lambda: gm.certify(x[:1], ibp_radius, settings.norm, "crown", cls=y[:1],
+                                            intermediate=intermediate))
+        per_input = call * CALLS_PER_RADIUS
+        if per_input <= budget.left():
+            if intermediate != settings.intermediate:
+                budget.choose(f"CROWN with forward pre-activation bounds: backward ones would take ~{last:.3g} s "
+                              f"per input, over the {budget.left():.3g} s left")
+            return intermediate, per_input
+        last = per_input
+    budget.choose(f"IBP only: one CROWN radius would take ~{last:.3g} s, over the {budget.left():.3g} s left")
+    return None, last
+
+
+def _radii(context, settings, budget):
+    """IBP's and CROWN's radii (fractions of the range) on the same first inputs, as many as the budget allows:
+    `(radii, table, n)`; `table` holds the certified-accuracy rows and the summary's per-method keys."""
+    gm, x = context.gm, context.data.x
+    span = gm.bounds[1] - gm.bounds[0]
+    n = min(settings.points, len(x))
+    context.tell("certified radius (ibp)", 0, 2)
+    first, t0 = _timed(lambda: _search(context, settings, "ibp", slice(0, 1)))
+    budget.estimated += t0 * n
+    if n > 1 and t0 * (n - 1) > budget.left() / 2:  # keep half for CROWN
+        k = max(1, min(n, 1 + int(budget.left() / 2 / t0)))
+        budget.choose(f"{k} of {n} inputs: IBP took {t0:.3g} s on one, {budget.left():.3g} s were left")
+        n = k
+    parts = {"ibp": [first]}
+    times = {"ibp": t0}
+    if n > 1:
+        rest, t = _timed(lambda: _search(context, settings, "ibp", slice(1, n)))
+        parts["ibp"].append(rest)
+        times["ibp"] += t
+    ibp_radius = np.concatenate([r.radius for r in parts["ibp"]])
+    context.tell("certified radius (crown)", 1, 2)
+    intermediate, estimate = _crown_plan(context, settings, budget, ibp_radius[0])
+    info = {"crown_intermediate": intermediate or "not run"}
+    if intermediate is not None:
+        first, t0 = _timed(lambda: _search(context, settings, "crown", slice(0, 1), ibp_radius[:1], intermediate))
+        budget.estimated += t0 * n
+        parts["crown"], times["crown"] = [first], t0
+        k = max(1, min(n, 1 + int(max(0.0, budget.left() - estimate * settings.segments / CALLS_PER_RADIUS) / t0)))
+        if k < n:
+            budget.choose(f"CROWN and IBP on {k} of {n} inputs: one CROWN radius took {t0:.3g} s, "
+                          f"{budget.left():.3g} s were left")
+            n = k
+        if n > 1:
+            rest, t = _timed(lambda: _search(context, settings, "crown", slice(1, n), ibp_radius[1:n], intermediate))
+            parts["crown"].append(rest)
+            times["crown"] += t
+    pred, y = context.predictions()[:n], context.labels()[:n]
+    correct = pred == y
+    radii, rows = {}, []
+    for method, found in parts.items():
+        radius = np.concatenate([r.radius for r in found])[:n] / span
+        radii[method] = radius
+        converged = int(np.concatenate([r.converged for r in found])[:n].sum())
+        info["bisection_converged"] = min(info.get("bisection_converged", n), converged)
+        median = float(np.median(radius[correct])) if correct.any() else 0.0
+        rows.append([method, n, float(np.mean(correct)), median]
+                    + [float(np.mean(correct & (radius >= e))) for e in settings.eps] + [times[method] / n])
+        info[f"{method}_median_radius_fraction_of_range"] = float(np.median(radius))
+        info[f"{method}_median_radius_input_units"] = float(np.median(radius) * span)
+        info[f"{method}_seconds_per_input"] = times[method] / n
+    return radii, {"rows": rows, "summary": info}, n
+
+
+def _segments(gm, x, pred, settings, method, intermediate, budget):
+    """Morphing segments between same-class inputs certified by `method`, or why none were."""
+    pairs = [(a, b) for a in range(len(x)) for b in range(a + 1, len(x)) if pred[a] == pred[b]]
+    pairs = pairs[: 50 * settings.segments]
+    pairs = pairs[:: max(1, len(pairs) // max(settings.segments, 1))][: settings.segments]
+    if not pairs:
+        return "no two inputs of one class"
+    if budget.left() <= 0:
+        budget.choose("segments not certified: the budget was spent")
+        return "not run: the time budget was spent"
+    a, b = (np.array(p) for p in zip(*pairs))
+    seg = gm.certify_segment(x[a], x[b], method=method, intermediate=intermediate)
+    return f"{int(seg.certified.sum())} of {len(pairs)} ({method})"
+
+
+def _exact_within(gm, graph, x, y, settings, budget):
+    """The MILP check on the first inputs, its per-solve time limit cut to what the budget leaves."""
+    try:
+        milp.check_size(graph)
+    except ModelError as err:
+        return {"milp": f"not run: {err}"}
+    k = min(settings.milp_points, len(x))
+    per_solve = min(settings.milp_seconds, budget.left() / max(1, k * (gm.num_classes - 1)))
+    if per_solve < 0.5:
+        budget.choose("MILP not run: the budget was spent")
+        return {"milp": "not run: the time budget was spent"}
+    if per_solve < settings.milp_seconds:
+        budget.choose(f"MILP time limit {per_solve:.3g} s per solve instead of {settings.milp_seconds:g} s")
+    return _exact(gm, x[:k], y[:k], settings._replace(milp_seconds=per_solve))
+
+
 @register
 class CertificationAnalysis(Analysis):
     """Certified L-inf radii by IBP and CROWN on the same inputs (MILP for small ReLU nets), segments, feature space."""
@@ -95,7 +241,7 @@ class CertificationAnalysis(Analysis):
         "crown_median_radius_fraction_of_range": "CROWN median certified radius (fraction of range)",
         "crown_median_radius_input_units": "CROWN median certified radius (input units)",
         "crown_seconds_per_input": "CROWN seconds per input",
-        "segments_certified": "morphing segments certified (CROWN)",
+        "segments_certified": "morphing segments certified (method)",
         "milp": "MILP",
         "milp_eps_fraction_of_range": "MILP eps (fraction of range)",
         "milp_inputs": "MILP inputs",
@@ -106,8 +252,12 @@ class CertificationAnalysis(Analysis):
         "feature_class_hulls_certified": "feature space: class hulls certified (LP)",
         "feature_in_guaranteed_region": "feature space: test inputs in a guaranteed region",
         "feature_median_certified_l2_radius": "feature space: median exact certified L2 radius",
-        "bracketed_inputs": "inputs with both ends of the distance bracket (CROWN radius <= distance <= DeepFool)",
-        "median_deepfool_over_certified_radius": "median DeepFool norm / CROWN certified radius (the bracket's "
+        "budget_seconds": "time budget of this section (certification.seconds)",
+        "budget_estimated_seconds": "estimated cost of the whole plan (from one timed input per method)",
+        "budget_spent_seconds": "seconds spent",
+        "budget_choices": "choices made to keep within the budget",
+        "bracketed_inputs": "inputs with both ends of the distance bracket (certified radius <= distance <= DeepFool)",
+        "median_deepfool_over_certified_radius": "median DeepFool norm / certified radius (the bracket's "
                                                  "width as a ratio; 1 = the distance is known exactly)",
     }
     title = "Certified regions"
@@ -126,7 +276,8 @@ class CertificationAnalysis(Analysis):
         segments: int = 2  # morphing segments between same-class test inputs certified by CROWN
         milp_points: int = 4  # exact MILP margins at milp_eps (small ReLU networks only)
         milp_eps: float = 0.01  # fraction of the input range
-        milp_seconds: float = 20.0  # time limit per MILP solve
+        milp_seconds: float = 20.0  # time limit per MILP solve (cut to what the budget leaves)
+        seconds: float = 15.0  # the section's time budget: fewer inputs, looser bounds, shorter solves beyond it
         feature_points: int = 200  # test inputs of the (cheap, exact) feature-space certificates
         max_train: int = 4000  # training points whose class hulls are certified
 
@@ -139,62 +290,38 @@ class CertificationAnalysis(Analysis):
         except ModelError as err:
             return {"summary": {"skipped": str(err)}}
         x, pred, y = data.x, context.predictions(), context.labels()
+        # work shared with other sections (memoised there) is not this section's: done before the clock starts
+        context.deepfool(settings.norm, slice(0, min(settings.points, len(x))))
+        if data.x_train is not None:
+            context.feature_space(settings.max_train), context.features()
+        budget = _Budget(settings.seconds)
         span = gm.bounds[1] - gm.bounds[0]
         summary = {"norm": settings.norm, "input_range": list(gm.bounds), "crown_intermediate": settings.intermediate}
-        n = min(settings.points, len(x))
-        rows = slice(0, n)
-        correct = pred[rows] == y[rows]
-        radii, times, converged, table = {}, {}, {}, []
-        for i, method in enumerate(("ibp", "crown")):
-            context.tell(f"certified radius ({method})", i, 2)
-            start = time.perf_counter()
-            # CROWN's bounds are never looser than IBP's (tfgeom.verify.crown), so its search starts at IBP's radius
-            lower = radii["ibp"] * span if method == "crown" else None
-            r = gm.certified_radius(x[rows], settings.norm, method, cls=y[rows], rtol=settings.rtol,
-                                    intermediate=settings.intermediate, attack=context.deepfool(settings.norm, rows),
-                                    lower=lower, search="secant", executor=context.executor)
-            times[method] = time.perf_counter() - start
-            radii[method] = r.radius / span
-            converged[method] = int(np.sum(r.converged))
-            table.append([method, n, float(np.mean(correct)),
-                          float(np.median(radii[method][correct])) if correct.any() else 0.0]
-                         + [float(np.mean(correct & (radii[method] >= e))) for e in settings.eps] + [times[method] / n])
-        summary.update({
-            "radius_inputs": n,
-            "bisection_rtol": settings.rtol,
-            "bisection_converged": min(converged.values()),
-            "median_crown_over_ibp_radius": float(np.median(radii["crown"][correct] /
-                                                            np.maximum(radii["ibp"][correct], 1e-12)))
-            if correct.any() else None,
-        })
-        bracket = _bracket(radii["crown"] * span, context.deepfool(settings.norm, rows), y[rows], correct)
-        summary.update(bracket["summary"])
-        for m in ("ibp", "crown"):
-            summary[f"{m}_median_radius_fraction_of_range"] = float(np.median(radii[m]))
-            summary[f"{m}_median_radius_input_units"] = float(np.median(radii[m]) * span)
-            summary[f"{m}_seconds_per_input"] = times[m] / n
-        pairs = [(a, b) for a in range(len(x)) for b in range(a + 1, len(x)) if pred[a] == pred[b]]
-        pairs = pairs[: 50 * settings.segments]
-        pairs = pairs[:: max(1, len(pairs) // max(settings.segments, 1))][: settings.segments]
-        if pairs:
-            a, b = (np.array(p) for p in zip(*pairs))
-            seg = gm.certify_segment(x[a], x[b], method="crown", intermediate=settings.intermediate)
-            summary["segments_certified"] = f"{int(seg.certified.sum())} of {len(pairs)}"
-        try:
-            milp.check_size(graph)
-            k = min(settings.milp_points, len(x))
-            summary.update(_exact(gm, x[:k], y[:k], settings))
-        except ModelError as err:
-            summary["milp"] = f"not run: {err}"
-        result = {"summary": summary, "certified_accuracy": table,
-                  "radii_fraction_of_range": {m: radii[m].tolist() for m in radii},
-                  "distance_bracket": bracket["rows"],
-                  "data": {"correct": correct, "feature_radius": None}}
-        if data.x_train is not None:
+        result = {"summary": summary, "data": {"feature_radius": None}}
+        if data.x_train is not None:  # exact and cheap: first, so the bound propagation gets what is left
             m = min(settings.feature_points, len(x))
             side, result["class_hulls"], result["data"]["feature_radius"] = _feature_side(
                 context, settings, slice(0, m), pred[:m])
             summary.update(side)
+        radii, table, n = _radii(context, settings, budget)
+        rows = slice(0, n)
+        correct = pred[rows] == y[rows]
+        lower = radii["crown" if "crown" in radii else "ibp"]
+        bracket = _bracket(lower * span, context.deepfool(settings.norm, rows), y[rows], correct)
+        summary.update({"radius_inputs": n, "bisection_rtol": settings.rtol, **table.pop("summary"),
+                        **bracket["summary"]})
+        if "crown" in radii:
+            summary["median_crown_over_ibp_radius"] = float(np.median(
+                radii["crown"][correct] / np.maximum(radii["ibp"][correct], 1e-12))) if correct.any() else None
+        method = "crown" if "crown" in radii else "ibp"
+        summary["segments_certified"] = _segments(gm, x, pred, settings, method, summary["crown_intermediate"],
+                                                  budget)
+        summary.update(_exact_within(gm, graph, x, y, settings, budget))
+        summary.update(budget.summary())
+        result["data"]["correct"] = correct
+        result.update({"certified_accuracy": table["rows"],
+                       "radii_fraction_of_range": {m: radii[m].tolist() for m in radii},
+                       "distance_bracket": bracket["rows"], "bracket_lower_method": method})
         return result
 
     def present(self, result, context, settings):
@@ -221,7 +348,8 @@ class CertificationAnalysis(Analysis):
         tables.append({
             "title": f"Distance to the boundary, bracketed ({settings.norm}, input units): the certified radius is a "
             "lower bound, the DeepFool norm an upper bound",
-            "columns": ["input", "class", "CROWN certified radius", "DeepFool norm", "DeepFool / certified"],
+            "columns": ["input", "class", f"{result['bracket_lower_method'].upper()} certified radius", "DeepFool norm",
+                        "DeepFool / certified"],
             "rows": [[r["input"], r["class"], r["certified_radius"], r["deepfool_norm"], r["ratio"]]
                      for r in result["distance_bracket"]],
         })
