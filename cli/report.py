@@ -8,6 +8,7 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from tfgeom.analyses import names as analysis_names  # finds the analyses' modules, imports none
+from tfgeom.errors import InputError
 from tfgeom.cli.console import STATE, cli_errors, err_console, out_console, progress_bar, progress_callback, show
 from tfgeom.cli.loading import check_paths, load_data, load_model, load_tensorflow, make_executor, running
 from tfgeom.cli.options import (BatchOpt, BoundsOpt, ConfigOpt, DataOpt, ImageSizeOpt, LimitOpt, Logits, LogitsOpt,
@@ -118,6 +119,24 @@ def prepare(model, data, image_size, train_data, split, only, set_, config, limi
     return gm, dataset, identity, settings, executor
 
 
+def rounds_into(gm, dataset, out, seed, resume, identity, settings, executor, as_json):
+    """`claims --until-decided`: the rounds of `tfgeom.report.rounds`, each told on stderr, then the scorecard."""
+    from tfgeom.report.rounds import until_decided
+
+    def told(done):
+        grown = ", ".join(f"{k} -> {v}" for k, v in done.grown.items())
+        err_console.print(f"round {done.index + 1}: {len(done.undecided)} claims undecided"
+                          + (f"; next round: {grown}" if grown else f"; stopped: {done.stop}"), highlight=False,
+                          soft_wrap=True)
+
+    with progress_bar() as progress, running(executor):
+        report, _ = until_decided(gm, dataset, out, settings=settings, seed=seed, identity=identity, resume=resume,
+                                  progress=progress_callback(progress), executor=executor, on_round=told)
+    show_claims(report["claims"], as_json=as_json)
+    if not as_json:
+        print(f"report: {out / 'report.html'} and {out / 'report.json'}")
+
+
 @cli_errors
 def claims(
     model: ModelArg,
@@ -139,15 +158,28 @@ def claims(
     logits: LogitsOpt = Logits.auto,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
+    until_decided: Annotated[bool, typer.Option(
+        "--until-decided", help="Repeat in rounds, doubling the example counts behind each undecided claim, until "
+        "every claim is decided or the inputs run out; finished work is reused.")] = False,
+    max_inputs: Annotated[Optional[int], typer.Option(
+        min=1, help="With --until-decided: the inputs the rounds may draw on (in place of --limit; default: all "
+        "the data's).")] = None,
 ):
     """The papers' claims judged on this model: estimate, 95% interval and verdict for each (the report's scorecard).
 
     Runs the analyses the claims need (everything but certification) and writes their report to --out.
     """
     only = [CLAIM_ANALYSES]
+    if max_inputs is not None and not until_decided:
+        raise InputError("--max-inputs applies with --until-decided; use --limit otherwise")
+    if until_decided:
+        limit = max_inputs
     run = prepare(model, data, image_size, train_data, split, only, set_, config, limit, seed, batch_size, bounds,
                    unsafe, logits, workers, ray_address)
     gm, dataset, identity, settings, executor = run
+    if until_decided:
+        rounds_into(gm, dataset, out, seed, resume, identity, settings, executor, as_json)
+        return
     if as_json:
         from tfgeom.report.runner import run_analyses
 

@@ -105,6 +105,11 @@ def test_claims_command_and_report_scorecard(small_cnn_path, digits_npz, tmp_pat
             assert card["low"] <= card["value"] <= card["high"], card
     report = json.loads((out / "report.json").read_text())
     assert report["claims"] == cards
+    for claim in claims.CLAIMS:  # a claim's `sections` (what --until-decided grows) hold all of its evidence
+        assert set(claim.sections) <= set(claims.SECTIONS)
+        assert claim.evidence({name: report["sections"][name] for name in claim.sections}) is not None, claim.key
+        others = {name: s for name, s in report["sections"].items() if name not in claim.sections}
+        assert claim.evidence(others) is None, claim.key
     html = (out / "report.html").read_text()
     assert html.index("claims on this model") < html.index("<h2>Model</h2>")
 
@@ -125,3 +130,51 @@ def test_examples_needed_makes_an_inconclusive_claim_decided():
     assert st.verdict(fewer, criterion) == st.INCONCLUSIVE
     assert st.examples_needed(repeated, criterion) == repeated.n
     assert st.examples_needed(st.interval(np.r_[np.ones(20), np.zeros(20)]), criterion) is None
+
+
+
+def test_until_decided_grows_the_undecided_claims_sections_and_reuses_work(small_cnn_path, digits_npz, tmp_path,
+                                                                           monkeypatch):
+    """`claims --until-decided`: each round doubles the example counts behind the claims still undecided (capped at
+    --max-inputs), keeps every other section as it was, never recomputes a per-example shard it already has, and
+    stops with a reason; report.json records the rounds."""
+    from tfgeom.execution.store import ShardStore
+
+    saved_again, loaded = [], []
+    save, load = ShardStore.save, ShardStore.load
+
+    def saving(store, name, rows, key, result):
+        saved_again.append(store.path(name, rows, key).exists())  # computed although the store had it
+        return save(store, name, rows, key, result)
+
+    def loading(store, name, rows, key):
+        found = load(store, name, rows, key)
+        loaded.append(found is not None)
+        return found
+
+    monkeypatch.setattr(ShardStore, "save", saving)
+    monkeypatch.setattr(ShardStore, "load", loading)
+    out = tmp_path / "rounds"
+    start = {"curvature.points": 6, "connectivity.pairs": 6, "connectivity.adversarial_pairs": 4, "subspace.fit": 6,
+             "subspace.evaluate": 10, "detection.calibration": 10, "detection.evaluation": 10,
+             "feature_space.max_train": 300}
+    result = CliRunner().invoke(app, ["claims", str(small_cnn_path), "--data", str(digits_npz), "--max-inputs", 60,
+                                      "--until-decided", "--out", str(out), "--json"]
+                                + [a for k, v in start.items() for a in ("--set", f"{k}={v}")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    rounds = report["rounds"]
+    assert len(rounds) >= 2 and rounds[-1]["stop"] and not any(r["stop"] for r in rounds[:-1])
+    assert "round 1:" in result.stderr and "stopped:" in result.stderr
+    by_key = {c.key: c for c in claims.CLAIMS}
+    for before, after in zip(rounds, rounds[1:]):
+        assert before["grown"]
+        for key, value in before["grown"].items():
+            assert value == min(2 * before["counts"][key], 60) > before["counts"][key]
+            assert any(key.split(".")[0] in by_key[k].sections for k in before["undecided"])
+        assert after["counts"] == {**before["counts"], **before["grown"]}  # nothing else changed
+    assert json.loads(result.stdout) == report["claims"]
+    assert saved_again and not any(saved_again)  # no shard computed twice
+    assert sum(loaded) > 0  # later rounds read finished shards back (DeepFool of the inputs, unchanged stages)
+    grown_sections = {k.split(".")[0] for r in rounds for k in r["grown"]}
+    assert "feature_space" not in grown_sections  # its examples are the inputs loaded, from the first round on

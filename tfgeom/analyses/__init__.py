@@ -18,7 +18,7 @@ analysed inputs (every analysis takes rows of them), predictions, features.
 Each analysis lives in a module of this package named after it and
 declares everything about itself there: its `position` in the report, its
 settings, the display `labels` of its summary keys, the settings that
-`scale` with the input size. `REGISTRY` finds the modules (every module here
+`scale` with the input size and those that count its `examples`. `REGISTRY` finds the modules (every module here
 but the framework's own, `SUPPORT`) and imports them on first use, so that
 importing this package stays cheap (no TensorFlow).
 """
@@ -79,6 +79,7 @@ class Analysis:
     CHOICES = {}  # allowed values of string settings
     labels = {}  # `{summary_key: display label}` of the keys its `compute` writes
     scaled = ()  # settings that scale with the input size (`tfgeom.analyses.settings.scaled`)
+    examples = ()  # settings that count the examples its evidence has (`tfgeom.report.rounds` grows them)
 
     class Settings(NamedTuple):
         pass

@@ -139,6 +139,7 @@ class ConnectivityAnalysis(Analysis):
 
     name = "connectivity"
     position = 40
+    examples = ("pairs", "adversarial_pairs")  # counts of its per-example evidence
     labels = {
         "natural_connected": "natural pairs",
         "adversarial_connected": "adversarial pairs",

@@ -16,6 +16,7 @@ class CurvatureAnalysis(Analysis):
 
     name = "curvature"
     position = 20
+    examples = ("points",)  # counts of its per-example evidence
     scaled = ("points", "sections", "resolution")  # per-input sizes whose cost grows with d (see settings.scale_defaults)
     labels = {
         "saturated": "points with more curved directions than computed (flat fraction then an upper bound)",

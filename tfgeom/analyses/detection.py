@@ -34,6 +34,7 @@ class DetectionAnalysis(Analysis):
 
     name = "detection"
     position = 50
+    examples = ("calibration", "evaluation")  # counts of its per-example evidence
     labels = {
         "calibration_inputs": "calibration inputs (clean only)",
         "step_h": "finite-difference step h (input units)",

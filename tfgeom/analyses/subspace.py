@@ -14,6 +14,7 @@ class SubspaceAnalysis(Analysis):
 
     name = "subspace"
     position = 30
+    examples = ("fit", "evaluate")  # counts of its per-example evidence
     scaled = ("fit", "evaluate")  # per-input sizes whose cost grows with d (see settings.scale_defaults)
     labels = {
         "fit_points": "boundary points defining S_c",

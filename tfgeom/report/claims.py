@@ -35,6 +35,8 @@ class Claim(NamedTuple):
         evidence: `sections -> [Estimate]` (one per criterion), or None when a section is missing.
         unshown: for claims the statistic can support but not refute, why a failed criterion is
             `inconclusive` rather than `does not hold` (connectivity, flatness); empty otherwise.
+        sections: the report sections its evidence comes from (`tfgeom.report.rounds` grows their examples).
+        context: `sections -> str` added to the verdict's note (e.g. how tight a DeepFool distance is), or None.
     """
 
     key: str
@@ -44,6 +46,8 @@ class Claim(NamedTuple):
     criteria: list
     evidence: Callable
     unshown: str = ""
+    sections: tuple = ()
+    context: Callable = None
 
 
 def _values(values):
@@ -128,6 +132,17 @@ def _distances(sections):
     return [st.paired_interval(_values(pixel), _values(feature), st.rank_correlation)]
 
 
+def _bracket(sections):
+    """How far DeepFool's distance (an upper bound) can be above the true one, from the certification section's
+    bracket `certified radius <= distance <= DeepFool norm`."""
+    summary = sections.get("certification", {}).get("summary", {})
+    ratio, n = summary.get("median_deepfool_over_certified_radius"), summary.get("bracketed_inputs", 0)
+    if not ratio:
+        return "pixel distances are DeepFool's, upper bounds (no certified bracket in this report)"
+    return (f"pixel distances are DeepFool's, upper bounds: on the {n} bracketed inputs the true distance is at least "
+            f"1/{ratio:.3g} of it (median, {summary.get('norm', 'linf')}; certification section)")
+
+
 A, B = "Fawzi et al. 2018", "Yousefzadeh 2022"
 NOT_SHOWN = "pairs without a path within the anchor budget are not shown, not disconnected"
 CLAIMS = [
@@ -135,61 +150,68 @@ CLAIMS = [
           "path that stays in the region.", f"{A}, Sec. 3 (docs/science.md A.2)",
           "fraction of random same-class pairs joined by a found path (proved by bound propagation or sampled at the "
           "reported resolution: the connectivity section counts which)", [("connected", st.Criterion(">", 0.9))],
-          _fraction("connectivity", "natural_connected"), NOT_SHOWN),
+          _fraction("connectivity", "natural_connected"), NOT_SHOWN, sections=("connectivity",)),
     Claim("adversarial_regions_connected", "An input pushed into a class by an adversarial perturbation is connected "
           "to natural members of that class.", f"{A}, Sec. 3 (docs/science.md A.2)",
           "fraction of adversarial/natural pairs joined by a found path (proved or sampled: the connectivity "
           "section counts which)", [("connected", st.Criterion(">", 0.9))],
-          _fraction("connectivity", "adversarial_connected"), NOT_SHOWN),
+          _fraction("connectivity", "adversarial_connected"), NOT_SHOWN, sections=("connectivity",)),
     Claim("boundary_flat", "Near data points the decision boundary is flat in most directions and curved in a few.",
           f"{A}, Sec. 4 (docs/science.md A.3)", "median over boundary points of the fraction of all d - 1 tangent "
           "directions whose |curvature| is at most 10% of the point's largest, from the whole spectrum (stochastic "
-          "Lanczos quadrature)", [("flat", st.Criterion(">", 0.5))], _median("curvature", "flat_fraction_all")),
+          "Lanczos quadrature)", [("flat", st.Criterion(">", 0.5))], _median("curvature", "flat_fraction_all"),
+          sections=("curvature",)),
     Claim("more_negative_curvature", "The boundary bends towards the input's class region more than away from it "
           "(curvature is asymmetric; negative curvature in tfgeom's convention).",
           f"{A}, Sec. 4 (docs/science.md A.3)", "fraction of boundary points whose summed curvature towards the "
           "input's region (negative, F = f_k - f_j) exceeds the summed curvature away from it; the paper's own sign "
           "cannot be confirmed, so read the verdict geometrically (docs/science.md A.3)",
-          [("negative", st.Criterion(">", 0.5))], _more_negative),
+          [("negative", st.Criterion(">", 0.5))], _more_negative, sections=("curvature",)),
     Claim("curved_directions_shared", "The curved directions are shared across data points.",
           f"{A}, Sec. 4 (docs/science.md A.4)", "median over points of the mean squared cosine between a point's most "
           "curved direction and the other points' ones, over its value for random directions (1/d)",
-          [("shared", st.Criterion(">", 2.0))], _shared),
+          [("shared", st.Criterion(">", 2.0))], _shared, sections=("curvature",)),
     Claim("curved_subspace_holds_perturbations", "Adversarial perturbations lie mostly in the curved subspace S_c.",
           f"{A}, Sec. 4 (docs/science.md A.4)", "median over evaluation inputs of ||P_Sc r|| / ||P_rand r|| for DeepFool "
           "L2 perturbations r (S_c fitted on other inputs; a random subspace of the same dimension)",
-          [("energy_ratio", st.Criterion(">", 1.5))], _energy),
+          [("energy_ratio", st.Criterion(">", 1.5))], _energy, sections=("subspace",)),
     Claim("noise_in_curved_subspace_fools_more", "Random noise inside S_c fools the classifier more often than "
           "noise of the same norm in a random subspace.", f"{A}, Sec. 4 (docs/science.md A.4)",
           "mean over inputs of (fooling rate in S_c - fooling rate in a random subspace), noise norm = median "
-          "DeepFool L2 norm", [("difference", st.Criterion(">", 0.0))], _noise),
+          "DeepFool L2 norm", [("difference", st.Criterion(">", 0.0))], _noise, sections=("subspace",)),
     Claim("removing_curved_subspace_adds_robustness", "Removing the S_c component of inputs raises robustness and "
           "barely changes accuracy.", f"{A}, Sec. 4 (docs/science.md A.4)", "median over inputs of DeepFool L2 norm "
           "after / before removing S_c (> 1), and mean change of correctness (> -0.05)",
-          [("norm_ratio", st.Criterion(">", 1.0)), ("accuracy_change", st.Criterion(">", -0.05))], _removal),
+          [("norm_ratio", st.Criterion(">", 1.0)), ("accuracy_change", st.Criterion(">", -0.05))], _removal,
+          sections=("subspace",)),
     Claim("curvature_detects_perturbations", "Curvature asymmetry detects small adversarial perturbations.",
           f"{A}, Sec. 5 (docs/science.md A.5)", "ROC AUC of the calibrated curvature score, clean evaluation inputs vs "
           "their DeepFool L2 perturbations (threshold and orientation set on a disjoint calibration split)",
-          [("auc", st.Criterion(">", 0.9))], _detection),
+          [("auc", st.Criterion(">", 0.9))], _detection, sections=("detection",)),
     Claim("curvature_recovers_labels", "The curvature of the detected inputs recovers their original label.",
           f"{A}, Sec. 5 (docs/science.md A.5)", "fraction of detected DeepFool L2 perturbations whose recovered label is "
-          "the original", [("recovered", st.Criterion(">", 0.5))], _recovery),
+          "the original", [("recovered", st.Criterion(">", 0.5))], _recovery, sections=("detection",)),
     Claim("test_outside_training_hull_pixel", "Test inputs lie outside the convex hull of the training set in pixel "
           "space.", f"{B}, Sec. 1 (docs/science.md B.2)", "fraction of test inputs outside the hull of the training inputs",
-          [("outside", st.Criterion(">", 0.5))], _fraction("feature_space", "outside_pixel_hull")),
+          [("outside", st.Criterion(">", 0.5))], _fraction("feature_space", "outside_pixel_hull"),
+          sections=("feature_space",)),
     Claim("test_outside_training_hull_feature", "Test inputs lie outside the convex hull of the training features "
           "too.", f"{B}, Sec. 1 (docs/science.md B.2)", "fraction of test inputs whose features are outside the hull of "
           "the training features", [("outside", st.Criterion(">", 0.5))],
-          _fraction("feature_space", "outside_feature_hull")),
+          _fraction("feature_space", "outside_feature_hull"), sections=("feature_space",)),
     Claim("guaranteed_regions_classify_correctly", "Inputs whose features fall in a class's training hull (a "
           "guaranteed region) are classified correctly.", f"{B}, Sec. 3 (docs/science.md B.3)",
           "accuracy on test inputs inside the guaranteed region of their predicted class",
-          [("accuracy", st.Criterion(">", 0.95))], _fraction("feature_space", "correct_in_guaranteed_region")),
+          [("accuracy", st.Criterion(">", 0.95))], _fraction("feature_space", "correct_in_guaranteed_region"),
+          sections=("feature_space",)),
     Claim("feature_and_pixel_distances_differ", "Distances to the boundary in feature space and in pixel space "
           "tell different stories.", f"{B}, Sec. 1 (docs/science.md B.1)", "Spearman rank correlation between the "
           "DeepFool L2 distance (pixel space) and the exact feature-space boundary distance, over test inputs",
-          [("rank_correlation", st.Criterion("<", 0.9))], _distances),
+          [("rank_correlation", st.Criterion("<", 0.9))], _distances, context=_bracket, sections=("feature_space",)),
 ]
+
+# every section a claim reads, and DeepFool's (the shared attack, shown first), in report order
+SECTIONS = ("deepfool", "curvature", "subspace", "connectivity", "detection", "feature_space")
 
 
 def scorecard(sections):
@@ -216,6 +238,8 @@ def scorecard(sections):
             verdict, note = st.INCONCLUSIVE, claim.unshown
         if min(e.n for e in estimates) < st.MIN_EXAMPLES:
             note = f"fewer than {st.MIN_EXAMPLES} examples"
+        if claim.context is not None:
+            note = "; ".join(t for t in (note, claim.context(sections)) if t)
         first = estimates[0]
         needed = [st.examples_needed(e, c) for e, (_, c) in zip(estimates, claim.criteria)]
         record.update(value=first.value, low=first.low, high=first.high, examples=first.n, verdict=verdict,

@@ -127,7 +127,8 @@ def examples_needed(estimate, criterion, min_examples=MIN_EXAMPLES):
     if gap == 0:
         return None
     width = (estimate.value - estimate.low) if gap > 0 else (estimate.high - estimate.value)
-    return max(min_examples, n if width <= abs(gap) else int(np.ceil(n * (width / abs(gap)) ** 2)))
+    # an interval that only touches the criterion (width = gap) is undecided too: at least one more example
+    return max(min_examples, n + 1, int(np.ceil(n * (width / abs(gap)) ** 2)))
 
 
 def all_of(verdicts):
