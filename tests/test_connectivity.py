@@ -112,9 +112,9 @@ def _wedge_model(width=0.002, height=0.2):
 
 def test_a_thin_wedge_between_samples_is_caught_by_the_proof():
     """Sampling at the default spacing misses a class-1 wedge crossing the segment and calls the pair connected;
-    the certificate over the segment refuses it (the path stays "sampled"), while the same segment moved off the
-    wedge is proved."""
-    from tfgeom.analyses.connectivity import prove_paths
+    the certificate over the segment refuses it, and the path re-routed around the refused piece is proved (and,
+    sampled 10^5 times finer, never enters the wedge); the same segment moved off the wedge is proved as it is."""
+    from tfgeom.analyses.connectivity import _prove, prove_paths
 
     gm = _wedge_model()
     ends = None
@@ -129,6 +129,13 @@ def test_a_thin_wedge_between_samples_is_caught_by_the_proof():
     assert gm.predict(np.array([[0.5, 0.5]], np.float32))[0] == 1  # the wedge is there
     paths = gm.connect(a, b)
     assert paths.connected.all() and paths.straight.all()  # sampling saw nothing
+    straight = _prove(gm, [(list(zip(paths.anchors[0][:-1], paths.anchors[0][1:])), 0)], 4, "crown", "forward")
+    assert not straight[0].proved  # the certificate refuses the straight segment through the wedge
     proofs = prove_paths(gm, paths, depth=4)
-    assert proofs.status == ["sampled", "proved"]
-    assert proofs.pieces[1] >= 1 and proofs.margin_bound[1] > 0
+    assert proofs.status == ["proved", "proved"] and list(proofs.detours) == [1, 0]
+    detour = proofs.anchors[0]
+    assert len(detour) > len(paths.anchors[0]) and np.array_equal(detour[0], a[0]) and np.array_equal(detour[-1], b[0])
+    t = np.linspace(0.0, 1.0, 100001)[:, None]
+    dense = np.concatenate([u + t * (v - u) for u, v in zip(detour[:-1], detour[1:])]).astype(np.float32)
+    assert (gm.predict(dense) == 0).all()  # the proved path stays in class 0, checked independently
+    assert proofs.pieces[1] >= 1 and proofs.margin_bound[1] > 0 and proofs.margin_bound[0] > 0

@@ -18,17 +18,132 @@ class Proofs(NamedTuple):
         pieces: `[P]` certified pieces of each proved path (segments, after bisection).
         margin_bound: `[P]` the smallest certified lower bound of the margin over a proved path (NaN otherwise).
         note: why nothing could be proved (a model bound propagation does not cover), or "".
+        anchors: list of `P` arrays `[k_p + 2, ...]`: the vertices of the proved path (a found path re-routed
+            around a piece the certificate refused has a detour vertex more), else the found path's.
+        detours: `[P]` detour vertices added to prove the path.
     """
 
     status: list
     pieces: np.ndarray
     margin_bound: np.ndarray
     note: str = ""
+    anchors: list = None
+    detours: np.ndarray = None
 
 
-def prove_paths(gm, paths, depth=3, method="crown", intermediate="forward"):
+SHRINK = 4.0  # a halving cuts a segment bound's slack at most this much (its error is second order in the width)
+DETOURS = (1.0, 2.0, 4.0, 8.0)  # detour offsets tried around a refused piece, in lengths of that piece, in turn
+
+
+def _margins(gm, x, cls):
+    """`[N]` clean margins `f_c - max_{j != c} f_j` at `x`."""
+    logits = gm.runtime.logits(x).astype(np.float64)
+    own = logits[np.arange(len(x)), cls]
+    logits[np.arange(len(x)), cls] = -np.inf
+    return own - logits.max(axis=1)
+
+
+def _hopeless(bound, ends, levels_left):
+    """Pieces no halving within the budget can prove: a segment's bound is below the true margin at its ends
+    (`slack = ends - bound >= 0`); even if each halving cut the slack by `SHRINK` (optimistic: the relaxation's
+    error is about second order in the width), the bound would stay at or below zero. Giving up on them early
+    changes no verdict that could have been proved under that rate, only the time spent."""
+    return (ends <= 0) | ((ends - bound) / SHRINK ** levels_left >= ends)
+
+
+class _Outcome(NamedTuple):
+    proved: bool
+    pieces: dict  # {segment index: certified pieces} of the segments proved whole
+    bound: dict  # {segment index: smallest certified margin bound} of the same
+    leaf: tuple  # (segment index, a, b, re-routable) of the first refused piece, or None
+
+
+def _prove(gm, jobs, depth, method, intermediate):
+    """Certify each job's segments (`jobs`: `[(segments [(a, b)], cls)]`), bisecting refused pieces down to
+    `depth` halvings, all pieces of all jobs in one batch per level: `[_Outcome]`, or a `ModelError`'s text when
+    bound propagation does not cover the model. A job stops at its first refused piece."""
+    from tfgeom.errors import ModelError
+
+    leaf = [None] * len(jobs)
+    open_, pieces, bound = ([{} for _ in jobs] for _ in range(3))  # per job and segment: pieces outstanding, ...
+    pending = [(j, s, a, b, 0) for j, (segments, _) in enumerate(jobs) for s, (a, b) in enumerate(segments)]
+    for j, s, *_ in pending:
+        open_[j][s], pieces[j][s], bound[j][s] = 1, 0, np.inf
+    labels = np.array([cls for _, cls in jobs], np.int32)
+    while pending:
+        xa, xb = np.stack([t[2] for t in pending]), np.stack([t[3] for t in pending])
+        cls = labels[[t[0] for t in pending]]
+        try:
+            cert = gm.certify_segment(xa, xb, method=method, cls=cls, intermediate=intermediate)
+        except ModelError as err:
+            return str(err)
+        ends = np.minimum(_margins(gm, xa, cls), _margins(gm, xb, cls))
+        levels = np.array([t[4] for t in pending])
+        hopeless = _hopeless(cert.min_margin, ends, depth - levels)
+        fresh = ~_hopeless(cert.min_margin, ends, depth)  # a detour of this piece's size could still be proved
+        halves = []
+        for i, (j, s, a, b, level) in enumerate(pending):
+            if leaf[j] is not None:
+                continue
+            if cert.certified[i]:
+                open_[j][s] -= 1
+                pieces[j][s] += 1
+                bound[j][s] = min(bound[j][s], float(cert.min_margin[i]))
+            elif level < depth and not hopeless[i]:
+                mid = 0.5 * (a + b)
+                open_[j][s] += 1
+                halves += [(j, s, a, mid, level + 1), (j, s, mid, b, level + 1)]
+            else:
+                leaf[j] = (s, a, b, bool(fresh[i]))
+        pending = [t for t in halves if leaf[t[0]] is None]
+    out = []
+    for j in range(len(jobs)):
+        whole = [s for s, left in open_[j].items() if left == 0]
+        out.append(_Outcome(leaf[j] is None, {s: pieces[j][s] for s in whole}, {s: bound[j][s] for s in whole},
+                            leaf[j]))
+    return out
+
+
+def _direction(gm, a, b, cls, seed):
+    """A unit direction off the piece `[a, b]` at its midpoint: the margin's gradient there, orthogonal to the
+    piece (a seeded random orthogonal direction where it vanishes)."""
+    mid, along = 0.5 * (a + b), (b - a).ravel().astype(np.float64)
+    logits = gm.runtime.logits(mid[None])[0]
+    other = int(np.argsort(logits)[-2] if int(np.argmax(logits)) == cls else np.argmax(logits))
+    coeffs = np.zeros((1, len(logits)), np.float32)
+    coeffs[0, cls], coeffs[0, other] = 1.0, -1.0
+    _, grad = gm.runtime.gradient(mid[None], coeffs)
+    u = grad[0].ravel().astype(np.float64)
+    unit = along / max(float(np.linalg.norm(along)), 1e-30)
+    u -= (u @ unit) * unit
+    if np.linalg.norm(u) <= 1e-12 * max(1.0, float(np.abs(grad).max())):
+        u = np.random.default_rng(seed).normal(size=u.shape)
+        u -= (u @ unit) * unit
+    return (u / max(float(np.linalg.norm(u)), 1e-30)).reshape(mid.shape)
+
+
+def _detour(gm, anchors, leaf, u, scale):
+    """`(vertices, new segments)`: the path with the refused piece `(s, a, b)` of segment `s` replaced by a
+    detour through its midpoint moved by `scale` piece lengths along `u` (clipped to the bounds)."""
+    s, a, b, _ = leaf
+    low, high = gm.bounds
+    far = np.clip(0.5 * (a + b) + scale * float(np.linalg.norm(b - a)) * u, low, high).astype(anchors.dtype)
+    around = [v for v in (anchors[s], a, far, b, anchors[s + 1])]
+    around = [v for i, v in enumerate(around) if i == 0 or not np.array_equal(v, around[i - 1])]
+    vertices = np.stack(list(anchors[:s]) + around + list(anchors[s + 2:]))
+    return vertices, list(zip(around[:-1], around[1:]))
+
+
+def prove_paths(gm, paths, depth=3, method="crown", intermediate="forward", seed=0):
     """Certify every segment of every found path (`GeometryModel.certify_segment`), bisecting a segment whose
-    bound is not positive down to `depth` halvings.
+    bound is not positive down to `depth` halvings, and re-route a path once around a refused piece.
+
+    A piece no halving within the budget could prove, at the optimistic rate `SHRINK` per halving, is given up
+    at once. When a refused piece's ends are well inside the region (a detour of its size could be proved: a thin
+    feature of another class crossing the segment, not an end on the boundary), the path gets one detour vertex:
+    the piece's midpoint moved off the segment along the margin's gradient, by `DETOURS` piece lengths in turn;
+    the segments proved already are kept, and the first detour whose new segments (and the path's segments not
+    yet proved) are all certified gives the proved path. A path refused again stays "sampled".
 
     Args:
         gm: the `GeometryModel`.
@@ -37,41 +152,46 @@ def prove_paths(gm, paths, depth=3, method="crown", intermediate="forward"):
         method: `"crown"` or `"ibp"`. Defaults to `"crown"`.
         intermediate: CROWN's pre-activation bounds (forward bounds are cheap over a one-dimensional
             set). Defaults to `"forward"`.
+        seed: seeds the detour direction where the margin's gradient vanishes. Defaults to `0`.
 
     Returns:
         `Proofs`.
     """
-    from tfgeom.errors import ModelError
-
     count = len(paths.connected)
     status = ["sampled" if c else "not found" for c in paths.connected]
-    pieces, bound = np.zeros(count, np.int64), np.full(count, np.inf)
-    pending = [(p, a, b, 0) for p in np.flatnonzero(paths.connected)
-               for a, b in zip(paths.anchors[p][:-1], paths.anchors[p][1:])]
-    failed = set()
-    while pending:
-        xa, xb = np.stack([t[1] for t in pending]), np.stack([t[2] for t in pending])
-        try:
-            cert = gm.certify_segment(xa, xb, method=method, cls=paths.labels[[t[0] for t in pending]],
-                                      intermediate=intermediate)
-        except ModelError as err:  # layers bound propagation does not cover: every found path stays "sampled"
-            return Proofs(status, np.zeros(count, np.int64), np.full(count, np.nan), str(err))
-        halves = []
-        for (p, a, b, level), ok, margin in zip(pending, cert.certified, cert.min_margin):
-            if ok:
-                pieces[p] += 1
-                bound[p] = min(bound[p], float(margin))
-            elif level < depth:
-                mid = 0.5 * (a + b)
-                halves += [(p, a, mid, level + 1), (p, mid, b, level + 1)]
-            else:
-                failed.add(p)
-        pending = [t for t in halves if t[0] not in failed]
-    for p in np.flatnonzero(paths.connected):
-        if p not in failed:
-            status[p] = "proved"
-    proved = np.array([s == "proved" for s in status], bool)
-    return Proofs(status, np.where(proved, pieces, 0), np.where(proved, bound, np.nan))
+    pieces, bound = np.zeros(count, np.int64), np.full(count, np.nan)
+    anchors, detours = list(paths.anchors), np.zeros(count, np.int64)
+    found = np.flatnonzero(paths.connected)
+    jobs = [(list(zip(paths.anchors[p][:-1], paths.anchors[p][1:])), int(paths.labels[p])) for p in found]
+    outcomes = _prove(gm, jobs, depth, method, intermediate)
+    if isinstance(outcomes, str):  # layers bound propagation does not cover: every found path stays "sampled"
+        return Proofs(status, pieces, bound, outcomes, anchors, detours)
+    retry = {}
+    for p, outcome in zip(found, outcomes):
+        if outcome.proved:
+            status[p], pieces[p], bound[p] = "proved", sum(outcome.pieces.values()), min(outcome.bound.values())
+        elif outcome.leaf[3]:
+            leaf = outcome.leaf
+            retry[p] = (outcome, _direction(gm, leaf[1], leaf[2], int(paths.labels[p]), seed + int(p)))
+    for scale in DETOURS:  # one batch per offset: most detours are proved at the first
+        tries = []
+        for p, (outcome, u) in retry.items():
+            vertices, around = _detour(gm, paths.anchors[p], outcome.leaf, u, scale)
+            s = outcome.leaf[0]
+            rest = [(a, b) for i, (a, b) in enumerate(zip(paths.anchors[p][:-1], paths.anchors[p][1:]))
+                    if i != s and i not in outcome.pieces]
+            tries.append((p, vertices, around + rest))
+        if not tries:
+            break
+        again = _prove(gm, [(segments, int(paths.labels[p])) for p, _, segments in tries], depth, method,
+                       intermediate)
+        for (p, vertices, _), outcome in zip(tries, again if not isinstance(again, str) else []):
+            if outcome.proved:
+                kept = retry.pop(p)[0]
+                status[p], anchors[p], detours[p] = "proved", vertices, 1
+                pieces[p] = sum(kept.pieces.values()) + sum(outcome.pieces.values())
+                bound[p] = min(list(kept.bound.values()) + list(outcome.bound.values()))
+    return Proofs(status, pieces, bound, "", anchors, detours)
 
 
 def same_class_pairs(labels, count, generator):
@@ -130,7 +250,8 @@ def _of(paths, proofs):
 
 def _proof_summary(prefix, proofs):
     return {f"{prefix}_proved_pairs": proofs.status.count("proved"),
-            f"{prefix}_sampled_pairs": proofs.status.count("sampled")}
+            f"{prefix}_sampled_pairs": proofs.status.count("sampled"),
+            f"{prefix}_detoured_pairs": int(np.sum(proofs.detours))}
 
 
 @register
@@ -145,6 +266,7 @@ class ConnectivityAnalysis(Analysis):
         "adversarial_connected": "adversarial pairs",
         "proved_pairs": "pairs whose path is proved to stay in the region (bound propagation over each piece)",
         "sampled_pairs": "pairs whose path was found by sampling but not proved",
+        "detoured_pairs": "proved pairs whose path was re-routed around a piece the certificate refused",
         "proof_note": "why no path could be proved",
     }
     title = "Connectivity of classification regions"
