@@ -123,6 +123,7 @@ class Context:
         self.seed = int(seed)
         self.progress = progress
         self._memo = {}
+        self.seconds = {}  # {section: seconds} of the sections this report holds so far (set by the runner)
 
     def rng(self):
         """A NumPy generator seeded from the context (a fresh one per call: analyses are independent)."""

@@ -132,6 +132,7 @@ def _run(gm, dataset, out, only, seed, resume, identity, progress, settings, exe
         if done.get("status") == "done" and done.get("settings") == wanted:
             continue  # finished earlier with the same settings
         start = time.perf_counter()
+        context.seconds = {k: v.get("seconds", 0.0) for k, v in report["sections"].items() if k != name}
         context.tell(f"section {name}", 0, 1)
         try:
             result = analysis.compute(context, effective[name])
