@@ -77,7 +77,13 @@ def until_decided(gm, dataset, out, *, settings=None, seed=0, identity=None, pro
     """Run the claims' sections in rounds, adding examples to the undecided claims' sections (module docstring).
 
     Args:
-        gm, dataset, out, seed, identity, progress: as `tfgeom.report.runner.run_analyses`.
+        gm: the `GeometryModel` (as `tfgeom.report.runner.run_analyses`, as are `dataset`, `out`, `seed`,
+            `identity` and `progress`).
+        dataset: the validated `Dataset`: the inputs every round may draw on.
+        out: the report folder (every round writes into it).
+        seed: seed for random choices.
+        identity: what a resumed run must match.
+        progress: `progress(description, done, total)` or None.
         settings: `{section: {key: value}}` overrides of the first round.
         executor: where per-example work runs. Defaults to `None`: a
             `LocalExecutor` in this process with shards of the model's batch size.
