@@ -36,7 +36,12 @@ setup(
             "mkdocstrings[python]>=0.24",
             # tests/test_distributed*.py start a local Ray runtime with 2 workers
             "ray>=2.9",
+            # tests/test_onnx.py builds ONNX graphs and checks conversions against ONNX Runtime
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
         ],
+        # ONNX models: tfgeom <command> model.onnx, tfgeom.GeometryModel("model.onnx") (tfgeom.runtime.onnx_models)
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         # distributed runs: tfgeom analyze --workers N / --ray-address, tfgeom.execution.ray.RayExecutor
         "ray": ["ray>=2.9"],
         # peers for benchmarks only; auto_LiRPA 0.7.1 itself is not on the registry (0.3 is): install its wheel

@@ -11,7 +11,8 @@ class Norm(str, enum.Enum):
     linf = "linf"
 
 
-ModelArg = Annotated[pathlib.Path, typer.Argument(help="Saved Keras model (.keras or .h5).")]
+ModelArg = Annotated[pathlib.Path, typer.Argument(
+    help="Saved Keras model (.keras or .h5), or an ONNX classifier (.onnx; the extra tfgeom[onnx]).")]
 DataOpt = Annotated[
     str, typer.Option("--data", "-d", help="Data: .npz/.npy file, folder of class folders of images, "
                       "keras:mnist|fashion_mnist|cifar10|cifar100 (downloaded by Keras), or built-in "

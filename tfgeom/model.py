@@ -59,7 +59,7 @@ class GeometryModel:
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, safe_mode=safe_mode)
         if not isinstance(model, keras.Model):
-            raise ModelError(f"expected a keras.Model or a path to a .keras/.h5 file; got {type(model).__name__}")
+            raise ModelError(f"expected a keras.Model or a path to a .keras/.h5/.onnx file; got {type(model).__name__}")
         self.model, self.dtype_note = as_float32(model)
         model = self.model
         self.bounds = check_bounds(bounds)

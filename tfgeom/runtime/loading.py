@@ -7,14 +7,14 @@ import zipfile
 
 from tfgeom.errors import ModelError
 
-_EXTENSIONS = (".keras", ".h5", ".hdf5")
+_EXTENSIONS = (".keras", ".h5", ".hdf5", ".onnx")
 
 
 def check_path(path):
     """Refuse a missing, misnamed or corrupt model file (file checks only: no TensorFlow import)."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise ModelError(f"model file {path!r} does not exist; pass the path of a .keras or .h5 file")
+        raise ModelError(f"model file {path!r} does not exist; pass the path of a .keras, .h5 or .onnx file")
     if not path.endswith(_EXTENSIONS):
         raise ModelError(
             f"model file {path!r} has an unknown extension; save it with model.save('model.keras')"
@@ -62,7 +62,10 @@ def import_user_code(sources):
 
 
 def load_model(path, safe_mode=True):
-    """Load a `.keras` or `.h5` classifier without compiling it.
+    """Load a `.keras` or `.h5` classifier without compiling it, or convert an `.onnx` one.
+
+    An ONNX model becomes a Keras model in the ONNX model's own input layout, checked against ONNX Runtime
+    (`tfgeom.runtime.onnx_models.convert`; needs `pip install "tfgeom[onnx]"`).
 
     Args:
         path: file path of the saved model.
@@ -79,6 +82,10 @@ def load_model(path, safe_mode=True):
     import keras
 
     path = check_path(path)
+    if path.endswith(".onnx"):
+        from tfgeom.runtime.onnx_models import convert
+
+        return convert(path).model
     try:
         return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
     except ValueError as err:
