@@ -1,6 +1,7 @@
 """The certify command: certificates or certified radii per input, written as they finish, resumable."""
 import pathlib
 import time
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
@@ -8,14 +9,16 @@ from typing_extensions import Annotated
 from tfgeom.analyses.summaries import summarize_certificates, summarize_radii
 from tfgeom.cli.console import cli_errors, err_console, note, show
 from tfgeom.cli.loading import load_data, load_model, make_executor, running
-from tfgeom.cli.options import (BatchOpt, BoundsOpt, DataOpt, EpsUnits, ImageSizeOpt, Intermediate, JsonOpt, LimitOpt,
+from tfgeom.cli.options import (BatchOpt, BoundsOpt, EpsUnits, ImageSizeOpt, Intermediate, JsonOpt, LimitOpt,
                                 Logits, LogitsOpt, Method, ModelArg, Norm, RayAddressOpt, UnsafeOpt, WorkersOpt)
 
 
 @cli_errors
 def certify(
     model: ModelArg,
-    data: DataOpt,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Data: .npz/.npy file, folder of class "
+                                                "folders of images, keras:NAME or a built-in name (not with "
+                                                "--vnnlib).")] = None,
     image_size: ImageSizeOpt = None,
     eps: Annotated[float, typer.Option(min=0.0, help="Radius of the input balls, as a fraction of the input range "
                                        "(HIGH - LOW) unless --eps-units input; ignored with --radius.")] = 0.05,
@@ -41,12 +44,28 @@ def certify(
     logits: LogitsOpt = Logits.auto,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
+    vnnlib: Annotated[Optional[pathlib.Path], typer.Option(
+        help="Decide a VNN-LIB property instead (any input box, unsafe outputs as linear constraints): prints sat "
+        "(with a counterexample), unsat, unknown or timeout.")] = None,
+    timeout: Annotated[float, typer.Option(min=0.0, help="With --vnnlib: seconds for the whole decision.")] = 60.0,
+    result: Annotated[Optional[pathlib.Path], typer.Option(help="With --vnnlib: write the result file (the "
+                                                            "competition's format) here.")] = None,
 ):
     """Certify that every input within eps of each example keeps its label (or find the certified radius).
 
-    Radii are fractions of the input range by default and are printed in both units.
+    Radii are fractions of the input range by default and are printed in both units. With --vnnlib, decide a
+    VNN-LIB property on the network (ONNX models keep their own input layout) instead.
     """
     import numpy as np
+
+    if vnnlib is not None:
+        from tfgeom.cli.vnncomp import certify_property
+
+        return certify_property(model, vnnlib, timeout, result)
+    if data is None:
+        from tfgeom.errors import InputError
+
+        raise InputError("certify needs --data (the inputs to certify) or --vnnlib (a property to decide)")
 
     gm = load_model(model, bounds, unsafe, batch_size, data, logits=logits)
     from tfgeom.execution.lock import file_lock

@@ -252,7 +252,10 @@ def in_hull_lp(points, query, solver="HIGHS"):
     points = np.asarray(points, np.float64)
     a = cp.Variable(len(points), nonneg=True)
     problem = cp.Problem(cp.Minimize(0), [cp.sum(a) == 1, points.T @ a == query])
-    problem.solve(solver=solver)
+    from tfgeom.runtime.backend import solver_output_silenced
+
+    with solver_output_silenced():  # HiGHS' banner
+        problem.solve(solver=solver)
     return problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
 
 

@@ -127,9 +127,12 @@ class _Solver:
             else:
                 z = r.vertices[int(np.argmin(r.vertices @ a))]
             return float(a @ z), z, "optimal"
+        from tfgeom.runtime.backend import solver_output_silenced
+
         self.a.value = a
         try:
-            value = self.problem.solve(solver=self.solver)
+            with solver_output_silenced():  # HiGHS' banner
+                value = self.problem.solve(solver=self.solver)
         except cp.error.SolverError as err:
             return np.nan, None, f"solver error: {err}"
         status = self.problem.status

@@ -48,22 +48,32 @@ def set_verbose(on=True):
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null (C++ writes bypass `sys.stderr`); restore it afterwards."""
+def _native_silenced(fd):
+    """Send file descriptor `fd` to /dev/null (C++ writes bypass `sys.stdout`/`sys.stderr`); restore it afterwards."""
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to silence
+        (sys.stdout if fd == 1 else sys.stderr).flush()
+        saved = os.dup(fd)
+    except (OSError, ValueError, AttributeError):  # no real stream (embedded interpreters): nothing to silence
         yield
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        os.dup2(devnull, fd)
         yield
     finally:
-        os.dup2(saved, 2)
+        os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)
+
+
+def _native_stderr_silenced():
+    return _native_silenced(2)
+
+
+def solver_output_silenced():
+    """A context in which a native solver's prints to stdout go nowhere (HiGHS writes its copyright banner from
+    C++ on the first call of every solver object, whatever its options); `--verbose` lets them through."""
+    return contextlib.nullcontext() if verbose() else _native_silenced(1)
 
 
 def _memory_growth_wanted():

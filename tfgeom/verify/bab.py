@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom.verify import crown as bd
-from tfgeom.verify.sets import ball
+from tfgeom.verify.sets import LinfBall, ball
 from tfgeom.verify import milp
 from tfgeom.verify.operators import ReLU
 
@@ -91,20 +91,28 @@ def _program(graph, kind):
 class _Problem:
     """One example's ball, class and margins; bounds batches of subdomains (dicts of split arrays)."""
 
-    def __init__(self, gm, x, eps, cls, scale):
+    def __init__(self, gm, x, eps, cls, scale, box=None, rows=None):
         self.gm, self.graph = gm, gm.layer_graph
         self.x, self.eps, self.cls = x, eps, int(cls)
         weights, bias = gm.head
         w, b = np.asarray(weights, np.float32), np.asarray(bias, np.float32)
-        keep = [j for j in range(w.shape[1]) if j != self.cls]
-        self.coeffs = (w[:, self.cls][None] - w[:, keep].T)  # [L-1, D]
-        self.const = b[self.cls] - b[keep]
+        if rows is None:  # the margins f_c - f_j
+            keep = [j for j in range(w.shape[1]) if j != self.cls]
+            a = np.eye(w.shape[1], dtype=np.float32)
+            rows = (a[self.cls][None] - a[keep], np.zeros(len(keep), np.float32))
+        self.rows = tuple(np.asarray(r, np.float32) for r in rows)  # safe iff A f - c > 0 row by row
+        self.coeffs = self.rows[0] @ w.T  # [R, D] rows over the features
+        self.const = self.rows[0] @ b - self.rows[1]
+        self.box = None if box is None else tuple(np.asarray(v, np.float32).reshape(x.shape) for v in box)
         self.guard = guard(scale)
         self.relus = _relu_inputs(self.graph)
         self._matrices = None
 
     def input_set(self, count):
         x = np.repeat(self.x[None], count, 0)
+        if self.box is not None:  # any box (a VNN-LIB property's), not only a ball within the bounds
+            low, high = (tf.constant(np.repeat(v[None], count, 0)) for v in self.box)
+            return LinfBall(tf.constant(x), tf.fill([count], float(self.eps)), low, high)
         return ball(x, np.full(count, self.eps, np.float32), "linf", self.gm.bounds)
 
     def bound(self, splits):
@@ -135,11 +143,11 @@ class _Problem:
                 (take(box[0]) + take(box[1]), take(input_set.low), take(input_set.high)))
 
     def misclassified(self, x):
-        """Whether the network's margins at the inputs `x [B, ...]` are not all positive."""
+        """Whether some row `A f(x) - c` is not positive at the inputs `x [B, ...]` (for margin rows: the class is
+        not `cls`)."""
         logits = self.gm.runtime.logits(np.asarray(x, np.float32))
-        own = logits[:, self.cls]
-        others = np.delete(logits, self.cls, axis=1)
-        return own - others.max(axis=1) < TOLERANCE * np.maximum(1.0, np.abs(logits).max(axis=1))
+        values = logits @ self.rows[0].T - self.rows[1]
+        return values.min(axis=1) < TOLERANCE * np.maximum(1.0, np.abs(logits).max(axis=1))
 
     def exact(self, node_bounds):
         """The LP of a subdomain without unstable units: `(min margin, minimiser)`."""
@@ -150,6 +158,10 @@ class _Problem:
         worst, point = np.inf, None
         for coeffs, const in zip(self.coeffs, self.const):
             value, status, _ = program.minimise(coeffs.astype(np.float64))
+            if status in ("infeasible", "infeasible_inaccurate"):
+                # the splits' activation pattern occurs nowhere in the set: the subdomain is empty (an input on
+                # its edge has a pre-activation at 0 and lies in the sibling subdomain too)
+                return np.inf, None
             if status != "optimal":
                 return -np.inf, None
             if value + const < worst:
@@ -183,7 +195,7 @@ def _choose(node_bounds, grads, relus, example):
     return choice
 
 
-def verify(gm, x, eps, cls, time_limit=60.0, batch=32, max_domains=100_000, scale=1.0):
+def verify(gm, x, eps, cls, time_limit=60.0, batch=32, max_domains=100_000, scale=1.0, box=None, rows=None):
     """Branch and bound on the L-inf ball of radius `eps` around `x` (one example) for class `cls`.
 
     Args:
@@ -195,12 +207,17 @@ def verify(gm, x, eps, cls, time_limit=60.0, batch=32, max_domains=100_000, scal
         batch: subdomains bounded together.
         max_domains: subdomains bounded before the verdict is `"unknown"`.
         scale: the logit scale for the rounding guard.
+        box: `(low, high)` of the input's shape: verify over this box instead of the ball (a VNN-LIB
+            property's input set; `x` then only names the shape). Defaults to `None`.
+        rows: `(A [R, L], c [R])`: certify `A f(x) - c > 0` row by row instead of the margins of `cls`
+            (a VNN-LIB property's negated disjuncts). Defaults to `None`.
 
     Returns:
-        A `Verdict`.
+        A `Verdict` (`"certified"`: every row positive over the set; `"counterexample"`: an input of the set
+        where a row is not positive).
     """
     start = time.perf_counter()
-    problem = _Problem(gm, np.asarray(x, np.float32), float(eps), cls, scale)
+    problem = _Problem(gm, np.asarray(x, np.float32), float(eps), cls, scale, box, rows)
     root = {n: np.zeros(gm.layer_graph.nodes[n].shape, np.int8) for n in problem.relus}
     open_domains = [(-np.inf, root)]
     bounded = 0

@@ -105,12 +105,15 @@ class Program:
         """`(value, status, features)` of `min coeffs^T z` over the set."""
         import cvxpy as cp  # loaded by the solves that need it, not by importing tfgeom
 
+        from tfgeom.runtime.backend import solver_output_silenced
+
         self.coeffs.value = np.asarray(coeffs, np.float64)
         try:
-            value = self.problem.solve(
-                solver=cp.HIGHS, mip_rel_gap=MIP_GAP, mip_abs_gap=1e-9, warm_start=False,
-                time_limit=float(time_limit)
-            )
+            with solver_output_silenced():
+                value = self.problem.solve(
+                    solver=cp.HIGHS, mip_rel_gap=MIP_GAP, mip_abs_gap=1e-9, warm_start=False,
+                    time_limit=float(time_limit)
+                )
         except cp.error.SolverError as err:
             return -np.inf, f"solver error: {err}", None
         status = self.problem.status

@@ -1,0 +1,145 @@
+"""VNN-LIB properties: parsing, deciding on ONNX networks (checked against the exact MILP), the vnncomp command."""
+import csv
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import tfgeom  # noqa: E402
+from tfgeom.cli.main import app  # noqa: E402
+from tfgeom.errors import InputError  # noqa: E402
+from tfgeom.verify import properties, vnnlib  # noqa: E402
+from test_onnx import mlp_onnx  # noqa: E402
+
+
+def _property(low, high, cls, classes):
+    """The robustness property of the competition's classification benchmarks: some other output >= Y_cls."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(low))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(classes)]
+    for i, (a, b) in enumerate(zip(low, high)):
+        lines += [f"(assert (<= X_{i} {float(b)!r}))", f"(assert (>= X_{i} {float(a)!r}))"]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{cls}))" for j in range(classes) if j != cls) + "))")
+    return "\n".join(lines) + "\n"
+
+
+def test_parse_reads_boxes_and_linear_output_forms():
+    """Bounds on either side, sums, products by constants and numbers become the box and rows `a^T y - b > 0`."""
+    text = """; comment
+    (declare-const X_0 Real) (declare-const X_1 Real) (declare-const Y_0 Real) (declare-const Y_1 Real)
+    (declare-const Y_2 Real)
+    (assert (<= X_0 0.5)) (assert (>= X_0 -0.5)) (assert (>= 1.0 X_1)) (assert (<= 0.25 X_1))
+    (assert (or (and (>= Y_1 Y_0)) (and (<= (+ Y_2 (* 2.0 Y_0)) 3.0))))"""
+    prop = vnnlib.parse(text=text)
+    np.testing.assert_array_equal(prop.lower, [-0.5, 0.25])
+    np.testing.assert_array_equal(prop.upper, [0.5, 1.0])
+    a, b = prop.rows
+    np.testing.assert_array_equal(a, [[1, -1, 0], [2, 0, 1]])  # safe: Y_0 - Y_1 > 0 and 2 Y_0 + Y_2 - 3 > 0
+    np.testing.assert_array_equal(b, [0, 3])
+    y = np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [2.0, 1.0, -1.5]])
+    np.testing.assert_array_equal(vnnlib.violated(prop, y), [True, False, True])
+    both = vnnlib.parse(text=text.replace("(or (and (>= Y_1 Y_0)) (and", "(or (and (>= Y_1 Y_0)"))
+    assert both.rows is None and len(both.disjuncts) == 1 and both.disjuncts[0][0].shape == (2, 3)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("(declare-const X_0 Real) (declare-const Y_0 Real) (assert (<= X_0 1.0)) (assert (>= Y_0 0.0))",
+     "X_0 has no lower or no upper bound"),
+    ("(declare-const X_0 Real) (declare-const Y_0 Real) (assert (<= X_0 1.0)) (assert (>= X_0 2.0)) "
+     "(assert (>= Y_0 0.0))", "the box is empty"),
+    ("(declare-const X_0 Real) (declare-const Y_0 Real) (assert (<= X_0 1.0)) (assert (>= X_0 0.0)) "
+     "(assert (>= (* Y_0 Y_0) 0.0))", "not linear"),
+    ("(declare-const X_0 Real) (assert (<= X_0 1.0)", "unbalanced parentheses"),
+])
+def test_parse_refuses_what_it_cannot_read_in_one_line(text, message):
+    with pytest.raises(InputError, match=message):
+        vnnlib.parse(text=text)
+
+
+def test_decisions_agree_with_the_exact_milp(tmp_path):
+    """On a converted ONNX MLP, every decided property agrees with the MILP's exact minimum margin over the box
+    (unsat iff it is positive); a sat answer's counterexample lies in the box and violates the property."""
+    path = mlp_onnx(tmp_path / "m.onnx", seed=3)
+    gm = tfgeom.GeometryModel(str(path))
+    g = np.random.default_rng(0)
+    decided = {"sat": 0, "unsat": 0}
+    for k, eps in enumerate((0.01, 0.05, 0.1, 0.2, 0.3, 0.5)):
+        x0 = g.uniform(0.2, 0.8, (1, 12, 1)).astype(np.float32)
+        cls = int(gm.predict(x0)[0])
+        exact = gm.certify(x0, eps, method="milp", cls=[cls])
+        low, high = np.clip(x0 - eps, 0, 1).ravel(), np.clip(x0 + eps, 0, 1).ravel()
+        prop = vnnlib.parse(text=_property(low, high, cls, gm.num_classes))
+        decision = properties.decide(gm, prop, timeout=30)
+        assert decision.verdict in ("sat", "unsat"), (eps, decision)
+        decided[decision.verdict] += 1
+        truth = exact.margins.min()
+        assert (decision.verdict == "unsat") == (truth > 0), (eps, truth, decision.verdict)
+        if decision.verdict == "sat":
+            x = decision.counterexample.ravel()
+            assert np.all(x >= low - 1e-7) and np.all(x <= high + 1e-7)
+            assert vnnlib.violated(prop, gm.logits(decision.counterexample[None]))[0]
+    assert decided["sat"] and decided["unsat"]  # both answers were exercised
+
+
+def test_vnncomp_command_writes_results_and_resumes(tmp_path):
+    """`tfgeom vnncomp instances.csv`: one row per instance in the competition's format, counterexamples in its
+    format, checked by ONNX Runtime; --resume skips what is there; a missing file is one line."""
+    import onnxruntime as ort
+
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "vnnlib").mkdir()
+    path = mlp_onnx(tmp_path / "onnx" / "m.onnx", seed=3)
+    gm = tfgeom.GeometryModel(str(path))
+    x0 = np.full((1, 12, 1), 0.5, np.float32)
+    cls = int(gm.predict(x0)[0])
+    rows = []
+    for name, eps in (("small", 0.001), ("large", 0.5)):
+        low, high = np.clip(x0 - eps, 0, 1).ravel(), np.clip(x0 + eps, 0, 1).ravel()
+        (tmp_path / "vnnlib" / f"{name}.vnnlib").write_text(_property(low, high, cls, gm.num_classes))
+        rows.append(f"onnx/m.onnx,vnnlib/{name}.vnnlib,30")
+    (tmp_path / "instances.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "results.csv"
+    result = CliRunner().invoke(app, ["vnncomp", str(tmp_path / "instances.csv"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = list(csv.DictReader(open(out)))
+    assert [r["result"] for r in table] == ["unsat", "sat"]
+    assert list(table[0]) == ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time"]
+    text = (tmp_path / "m_large.counterexample").read_text().splitlines()
+    assert text[0] == "sat"
+    values = dict(line.strip(" ()").split() for line in text[1:])
+    x = np.array([float(values[f"X_{i}"]) for i in range(12)], np.float32).reshape(1, 12, 1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(y[0], [float(values[f"Y_{j}"]) for j in range(3)], rtol=1e-5, atol=1e-6)
+    assert y[0].argmax() != cls or np.sort(y[0])[-2] >= y[0][cls]
+    again = CliRunner().invoke(app, ["vnncomp", str(tmp_path / "instances.csv"), "--out", str(out), "--resume"])
+    assert again.exit_code == 0 and len(list(csv.DictReader(open(out)))) == 2
+    refused = CliRunner().invoke(app, ["vnncomp", str(tmp_path / "instances.csv"), "--out", str(out)])
+    assert refused.exit_code == 2 and "--resume" in refused.stderr
+    (tmp_path / "vnnlib" / "small.vnnlib").unlink()
+    missing = CliRunner().invoke(app, ["vnncomp", str(tmp_path / "instances.csv"), "--out", str(tmp_path / "o.csv")])
+    assert missing.exit_code == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_branch_and_bound_neither_retraces_nor_prints_a_solver_banner(tmp_path, caplog):
+    """A branch-and-bound run logs no TensorFlow retracing warning, and a MILP solve prints no HiGHS banner."""
+    path = mlp_onnx(tmp_path / "m.onnx", seed=3)
+    gm = tfgeom.GeometryModel(str(path))
+    x0 = np.full((1, 12, 1), 0.5, np.float32)
+    cls = int(gm.predict(x0)[0])
+    from tfgeom.verify import bab
+
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for eps in (0.05, 0.1, 0.15, 0.2):
+            bab.verify(gm, x0[0], eps, cls, time_limit=20)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    script = ("import numpy as np, tfgeom; gm = tfgeom.GeometryModel(%r); "
+              "gm.certify(np.full((1, 12, 1), 0.5, np.float32), 0.1, method='milp')" % str(path))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "HiGHS" not in run.stdout and "HiGHS" not in run.stderr

@@ -1,0 +1,129 @@
+"""Deciding a VNN-LIB property on a network: attack, bound, branch and bound, within a time limit.
+
+`decide(gm, prop, timeout)` answers whether some input of the property's box
+reaches its unsafe outputs (`tfgeom.verify.vnnlib`):
+
+1. **Attack** (falsifiable instances answered in seconds): projected signed
+   gradient descent on the smallest row `r(y) = a^T y - b` of the negated
+   disjuncts, from the box's centre and random corners (`restarts`, batched),
+   `steps` steps of a tenth of the box, then a halving step size. A point with
+   a row `<= 0` by a forward pass is a counterexample: `sat`.
+2. **Bound propagation** over the whole box: CROWN (forward pre-activation
+   bounds) on every row; all positive (above the rounding guard): `unsat`.
+3. **Branch and bound** (`tfgeom.verify.bab`, ReLU splits, exact LPs at the
+   leaves) for what is left of the time: `unsat`, `sat` (its counterexample
+   checked again by a forward pass) or `timeout`.
+
+Properties whose disjuncts hold several constraints each (no single-row form)
+get the attack only, then `unknown`.
+"""
+import time
+from typing import NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfgeom.verify import bab, vnnlib
+from tfgeom.verify.sets import LinfBall
+
+ROUNDING = 1e-5  # a bound counts as positive above this times the logit scale (as tfgeom.verify.certification)
+
+
+class Decision(NamedTuple):
+    """The answer to one property (NumPy).
+
+    Fields:
+        verdict: `"unsat"` (the property holds), `"sat"` (a counterexample), `"unknown"` or `"timeout"`.
+        counterexample: `[*input shape]` for `"sat"` (in the ONNX model's layout), else None.
+        outputs: `[L]` the network's outputs at the counterexample, else None.
+        phase: which phase decided: `"attack"`, `"bounds"`, `"bab"`, or `""`.
+        seconds: wall time.
+    """
+
+    verdict: str
+    counterexample: Optional[np.ndarray]
+    outputs: Optional[np.ndarray]
+    phase: str
+    seconds: float
+
+
+def _box(gm, prop):
+    shape = gm.input_shape
+    return prop.lower.reshape(shape).astype(np.float32), prop.upper.reshape(shape).astype(np.float32)
+
+
+def _row_values(gm, rows, x):
+    logits = gm.runtime.logits(np.asarray(x, np.float32))
+    return logits, logits @ rows[0].T - rows[1]
+
+
+def attack(gm, prop, restarts=16, steps=60, seed=0):
+    """`(x, outputs)` of a counterexample found by projected gradient descent on the property's rows, or None."""
+    low, high = _box(gm, prop)
+    rows = tuple(np.asarray(r, np.float32) for r in (prop.rows if prop.rows is not None else
+                                                      (np.concatenate([a for a, _ in prop.disjuncts]),
+                                                       np.concatenate([b for _, b in prop.disjuncts]))))
+    g = np.random.default_rng(seed)
+    x = np.concatenate([((low + high) / 2)[None], g.uniform(low, high, (restarts - 1, *low.shape))]).astype(
+        np.float32)
+    step = 0.1 * (high - low)
+    for t in range(steps):
+        logits, values = _row_values(gm, rows, x)
+        found = vnnlib.violated(prop, logits)
+        if found.any():
+            i = int(np.argmax(found))
+            return x[i], logits[i]
+        worst = values.argmin(axis=1)  # descend the row closest to unsafe
+        _, grad = gm.runtime.gradient(x, rows[0][worst])
+        x = np.clip(x - step * np.sign(grad), low, high).astype(np.float32)
+        if t == steps // 2:
+            step = step / 2
+    logits = gm.runtime.logits(x)
+    found = vnnlib.violated(prop, logits)
+    return (x[int(np.argmax(found))], logits[int(np.argmax(found))]) if found.any() else None
+
+
+def bound_rows(gm, prop):
+    """`[R]` CROWN lower bounds of the rows `A f(x) - c` over the box (forward pre-activation bounds)."""
+    from tfgeom.verify.certification import margin_lower_bounds
+
+    low, high = _box(gm, prop)
+    weights, bias = (np.asarray(v, np.float32) for v in gm.head)
+    a, c = (np.asarray(v, np.float32) for v in prop.rows)
+    coeffs = tf.constant((a @ weights.T)[None])
+    const = tf.constant((a @ bias - c)[None])
+    box = LinfBall(tf.constant(((low + high) / 2)[None]), tf.constant([float((high - low).max() / 2)]),
+                   tf.constant(low[None]), tf.constant(high[None]))
+    lower, _ = margin_lower_bounds(gm.layer_graph, box, coeffs, const, "crown", intermediate="forward")
+    return lower.numpy()[0].astype(np.float64)
+
+
+def decide(gm, prop, timeout=60.0, restarts=16, steps=60, seed=0):
+    """Decide `prop` on `gm` within `timeout` seconds (module docstring); returns a `Decision`."""
+    start = time.perf_counter()
+
+    def done(verdict, x=None, y=None, phase=""):
+        return Decision(verdict, x, y, phase, time.perf_counter() - start)
+
+    found = attack(gm, prop, restarts, steps, seed)
+    if found is not None:
+        return done("sat", *found, phase="attack")
+    if prop.rows is None:
+        return done("unknown")
+    low, high = _box(gm, prop)
+    scale = float(np.abs(gm.runtime.logits(((low + high) / 2)[None])).max())
+    if bound_rows(gm, prop).min() > ROUNDING * max(1.0, scale):
+        return done("unsat", phase="bounds")
+    left = timeout - (time.perf_counter() - start)
+    if left <= 0:
+        return done("timeout")
+    verdict = bab.verify(gm, (low + high) / 2, float((high - low).max() / 2), 0, time_limit=left, scale=scale,
+                         box=(low, high), rows=prop.rows)
+    if verdict.verdict == "certified":
+        return done("unsat", phase="bab")
+    if verdict.counterexample is not None:
+        x = np.clip(np.asarray(verdict.counterexample, np.float32), low, high)
+        logits = gm.runtime.logits(x[None])
+        if vnnlib.violated(prop, logits)[0]:  # checked by a forward pass before it is reported
+            return done("sat", x, logits[0], phase="bab")
+    return done("timeout" if time.perf_counter() - start >= timeout else "unknown")
