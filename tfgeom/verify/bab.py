@@ -85,7 +85,7 @@ def _program(graph, kind):
         grads, box = tape.gradient(objective, [bounds, [input_set.low, input_set.high]])
         return lower, grads, box
 
-    return graph.program(("bab", kind), run)
+    return graph.program(("bab", kind), run, reduce_retracing=True)  # batches of 1, 2, 4, ... subdomains
 
 
 class _Problem:

@@ -66,9 +66,11 @@ def use_xla(graph, target):
 
 def compiled_backward(graph, target, kind):
     """`backward` for one graph, target node and input-set kind, compiled once and cached on the graph."""
+    # generalised shapes after the second batch size or row count: a branch and bound or a radius search sees
+    # many, and each retrace costs more than the pass
     return graph.program((target, kind),
                          lambda a, const, bounds, input_set: backward(graph, target, a, const, bounds, input_set),
-                         jit=use_xla(graph, target))
+                         jit=use_xla(graph, target), reduce_retracing=True)
 
 
 def row_chunk(count, most):
