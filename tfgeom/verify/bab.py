@@ -149,15 +149,17 @@ class _Problem:
         values = logits @ self.rows[0].T - self.rows[1]
         return values.min(axis=1) < TOLERANCE * np.maximum(1.0, np.abs(logits).max(axis=1))
 
-    def exact(self, node_bounds):
-        """The LP of a subdomain without unstable units: `(min margin, minimiser)`."""
+    def exact(self, node_bounds, time_limit=milp.TIME_LIMIT):
+        """The LP of a subdomain without unstable units: `(min margin, minimiser)`; a solve cut short by
+        `time_limit` (seconds for them all) gives `-inf` (not proved)."""
         per = [(np.asarray(l, np.float64), np.asarray(u, np.float64)) for l, u in node_bounds]
         if self._matrices is None:
             self._matrices = milp.affine_matrices(self.graph)
         program = milp.Program(self.graph, self._matrices, per, self.input_set(1), 0)
         worst, point = np.inf, None
+        end = time.perf_counter() + time_limit
         for coeffs, const in zip(self.coeffs, self.const):
-            value, status, _ = program.minimise(coeffs.astype(np.float64))
+            value, status, _ = program.minimise(coeffs.astype(np.float64), max(0.05, end - time.perf_counter()))
             if status in ("infeasible", "infeasible_inaccurate"):
                 # the splits' activation pattern occurs nowhere in the set: the subdomain is empty (an input on
                 # its edge has a pre-activation at 0 and lies in the sibling subdomain too)
@@ -241,12 +243,15 @@ def verify(gm, x, eps, cls, time_limit=60.0, batch=32, max_domains=100_000, scal
             return result("counterexample", corners[int(np.argmax(bad))])
         unresolved = False
         for i, split in enumerate(splits):
+            if time.perf_counter() - start > time_limit:  # within a batch too: a batch's LPs can take long
+                return result("unknown")
             empty = any(np.any(l[i] > u[i]) for l, u in node_bounds)
             if empty or lower[i].min() > problem.guard:
                 continue
             choice = _choose(node_bounds, grads, problem.relus, i)
             if choice is None:  # linear on this subdomain: solve it exactly
-                value, point = problem.exact([(l[i], u[i]) for l, u in node_bounds])
+                value, point = problem.exact([(l[i], u[i]) for l, u in node_bounds],
+                                             time_limit - (time.perf_counter() - start))
                 if value > problem.guard:
                     continue
                 if point is not None and problem.misclassified(point.reshape(1, *problem.x.shape))[0]:
