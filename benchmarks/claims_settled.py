@@ -106,7 +106,7 @@ def main():
     from tfgeom.runtime import zoo
 
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from real_models import colour_digits
+    from real_models import train_on_colour_digits
 
     digits = tfgeom.data.load("mnist-sample")
     if args.demo:
@@ -122,15 +122,9 @@ def main():
         compare(json.loads(pathlib.Path(args.before).read_text()), demo)
     if args.skip_cifar:
         return
-    x_train, x_test = colour_digits(tf, digits.x_train, 0), colour_digits(tf, digits.x, 1)
     keras.utils.set_random_seed(0)
     model = cifar_cnn(keras)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    start = time.perf_counter()
-    model.fit(x_train, digits.y_train, epochs=3, batch_size=64, verbose=0)
-    accuracy = float((model.predict(x_test, verbose=0).argmax(1) == digits.y).mean())
-    print(f"\ncifar_cnn: {model.count_params():,} parameters, trained in {time.perf_counter() - start:.0f} s, "
-          f"test accuracy {accuracy:.3f}")
+    x_train, x_test = train_on_colour_digits(keras, tf, model, digits, "\ncifar_cnn")
     model.save(out / "cifar.keras")
     np.savez(out / "cifar.npz", x_train=x_train, y_train=digits.y_train, x_test=x_test, y_test=digits.y)
     cifar = analyze(out / "cifar.keras", out / "cifar.npz", out / "cifar-report", ("--bounds", 0, 255))

@@ -61,6 +61,19 @@ def colour_digits(tf, x, seed):
     return (255 * np.clip(background + big * tint, 0, 1)).astype(np.float32)
 
 
+def train_on_colour_digits(keras, tf, model, digits, name):
+    """Train `model` for 3 epochs on `colour_digits` of the built-in digits; print its size, time and accuracy.
+    Returns `(x_train, x_test)`, the colour images it was trained and tested on."""
+    x_train, x_test = colour_digits(tf, digits.x_train, 0), colour_digits(tf, digits.x, 1)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    start = time.perf_counter()
+    model.fit(x_train, digits.y_train, epochs=3, batch_size=64, verbose=0)
+    accuracy = float((model.predict(x_test, verbose=0).argmax(1) == digits.y).mean())
+    print(f"{name}: {model.count_params():,} parameters, trained in {time.perf_counter() - start:.0f} s, "
+          f"test accuracy {accuracy:.3f}", flush=True)
+    return x_train, x_test
+
+
 def run(args, log):
     """Run tfgeom in a process under /usr/bin/time; return (seconds, peak MiB, stderr)."""
     start = time.perf_counter()
@@ -96,15 +109,9 @@ def main():
     rows = []
     # 1. ResNet-style CIFAR-size model
     digits = tfgeom.data.load("mnist-sample")
-    x_train, x_test = colour_digits(tf, digits.x_train, 0), colour_digits(tf, digits.x, 1)
     keras.utils.set_random_seed(0)
     model = resnet_cifar(keras)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    t = time.perf_counter()
-    model.fit(x_train, digits.y_train, epochs=3, batch_size=64, verbose=0)
-    accuracy = float((model.predict(x_test, verbose=0).argmax(1) == digits.y).mean())
-    print(f"resnet_cifar: {model.count_params():,} parameters, trained in {time.perf_counter() - t:.0f} s, "
-          f"test accuracy {accuracy:.3f}", flush=True)
+    x_train, x_test = train_on_colour_digits(keras, tf, model, digits, "resnet_cifar")
     model.save(out / "resnet.keras")
     np.savez(out / "cifarish.npz", x_train=x_train, y_train=digits.y_train, x_test=x_test, y_test=digits.y)
     seconds, peak, _ = run(["analyze", out / "resnet.keras", "--data", out / "cifarish.npz", "--bounds", 0, 255,
