@@ -22,7 +22,7 @@ from tfgeom.verify.operators import Activation, Affine, MaxPool
 MEMORY = 256 * 2**20  # bytes of coefficient tensors per backward chunk
 
 
-def backward(graph, target, a, const, bounds, input_set, alphas=None):
+def backward(graph, target, a, const, bounds, input_set, alphas=None, offsets=None):
     """Lower bound of `a^T y_target + const` over the input set (CROWN's backward pass).
 
     Args:
@@ -30,6 +30,8 @@ def backward(graph, target, a, const, bounds, input_set, alphas=None):
         bounds: `(l, u)` of every node before `target` (pre-activation bounds).
         alphas: `{node: [N, S, *shape]}` lower slopes of (leaky) ReLU nodes
             (alpha-CROWN); other nodes use CROWN's adaptive slopes.
+        offsets: `{node: [N, S, *shape]}` coefficients added to a node's when the pass reaches it (beta-CROWN's
+            split multipliers on pre-activations, `tfgeom.verify.beta_crown`).
 
     Returns:
         `[N, S]` lower bounds.
@@ -40,6 +42,8 @@ def backward(graph, target, a, const, bounds, input_set, alphas=None):
         if n not in pending:
             continue
         a = pending.pop(n)
+        if offsets is not None and n in offsets:
+            a = a + offsets[n]
         node = nodes[n]
         if n == 0:
             return const + input_set.concretize(a)
@@ -207,6 +211,7 @@ def crown_bounds(graph, input_set, memory=MEMORY, refined=None, constrain=None):
 
     if constrain is not None:  # node by node: the splits apply to every node's bounds
         def step(n, bounds):
+            bounds[n] = constrain(n, *bounds[n])  # units the constraints already fix need no backward pass
             f = flags(n)
             idx = tf.zeros([0], tf.int32) if f is None else _loose_neurons(*bounds[n], *f)
             return constrain(n, *refine(n, bounds, idx))

@@ -64,7 +64,8 @@ class LayerGraph(NamedTuple):
     def program(self, key, fn, jit=False, reduce_retracing=False):
         """`fn` compiled once as a TensorFlow graph (XLA with `jit`) and cached under `key` in `programs`."""
         return self.programs.get_or_build(
-            key, lambda: tf.function(fn, jit_compile=jit, autograph=False, reduce_retracing=reduce_retracing))
+            key, lambda: tf.function(_Program(fn), jit_compile=jit, autograph=False,
+                                     reduce_retracing=reduce_retracing))
 
     def counts(self):
         """`{activation or "maxpool": number of units}` over activation and max-pool nodes."""
@@ -78,6 +79,18 @@ class LayerGraph(NamedTuple):
     def piecewise_linear(self):
         """Whether every operator is piecewise linear (ReLU-type, max-pooling, affine)."""
         return all(node.piecewise_linear for node in self.nodes)
+
+
+class _Program:
+    """A program's function as its own object: TensorFlow's retracing warning counts traces per function
+    *code*, so the programs one closure builds (one per target node, row chunk, ...), each traced once or
+    twice, would add up to a false "excessive retracing"; wrapped, each program is counted on its own."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
 
 
 def _vjp_transpose(linear, in_shape):
