@@ -256,7 +256,7 @@ def _choose(node_bounds, grads, relus, example):
     return choice
 
 
-def verify(gm, x, eps, cls, time_limit=60.0, batch=32, max_domains=100_000, scale=1.0, box=None, rows=None,
+def verify(gm, x, eps, cls, time_limit=60.0, batch=128, max_domains=100_000, scale=1.0, box=None, rows=None,
            beta=beta_crown.Settings(), fixed=True):
     """Branch and bound on the L-inf ball of radius `eps` around `x` (one example) for class `cls`.
 
