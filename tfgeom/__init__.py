@@ -21,9 +21,10 @@ _LAZY = {
     "data": "tfgeom.runtime.data",
     "zoo": "tfgeom.runtime.zoo",
     "keras": "tfgeom.keras",
+    "train": "tfgeom.train",
     "distributed": "tfgeom.execution.ray",  # `tfgeom.distributed.RayExecutor`, as the docs of 0.1 wrote it
 }
-_MODULES = {"data", "zoo", "keras", "distributed"}  # names that are modules, not attributes of one
+_MODULES = {"data", "zoo", "keras", "train", "distributed"}  # names that are modules, not attributes of one
 
 __all__ = ["BackendError", "InputError", "ModelError", "TfgeomError", *_LAZY]
 
