@@ -16,6 +16,7 @@ import typer.core
 from typing_extensions import Annotated
 
 from tfgeom.cli import certify as certify_command
+from tfgeom.cli import compare as compare_command
 from tfgeom.cli import measure, report
 from tfgeom.cli import vnncomp as vnncomp_command
 from tfgeom.cli.console import INTERRUPTED, STATE, err_console
@@ -85,7 +86,8 @@ def main_options(
 
 
 for command in (measure.info, measure.deepfool, measure.curvature, measure.hull, measure.connect, measure.detect,
-                certify_command.certify, vnncomp_command.vnncomp, report.analyze, report.claims, report.demo):
+                certify_command.certify, vnncomp_command.vnncomp, report.analyze, compare_command.compare, report.claims,
+                report.demo):
     app.command()(command)
 
 

@@ -18,6 +18,7 @@ _LAZY = {
     "AttackResult": "tfgeom.geometry.deepfool",
     "DeepFoolResult": "tfgeom.geometry.deepfool",
     "GeometryModel": "tfgeom.model",
+    "compare": "tfgeom.report.comparison",
     "data": "tfgeom.runtime.data",
     "zoo": "tfgeom.runtime.zoo",
     "keras": "tfgeom.keras",

@@ -79,6 +79,9 @@ class CurvatureAnalysis(Analysis):
                 "not_saturated": (~profile.saturated).tolist(),
                 "flat_fraction_all": spectrum.flat_fraction.tolist(),
                 "negative_mass": np.abs(np.minimum(profile.values, 0)).sum(axis=1).tolist(),
+                "mean_abs_top": np.abs(profile.values).mean(axis=1).tolist(),  # of the 2k computed directions
+                "most_negative": profile.values.min(axis=1).tolist(),
+                "most_positive": profile.values.max(axis=1).tolist(),
                 "positive_mass": np.maximum(profile.values, 0).sum(axis=1).tolist(),
                 "shared_overlap_over_random": [None if not np.isfinite(v) else float(v)
                                                for v in shared_direction_score(profile.curvatures)],

@@ -6,6 +6,7 @@ import numpy as np
 from tfgeom.analyses import plots
 from tfgeom.analyses import Analysis, image_like, register
 from tfgeom.analyses.summaries import summarize_attack
+from tfgeom.runtime.statistics import listed
 
 
 def _per_class(l2, linf, num_classes):
@@ -64,6 +65,8 @@ class DeepFoolAnalysis(Analysis):
             "l2": stats["l2"],
             "linf": stats["linf"],
             "arrays": "deepfool_l2.npz",
+            # one value per analysed input (None where DeepFool failed), for comparisons (tfgeom.report.comparison)
+            "evidence": {"l2_norms": listed(l2.norms, l2.success), "linf_norms": listed(linf.norms, linf.success)},
             "data": {"l2": l2, "linf": linf},
         }
 

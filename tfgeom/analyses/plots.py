@@ -261,3 +261,19 @@ def certified_accuracy(curves, xlabel, path):
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def curvature_profiles(profiles, path):
+    """Several models' curvature profiles on one axis: `{label: (mean_negative [k], mean_positive [k])}`."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    for i, (label, (negative, positive)) in enumerate(profiles.items()):
+        k = len(negative)
+        colour = f"C{i}"
+        ax.plot(np.arange(1, k + 1), negative, "o-", color=colour, ms=3, label=label)
+        ax.plot(np.arange(k + 3, 2 * k + 3), positive, "o-", color=colour, ms=3)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("rank of the principal curvature (most negative, then most positive)")
+    ax.set_ylabel("mean curvature")
+    ax.set_title("Curvature profiles", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
