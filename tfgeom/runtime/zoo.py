@@ -38,7 +38,8 @@ def mlp(input_shape=(28, 28, 1), classes=10, hidden=(256, 256)):
 def train(model, x, y, epochs=8, batch_size=64, seed=0, verbose=0):
     """Train with Adam and sparse cross-entropy (from logits or probabilities); returns `model`."""
     keras.utils.set_random_seed(seed)
-    from_logits = model.layers[-1].get_config().get("activation") != "softmax"
+    classifier = getattr(model, "classifier", model)  # a tfgeom.train wrapper trains the classifier it wraps
+    from_logits = classifier.layers[-1].get_config().get("activation") != "softmax"
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
