@@ -31,6 +31,8 @@ setup(
     extras_require={
         "dev": [
             "pytest>=7",
+            # two test processes (pyproject.toml's addopts): the suite is half Python and tracing, which one core runs
+            "pytest-xdist>=3.5",
             "mkdocs>=1.5",
             "mkdocs-material>=9",
             "mkdocstrings[python]>=0.24",

@@ -4,7 +4,7 @@ Errors in the user's input print one line on stderr and exit with code 2;
 `tfgeom --debug ...` shows the traceback instead. One module per command
 group, wired here: `measure` (info, deepfool, curvature, hull, connect,
 detect), `certify`, `vnncomp` (VNN-LIB properties and VNN-COMP benchmarks),
-`report` (analyze, claims, demo); `options`, `console`
+`report` (analyze, claims), `compare`, `demo`; `options`, `console`
 and `loading` are what they share. Nothing here imports TensorFlow until a
 command runs.
 """
@@ -17,6 +17,7 @@ from typing_extensions import Annotated
 
 from tfgeom.cli import certify as certify_command
 from tfgeom.cli import compare as compare_command
+from tfgeom.cli import demo as demo_command
 from tfgeom.cli import measure, report
 from tfgeom.cli import vnncomp as vnncomp_command
 from tfgeom.cli.console import INTERRUPTED, STATE, err_console
@@ -87,7 +88,7 @@ def main_options(
 
 for command in (measure.info, measure.deepfool, measure.curvature, measure.hull, measure.connect, measure.detect,
                 certify_command.certify, vnncomp_command.vnncomp, report.analyze, compare_command.compare, report.claims,
-                report.demo):
+                demo_command.demo):
     app.command()(command)
 
 

@@ -3,7 +3,7 @@ import html
 
 import numpy as np
 
-from tfgeom.report.runner import VERDICT_COLOURS, _embed, _table, interval_text
+from tfgeom.report.runner import VERDICT_COLOURS, embed_figure, html_table, interval_text
 
 
 def _figures(comparison, out):
@@ -52,7 +52,7 @@ def _side_by_side(comparison, out, section, part):
     for name in comparison.names:
         for fig in comparison.reports[name]["sections"].get(section, {}).get("figures", []):
             if part in fig.get("title", "").lower():
-                picture = _embed(out, f"{name}/{fig['file']}")
+                picture = embed_figure(out, f"{name}/{fig['file']}")
                 cells.append(f"<td><b>{html.escape(name)}</b>{picture}</td>")
                 break
     if len(cells) != len(comparison.names):
@@ -66,7 +66,7 @@ def _rows_table(rows):
         card = {"value": row["value"], "low": row["low"], "high": row["high"]}
         out.append([row["label"], interval_text(card), row["n"], "paired" if row["paired"] else "unpaired",
                     row.get("a"), row.get("b")])
-    return _table(["measure", "estimate [95% interval]", "examples", "resampling", "reference", "this model"], out)
+    return html_table(["measure", "estimate [95% interval]", "examples", "resampling", "reference", "this model"], out)
 
 
 def _claims_table(cards):
@@ -108,10 +108,10 @@ def render(comparison, out):
     keys = [c["key"] for c in cards[names[0]]]
     if keys:
         rows = [[k] + [next((c["verdict"] for c in cards[n] if c["key"] == k), "-") for n in names] for k in keys]
-        parts.append("<h2>Single-model scorecards side by side</h2>" + _table(["claim", *names], rows))
+        parts.append("<h2>Single-model scorecards side by side</h2>" + html_table(["claim", *names], rows))
     parts.append("<h2>Overlaid plots</h2>")
     for title, file in _figures(comparison, out):
-        parts.append(f"<h3>{html.escape(title)}</h3>{_embed(out, file)}")
+        parts.append(f"<h3>{html.escape(title)}</h3>{embed_figure(out, file)}")
     for section, part in (("curvature", "section"), ("feature_space", "pca")):
         parts.append(_side_by_side(comparison, out, section, part))
     parts.append("</body></html>")

@@ -166,7 +166,8 @@ def _cell(value):
     return html.escape("" if value is None else str(value))
 
 
-def _embed(out, name):
+def embed_figure(out, name):
+    """An `<img>` with the PNG `out/name` inlined (a data URI), or a note when it is missing or outside `out`."""
     file = (out / str(name)).resolve()
     if not file.is_relative_to(out.resolve()):  # a report.json edited to name a file elsewhere: never read it
         return f"<p><em>figure {html.escape(str(name))} is outside the report folder; not shown</em></p>"
@@ -176,7 +177,8 @@ def _embed(out, name):
     return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
 
-def _table(columns, rows):
+def html_table(columns, rows):
+    """An HTML table of `rows` (lists of cells) under `columns`, numbers to 4 significant digits."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -253,7 +255,7 @@ def render_html(report, out):
         _run_line(report),
         _claims_html(report.get("claims", [])),
         "<h2>Model</h2>",
-        _table(["property", "value"], [[k, v] for k, v in model.items()]),
+        html_table(["property", "value"], [[k, v] for k, v in model.items()]),
     ]
     for name, section in report["sections"].items():
         parts.append(f"<h2>{html.escape(section.get('title', name))}</h2>")
@@ -261,12 +263,12 @@ def render_html(report, out):
             parts.append(f"<p>{html.escape(section['intro'])}</p>")
         summary = section.get("summary", {})
         if summary:
-            parts.append(_table(["measure", "value"], [[label(k), v] for k, v in summary.items()]))
+            parts.append(html_table(["measure", "value"], [[label(k), v] for k, v in summary.items()]))
         for table in section.get("tables", []):
             parts.append(f"<h3>{html.escape(table['title'])}</h3>")
-            parts.append(_table(table["columns"], table["rows"]))
+            parts.append(html_table(table["columns"], table["rows"]))
         for figure in section.get("figures", []):
-            parts.append(f"<h3>{html.escape(figure['title'])}</h3>{_embed(out, figure['file'])}")
+            parts.append(f"<h3>{html.escape(figure['title'])}</h3>{embed_figure(out, figure['file'])}")
         parts.append(f"<p><small>section computed in {section.get('seconds', '?')} s</small></p>")
     parts.append("</body></html>")
     return "\n".join(parts)
