@@ -83,7 +83,7 @@ def test_a_model_compared_with_itself_differs_by_nothing(cnn_and_data, tmp_path)
     assert saved["schema_version"] == comparison.SCHEMA_VERSION and saved["models"] == ["a", "b"]
     assert {c["verdict"] for c in saved["comparisons"]["b"]["claims"]} == {statistics.INCONCLUSIVE}
     html = (tmp_path / "compare.html").read_text()
-    assert "Curvature profiles" in html and "data:image/png;base64" in html
+    assert "Curvature profiles" in html and "Curvature spectra" in html and "data:image/png;base64" in html
 
 
 def test_mismatched_models_are_refused_in_one_line(small_cnn_path, digits_npz, tmp_path):

@@ -75,7 +75,9 @@ class CurvatureAnalysis(Analysis):
                 "negative_mass": profile.negative_mass,
                 "positive_mass": profile.positive_mass,
             },
+            "spectrum_density": _pooled_density(spectrum),
             "evidence": {  # one value per boundary point, for the claims' intervals (tfgeom.report.claims)
+                "index": profile.curvatures.index.tolist(),  # the input of each point (comparisons pair points by it)
                 "not_saturated": (~profile.saturated).tolist(),
                 "flat_fraction_all": spectrum.flat_fraction.tolist(),
                 "negative_mass": np.abs(np.minimum(profile.values, 0)).sum(axis=1).tolist(),
@@ -122,3 +124,14 @@ def _spectrum_summary(spectrum, settings):
         "spectrum_probes": settings.spectrum_probes,
         "spectrum_steps": min(settings.spectrum_steps, spectrum.input_dim - 1),
     }
+
+
+def _pooled_density(spectrum, bins=81):
+    """The estimated density of all principal curvatures pooled over points and probes, as a histogram
+    (`edges [bins + 1]`, `share [bins]` of the directions): small enough for report.json, and what a
+    comparison overlays."""
+    count = max(spectrum.nodes.shape[0] * spectrum.nodes.shape[1], 1)
+    nodes, weights = spectrum.nodes.ravel(), spectrum.weights.ravel() / count
+    top = max(float(np.abs(nodes).max(initial=0.0)), 1e-12)
+    share, edges = np.histogram(nodes, bins=np.linspace(-1.05 * top, 1.05 * top, bins + 1), weights=weights)
+    return {"edges": edges.tolist(), "share": share.tolist()}

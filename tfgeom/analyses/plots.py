@@ -277,3 +277,16 @@ def curvature_profiles(profiles, path):
     ax.set_title("Curvature profiles", fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def curvature_densities(densities, path):
+    """Several models' pooled curvature densities on one log axis: `{label: (edges [B + 1], share [B])}`."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    for label, (edges, share) in densities.items():
+        ax.stairs(np.maximum(np.asarray(share, np.float64), 1e-12), np.asarray(edges, np.float64), label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("principal curvature kappa (1/input units)")
+    ax.set_ylabel("share of directions")
+    ax.set_title("Density of all principal curvatures (stochastic Lanczos quadrature)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

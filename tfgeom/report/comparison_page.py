@@ -31,6 +31,11 @@ def _figures(comparison, out):
         plots.curvature_profiles({n: (p["mean_negative"], p["mean_positive"]) for n, p in profiles.items()},
                                  out / "compare_curvature_profiles.png")
         figures.append(("Curvature profiles", "compare_curvature_profiles.png"))
+    densities = {n: comparison.reports[n]["sections"].get("curvature", {}).get("spectrum_density") for n in names}
+    if all(d for d in densities.values()):
+        plots.curvature_densities({n: (d["edges"], d["share"]) for n, d in densities.items()},
+                                  out / "compare_curvature_spectra.png")
+        figures.append(("Curvature spectra (all d - 1 directions)", "compare_curvature_spectra.png"))
     flat = {n: evidence(n, "curvature", "flat_fraction_all") for n in names}
     if all(v is not None and np.isfinite(v).any() for v in flat.values()):
         plots.histogram(flat, "flat fraction of the curvature spectrum (per boundary point)", "Flatness",
