@@ -1,12 +1,17 @@
 """Branch and bound: complete verification of an L-inf ball by splitting unstable ReLUs.
 
-A ball is certified when every margin `f_c - f_j` is positive on it. CROWN
-(or alpha-CROWN at the root) gives lower bounds that may be too loose; branch
-and bound splits an unstable ReLU `y = max(x, 0)` into the subdomains
-`x >= 0` (the unit is linear there) and `x <= 0` (it is zero), which together
-cover the ball. In a subdomain the split units' pre-activation bounds are
-clamped at 0 (`l = max(l, 0)` or `u = min(u, 0)`) before the later layers'
-bounds are computed, so every later bound tightens too.
+A ball is certified when every margin `f_c - f_j` is positive on it (or, for
+a VNN-LIB property, every row `A f - c` over any box). alpha-CROWN at the root
+gives lower bounds that may be too loose; branch and bound splits an unstable
+ReLU `y = max(x, 0)` into the subdomains `x >= 0` (the unit is linear there)
+and `x <= 0` (it is zero), which together cover the ball. In a subdomain the
+split units' pre-activation bounds are clamped at 0 (`l = max(l, 0)` or
+`u = min(u, 0)`). By default (`fixed`) every other node keeps the root's
+alpha-CROWN bounds and the rows' bound is beta-CROWN's
+(`tfgeom.verify.beta_crown`: the splits' Lagrange multipliers optimised with
+the slopes, warm-started from the parent subdomain); otherwise (`beta=None`
+or `fixed=False`) CROWN recomputes every later node's bounds from the
+clamped ones, so every later bound tightens too, at a much higher cost.
 
 The loop takes the open subdomains with the lowest bound (a batch, bounded
 together on the device), and for each:
@@ -20,11 +25,14 @@ together on the device), and for each:
   is linear there, so the minimum margin under the splits' sign constraints
   is a linear program (HiGHS through `tfgeom.verify.milp`); positive: verified,
   else its minimiser is checked by a forward pass;
-- otherwise splits the unstable unit with the largest score: the gradient
-  of the worst margins' bound with respect to the unit's pre-activation
-  bounds times their width (a first-order estimate of what fixing the unit
-  gains, in the spirit of BaBSR's intercept scores), ties broken by
-  `min(u, -l)`.
+- otherwise splits an unstable unit: the one with the largest score (the
+  gradient of the unproved rows' bound with respect to the unit's
+  pre-activation bounds times their width, a first-order estimate of what
+  fixing the unit gains, in the spirit of BaBSR's intercept scores; ties
+  broken by `min(u, -l)`), or, with beta-CROWN on fixed bounds, the best of
+  the top `candidates` by the bound of its worse child, each child bounded
+  once with the parent's slopes and multipliers (filtered smart branching,
+  De Palma et al. 2021).
 
 Verdicts: `"certified"` (no open subdomain left), `"counterexample"` (with
 the input), or `"unknown"` when the time limit or the domain budget runs out
@@ -112,6 +120,7 @@ class _Problem:
         self.beta = None  # beta_crown.Settings, or None: CROWN bounds only
         self.fixed = False  # subdomains keep the root's node bounds (only the splits clamp them)
         self.pad_to = None  # bound batches padded to this many subdomains (None: the next power of two)
+        self._stacked, self._last = None, None  # the last batch's splits and final (slopes, multipliers)
 
     def root(self, beta=beta_crown.Settings(), fixed=True, batch=None):
         """alpha-CROWN at the root: `[R]` the rows' lower bounds; its node bounds tighten every subdomain's, and
@@ -141,6 +150,7 @@ class _Problem:
         pad = self.pad_to or 1 << (count - 1).bit_length()
         splits = splits + [splits[-1]] * (pad - count)
         stacked = {n: tf.constant(np.stack([s[n] for s in splits])) for n in self.relus}
+        self._stacked = stacked  # the batch's splits (the branching rule's children keep them)
 
         def constrain(n, l, u):
             if self.reference is not None:
@@ -197,9 +207,51 @@ class _Problem:
         better, alphas, betas = beta_crown.optimise(self.graph, input_set, coeffs, const, bounds, stacked, alphas,
                                                     betas, self.beta, self.guard)
         lower = tf.maximum(lower, better)
+        self._last = (alphas, betas)  # the batch's final slopes and multipliers (the branching rule reuses them)
         a16 = {n: np.asarray(a).astype(np.float16) for n, a in alphas.items()}
         b16 = {n: np.asarray(b).astype(np.float16) for n, b in betas.items()}
         return lower, [({n: a[i] for n, a in a16.items()}, {n: b[i] for n, b in b16.items()}) for i in range(count)]
+
+    def branch(self, lower, node_bounds, grads, count, candidates=3):
+        """Filtered smart branching: per open subdomain, the `candidates` units with the best BaBSR-like score,
+        each tried by bounding both children once (the parent's node bounds with the unit clamped, the parent's
+        final slopes and multipliers, one backward pass); the unit whose worse child has the higher bound wins.
+        Returns `[(node, flat index) or None]` per subdomain (None: none unstable, or already proved)."""
+        choices, tried = [None] * count, []
+        for i in range(count):
+            if lower[i].min() > self.guard or any(np.any(l[i] > u[i]) for l, u in node_bounds):
+                continue
+            ranked = _ranked(node_bounds, grads, self.relus, i, candidates)
+            choices[i] = ranked[0] if ranked else None
+            if len(ranked) > 1:
+                tried += [(i, n, k, side) for n, k in ranked for side in (1, -1)]
+        if not tried or self.beta is None or not self.fixed:
+            return choices
+        alphas, betas = self._last
+        index = tf.constant([t[0] for t in tried], tf.int32)
+        child = [[np.asarray(l)[[t[0] for t in tried]], np.asarray(u)[[t[0] for t in tried]]] for l, u in node_bounds]
+        for row, (_, n, k, side) in enumerate(tried):
+            l, u = child[n][0][row].reshape(-1), child[n][1][row].reshape(-1)
+            if side > 0:
+                l[k] = max(l[k], 0.0)
+            else:
+                u[k] = min(u[k], 0.0)
+        last = len(self.graph.nodes) - 1
+        bounds = tuple((tf.constant(l), tf.constant(u)) for l, u in child[:last])
+        sides = {n: tf.gather(tf.cast(side, tf.float32), index) for n, side in self._stacked.items()}
+        offsets = {pre: -tf.gather(b, index) * sides[pre][:, None] for pre, b in betas.items()}
+        found = _children_program(self.graph)(
+            tf.constant(np.repeat(self.coeffs[None], len(tried), 0)), tf.constant(np.repeat(self.const[None],
+                                                                                           len(tried), 0)),
+            bounds, self.input_set(len(tried)), {n: tf.gather(a, index) for n, a in alphas.items()}, offsets)
+        worst = np.asarray(found).min(axis=1).reshape(-1, 2).min(axis=1)  # per (subdomain, unit): the worse child
+        best = {}
+        for (i, n, k, _), value in zip(tried[::2], worst):
+            if i not in best or value > best[i][0]:
+                best[i] = (value, (n, k))
+        for i, (_, choice) in best.items():
+            choices[i] = choice
+        return choices
 
     def misclassified(self, x):
         """Whether some row `A f(x) - c` is not positive at the inputs `x [B, ...]` (for margin rows: the class is
@@ -240,9 +292,20 @@ def _unstable(node_bounds, relus, example):
     return {n: (node_bounds[n][0][example] < 0) & (node_bounds[n][1][example] > 0) for n in relus}
 
 
-def _choose(node_bounds, grads, relus, example):
-    """`(node, flat index)` of the unstable unit with the best score, or None when none is unstable."""
-    best, choice = -1.0, None
+def _children_program(graph):
+    """The rows' bound of a batch of candidate children with given slopes and multipliers (no optimisation)."""
+    last = len(graph.nodes) - 1
+    return graph.program(("bab-children",), lambda coeffs, const, bounds, input_set, alphas, offsets: bd.backward(
+        graph, last, coeffs, const, bounds, input_set, alphas, offsets), reduce_retracing=True)
+
+
+def _ranked(node_bounds, grads, relus, example, count):
+    """The `count` unstable units of one subdomain with the best scores, best first: `[(node, flat index)]`.
+
+    A unit's score is the gradient of the unproved rows' bound with respect to its pre-activation bounds times
+    their width (a first-order estimate of what fixing the unit gains, in the spirit of BaBSR's intercept
+    scores), ties broken by `min(u, -l)`."""
+    scored = []
     for n, mask in _unstable(node_bounds, relus, example).items():
         if not mask.any():
             continue
@@ -250,14 +313,14 @@ def _choose(node_bounds, grads, relus, example):
         g = grads[n]
         gain = np.abs(g[0][example]) * (-l) + np.abs(g[1][example]) * u
         score = np.where(mask, gain + 1e-6 * np.minimum(u, -l), -1.0).reshape(-1)
-        k = int(np.argmax(score))
-        if score[k] > best:
-            best, choice = float(score[k]), (n, k)
-    return choice
+        top = np.argsort(-score, kind="stable")[:count]
+        scored += [(float(score[k]), n, int(k)) for k in top if score[k] >= 0]
+    scored.sort(key=lambda item: -item[0])
+    return [(n, k) for _, n, k in scored[:count]]
 
 
 def verify(gm, x, eps, cls, time_limit=60.0, batch=128, max_domains=100_000, scale=1.0, box=None, rows=None,
-           beta=beta_crown.Settings(), fixed=True):
+           beta=beta_crown.Settings(), fixed=True, candidates=3):
     """Branch and bound on the L-inf ball of radius `eps` around `x` (one example) for class `cls`.
 
     Args:
@@ -278,6 +341,8 @@ def verify(gm, x, eps, cls, time_limit=60.0, batch=128, max_domains=100_000, sca
         fixed: with `beta`, subdomains keep the root's node bounds (their split units clamped; beta-CROWN's
             multipliers carry the splits) instead of recomputing every node's bounds by CROWN per subdomain
             (tighter per subdomain, ~50x dearer on the benchmark MLPs).
+        candidates: with beta-CROWN on fixed bounds, the units per subdomain whose children are bounded before
+            one is split (filtered smart branching, `_Problem.branch`); 1: the best score alone.
 
     Returns:
         A `Verdict` (`"certified"`: every row positive over the set; `"counterexample"`: an input of the set
@@ -307,6 +372,7 @@ def verify(gm, x, eps, cls, time_limit=60.0, batch=128, max_domains=100_000, sca
         lower, node_bounds, grads, (direction, low, high), states = problem.bound(splits, [item[2] for item in todo])
         bounded += len(splits)
         grads = {n: grads[n] for n in problem.relus}
+        choices = problem.branch(lower, node_bounds, grads, len(splits), candidates)
         corners = np.where(direction > 0, low, high)  # minimisers of the weighted margins' linear bound
         bad = problem.misclassified(corners)
         if bad.any():
@@ -318,7 +384,7 @@ def verify(gm, x, eps, cls, time_limit=60.0, batch=128, max_domains=100_000, sca
             empty = any(np.any(l[i] > u[i]) for l, u in node_bounds)
             if empty or lower[i].min() > problem.guard:
                 continue
-            choice = _choose(node_bounds, grads, problem.relus, i)
+            choice = choices[i]
             if choice is None:  # linear on this subdomain: solve it exactly
                 value, point = problem.exact([(l[i], u[i]) for l, u in node_bounds],
                                              time_limit - (time.perf_counter() - start))
