@@ -29,7 +29,7 @@ def _subdomains(problem, count, seed):
         for i in rng.choice(len(unstable), min(6, len(unstable)), replace=False):
             n, k = unstable[i]
             split[n].reshape(-1)[k] = rng.choice([-1, 1])
-        out.append(split)
+        out.append(problem.split(split))
     return out
 
 

@@ -55,8 +55,10 @@ def _adam(x, g, m, v, t, lr):
 
 
 def _program(graph, kind):
-    """One projected Adam step on the slopes and multipliers (ascent on the summed row bounds), compiled:
-    `(lower [B, R] before the step, alphas, betas, moments)`."""
+    """All projected Adam steps on the slopes and multipliers (ascent on the summed row bounds) in one compiled
+    loop: `(best lower [B, R] over the iterates, alphas, betas)`. One call per batch of subdomains: a call per
+    step spent more time in TensorFlow's argument handling (the nested slopes, bounds, moments) than in the
+    steps themselves on the benchmark MLPs."""
     last = len(graph.nodes) - 1
 
     def step(coeffs, const, bounds, input_set, sides, alphas, betas, moments, t, lr_alpha, lr_beta):
@@ -75,8 +77,25 @@ def _program(graph, kind):
             new_b[pre] = tf.maximum(b, 0.0)
         return lower, new_a, new_b, new_m
 
-    # one small step per call: XLA compiles it in about a second per batch shape (unrolled steps took ~7 s)
-    return graph.program(("beta-step", kind), step, jit=bd.use_xla(graph, last), reduce_retracing=True)
+    def run(coeffs, const, bounds, input_set, sides, alphas, betas, iterations, lr_alpha, lr_beta, decay,
+            threshold):
+        moments = {n: [tf.zeros_like(v), tf.zeros_like(v)] for n, v in [*alphas.items(), *betas.items()]}
+        best = tf.fill(tf.shape(const), -float("inf"))
+
+        def more(t, best, *_):  # every row proved: later steps cannot matter
+            return (t <= iterations) & tf.logical_not(tf.reduce_all(best > threshold))
+
+        def body(t, best, alphas, betas, moments, lr_a, lr_b):
+            lower, alphas, betas, moments = step(coeffs, const, bounds, input_set, sides, alphas, betas, moments,
+                                                 t, lr_a, lr_b)
+            return t + 1.0, tf.maximum(best, lower), alphas, betas, moments, lr_a * decay, lr_b * decay
+
+        _, best, alphas, betas, _, _, _ = tf.while_loop(
+            more, body, [tf.constant(1.0), best, alphas, betas, moments, lr_alpha, lr_beta])
+        return best, alphas, betas
+
+    # a loop, not unrolled steps: XLA compiles it in about a second per batch shape (unrolled steps took ~7 s)
+    return graph.program(("beta-loop", kind), run, jit=bd.use_xla(graph, last), reduce_retracing=True)
 
 
 def optimise(graph, input_set, coeffs, const, bounds, sides, alphas, betas, settings=Settings(), threshold=None):
@@ -96,16 +115,9 @@ def optimise(graph, input_set, coeffs, const, bounds, sides, alphas, betas, sett
         `(lower [B, R], alphas, betas)`: each row's best bound over the iterates, and the last slopes and
         multipliers (for the subdomains' children).
     """
-    step = _program(graph, input_set.kind)
     sides = {n: tf.cast(s, tf.float32) for n, s in sides.items()}
-    moments = {n: [tf.zeros_like(v), tf.zeros_like(v)] for n, v in [*alphas.items(), *betas.items()]}
-    bounds, best = tuple(bounds), None
-    lr_alpha, lr_beta = settings.lr_alpha, settings.lr_beta
-    for t in range(1, settings.iterations + 1):
-        lower, alphas, betas, moments = step(coeffs, const, bounds, input_set, sides, alphas, betas, moments,
-                                             tf.constant(float(t)), tf.constant(lr_alpha), tf.constant(lr_beta))
-        best = lower if best is None else tf.maximum(best, lower)
-        if threshold is not None and bool(tf.reduce_all(best > threshold)):
-            break
-        lr_alpha, lr_beta = lr_alpha * settings.decay, lr_beta * settings.decay
-    return best, alphas, betas
+    threshold = float("inf") if threshold is None else float(threshold)
+    return _program(graph, input_set.kind)(
+        coeffs, const, tuple(bounds), input_set, sides, alphas, betas, tf.constant(float(settings.iterations)),
+        tf.constant(settings.lr_alpha), tf.constant(settings.lr_beta), tf.constant(settings.decay),
+        tf.constant(threshold))

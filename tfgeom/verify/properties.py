@@ -6,7 +6,8 @@ reaches its unsafe outputs (`tfgeom.verify.vnnlib`):
 1. **Attack** (falsifiable instances answered in seconds): projected signed
    gradient descent on the rows `r(y) = a^T y - b` of the negated disjuncts,
    from the box's centre and random points (`restarts`, batched; half of them
-   targeted at one row each, half at the row closest to unsafe), `steps`
+   first moved to output-diversified points; half targeted at one row each,
+   half at the row closest to unsafe), `steps`
    steps from a tenth to all of the box's width, decaying. A point with a row `<= 0` by a
    forward pass is a counterexample: `sat`.
 2. **Bound propagation** over the whole box: CROWN (forward pre-activation
@@ -66,10 +67,26 @@ def _attack_rows(prop):
             np.concatenate([b for _, b in prop.disjuncts]).astype(np.float32))
 
 
+def diversified(gm, x, low, high, seed=0, steps=10):
+    """Output-diversified starting points (Tashiro et al., NeurIPS 2020): from each row of `x [B, ...]`, `steps`
+    signed-gradient steps of a quarter of the box's width ascending `w^T f(x)` for a random `w ~ U(-1, 1)^L`
+    per row. Margin descent from the box's inside can stall where the network's path to another class runs
+    through units inactive everywhere near it (a 256x6 MNIST net of VNN-COMP 2022 has one active unit in a
+    layer: its counterexample lies behind another one's switching on); random output directions reach such
+    regions."""
+    w = np.random.default_rng(seed).uniform(-1, 1, (len(x), gm.num_classes)).astype(np.float32)
+    step = 0.25 * (high - low)
+    for _ in range(steps):
+        _, grad = gm.runtime.gradient(x, -w)  # the gradient of -w^T f: descending it ascends w^T f
+        x = np.clip(x - step * np.sign(grad), low, high).astype(np.float32)
+    return x
+
+
 def attack(gm, prop, restarts=128, steps=100, seed=0):
     """`(x, outputs)` of a counterexample found by projected gradient descent on the property's rows, or None.
 
-    Restarts (the box's centre, then uniform random points) are batched. Restart `r` descends row `r mod R`
+    Restarts (the box's centre, then uniform random points, every other block of four of them moved first
+    to output-diversified points by `diversified`) are batched. Restart `r` descends row `r mod R`
     for its whole run (targeted: a row that starts far from unsafe can still get there) when `r` is odd, and the
     row currently closest to unsafe when it is even. Signed-gradient steps start at a tenth, a quarter, half or
     all of the box's width (restarts in turn: on the benchmark MLPs some counterexamples sit in corners that
@@ -80,6 +97,9 @@ def attack(gm, prop, restarts=128, steps=100, seed=0):
     g = np.random.default_rng(seed)
     x = np.concatenate([((low + high) / 2)[None], g.uniform(low, high, (restarts - 1, *low.shape))]).astype(
         np.float32)
+    diverse = (np.arange(restarts) // 4) % 2 == 1
+    if diverse.any():
+        x[diverse] = diversified(gm, x[diverse], low, high, seed)
     target = np.arange(restarts) % len(rows[1])
     targeted = np.arange(restarts) % 2 == 1
     first = np.array([0.1, 0.25, 0.5, 1.0], np.float32)[np.arange(restarts) % 4]
