@@ -10,8 +10,9 @@ from tfgeom.errors import InputError
 from tfgeom.cli.console import cli_errors, out_console
 from tfgeom.cli.loading import load_model
 from tfgeom.cli.options import (BatchOpt, BoundsOpt, ConfigOpt, DataOpt, ImageSizeOpt, LimitOpt, Logits, LogitsOpt,
-                                RayAddressOpt, SetOpt, SplitOpt, TrainDataOpt, UnsafeOpt, WorkersOpt)
-from tfgeom.cli.report import ANALYSES, analyze_into, prepare
+                                OnlyOpt, RayAddressOpt, ResumeOpt, SeedOpt, SetOpt, SplitOpt, TrainDataOpt,
+                                UnsafeOpt, WorkersOpt)
+from tfgeom.cli.report import analyze_into, prepare
 
 COLOURS = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
 
@@ -60,14 +61,12 @@ def compare(
     split: SplitOpt = True,
     out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for compare.json/html and one report "
                                               "folder per model.")] = pathlib.Path("tfgeom-compare"),
-    only: Annotated[Optional[List[str]], typer.Option(
-        help=f"Run only these analyses (repeatable or comma-separated): {ANALYSES}.")] = None,
+    only: OnlyOpt = None,
     set_: SetOpt = None,
     config: ConfigOpt = None,
     limit: LimitOpt = 500,
-    seed: Annotated[int, typer.Option(help="Seed for random choices (the same for every model).")] = 0,
-    resume: Annotated[bool, typer.Option(
-        help="Keep the sections each model's interrupted report already finished.")] = False,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,

@@ -21,7 +21,7 @@ from tfgeom.cli import demo as demo_command
 from tfgeom.cli import measure, report
 from tfgeom.cli import vnncomp as vnncomp_command
 from tfgeom.cli.console import INTERRUPTED, STATE, err_console
-from tfgeom.cli.report import ANALYSES
+from tfgeom.cli.options import ANALYSES
 
 __all__ = ["ANALYSES", "app", "main"]  # ANALYSES: the list `analyze --help` shows
 

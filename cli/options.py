@@ -6,6 +6,10 @@ from typing import List, Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
+from tfgeom.analyses import names as analysis_names  # finds the analyses' modules, imports none
+
+ANALYSES = ", ".join(analysis_names())  # the registry's modules, found without importing them
+
 class Norm(str, enum.Enum):
     l2 = "l2"
     linf = "linf"
@@ -50,6 +54,11 @@ BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per compiled batch.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 SetOpt = Annotated[Optional[List[str]], typer.Option(
     "--set", help="Change a setting: ANALYSIS.KEY=VALUE (repeatable), e.g. curvature.points=200.")]
+OnlyOpt = Annotated[Optional[List[str]], typer.Option(
+    help=f"Run only these analyses (repeatable or comma-separated): {ANALYSES}.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for random choices.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    help="Keep the sections an interrupted run already finished with the same settings.")]
 ConfigOpt = Annotated[Optional[pathlib.Path], typer.Option(
     help="TOML file with a table per analysis ([curvature] points = 200); --set wins over it.")]
 

@@ -1,20 +1,19 @@
 """The report commands: analyze, claims and demo (analyses into report.json/html, the claims scorecard)."""
 import json
 import pathlib
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from tfgeom.analyses import names as analysis_names  # finds the analyses' modules, imports none
 from tfgeom.errors import InputError
 from tfgeom.cli.console import STATE, cli_errors, err_console, out_console, progress_bar, progress_callback, show
 from tfgeom.cli.loading import check_paths, load_data, load_model, load_tensorflow, make_executor, running
-from tfgeom.cli.options import (BatchOpt, BoundsOpt, ConfigOpt, DataOpt, ImageSizeOpt, LimitOpt, Logits, LogitsOpt,
-                                ModelArg, RayAddressOpt, SetOpt, SplitOpt, TrainDataOpt, UnsafeOpt, WorkersOpt, JsonOpt)
+from tfgeom.cli.options import (BatchOpt, BoundsOpt, ConfigOpt, DataOpt, ImageSizeOpt, JsonOpt, LimitOpt,
+                                Logits, LogitsOpt, ModelArg, OnlyOpt, RayAddressOpt, ResumeOpt, SeedOpt, SetOpt,
+                                SplitOpt, TrainDataOpt, UnsafeOpt, WorkersOpt)
 
-ANALYSES = ", ".join(analysis_names())  # the registry's modules, found without importing them
 CLAIM_ANALYSES = "deepfool,curvature,subspace,connectivity,detection,feature_space"  # all the claims read
 
 
@@ -72,14 +71,12 @@ def analyze(
     out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Folder for report.json/html and plots.")] = (
         pathlib.Path("tfgeom-report")
     ),
-    only: Annotated[Optional[List[str]], typer.Option(
-        help=f"Run only these analyses (repeatable or comma-separated): {ANALYSES}.")] = None,
+    only: OnlyOpt = None,
     set_: SetOpt = None,
     config: ConfigOpt = None,
     limit: LimitOpt = 500,
-    seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
-    resume: Annotated[bool, typer.Option(
-        help="Keep sections an interrupted run already finished with the same settings.")] = False,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
     unsafe: UnsafeOpt = False,
@@ -149,8 +146,8 @@ def claims(
     set_: SetOpt = None,
     config: ConfigOpt = None,
     limit: LimitOpt = 500,
-    seed: Annotated[int, typer.Option(help="Seed for random choices.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Keep sections an interrupted run already finished.")] = False,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
     as_json: JsonOpt = False,
     batch_size: BatchOpt = 128,
     bounds: BoundsOpt = (0.0, 1.0),
