@@ -13,6 +13,10 @@ the slopes, warm-started from the parent subdomain); otherwise (`beta=None`
 or `fixed=False`) CROWN recomputes every later node's bounds from the
 clamped ones, so every later bound tightens too, at a much higher cost.
 
+With beta-CROWN, every row the root leaves unproved gets a search of its own
+(`separate`, easiest first, all sharing the root's node bounds): the rows are
+a conjunction, so each subdomain carries one row instead of all of them.
+
 The loop takes the open subdomains with the lowest bound (a batch, bounded
 together on the device), and for each:
 
