@@ -43,6 +43,7 @@ the input), or `"unknown"` when the time limit or the domain budget runs out
 (never "certified"). With an unlimited budget the search is complete: every
 path ends in a bound, a contradiction or an exact linear program.
 """
+import copy
 import time
 from typing import NamedTuple, Optional
 
@@ -152,11 +153,9 @@ class _Problem:
 
     def restricted(self, row):
         """The same problem on row `row` alone, sharing the root's node bounds and settings."""
-        part = _Problem.__new__(_Problem)
-        part.__dict__.update(self.__dict__)
+        part = copy.copy(self)  # the last batch's splits and slopes are set again by each batch before use
         part.rows = (self.rows[0][row:row + 1], self.rows[1][row:row + 1])
         part.coeffs, part.const = self.coeffs[row:row + 1], self.const[row:row + 1]
-        part._stacked, part._last = None, None
         return part
 
     def split(self, sides=None):
