@@ -59,3 +59,33 @@ def test_beta_bounds_are_sound_and_tighter_than_crown(mlp, digits):
                 checked += 1
             helped += int(np.any(lower[j] > crown[j] + 1e-3))
     assert checked >= 100 and helped >= 5, (checked, helped)
+
+
+def test_fused_step_matches_the_step_in_stages(mlp, digits):
+    """A batch bounded and branched in one compiled program gives the bounds, branching choices, corners and
+    children's starting slopes and multipliers of the same step in stages (CROWN, beta-CROWN, then the
+    branching rule's children on the host): from CROWN's slopes, then from the inherited ones."""
+    x = digits.x[2:4]  # at this radius a third to a half of the subdomains stay open
+    cls = mlp.runtime.logits(x).argmax(axis=1)
+    for i in range(len(x)):
+        problem = bab._Problem(mlp, x[i], 0.08, cls[i], 1.0)
+        problem.root(batch=256)
+        splits = _subdomains(problem, bab.MIN_PAD + 72, 10 + i)  # above MIN_PAD: padded to the batch size
+        states = [None] * len(splits)
+        for _ in range(2):
+            fused, staged = problem.step(splits, states), problem._step_in_parts(splits, states, 3)
+            np.testing.assert_allclose(fused.lower, staged.lower, atol=1e-5, rtol=1e-5)
+            np.testing.assert_array_equal(fused.empty, staged.empty)
+            np.testing.assert_array_equal(fused.corners, staged.corners)
+            if staged.states[0] is not None:  # None: CROWN proved every subdomain, beta-CROWN did not run
+                np.testing.assert_allclose(np.asarray(fused.states, np.float32),
+                                           np.asarray(staged.states, np.float32), atol=2e-3)
+            open_ = ~fused.empty & (fused.lower.min(axis=1) <= problem.guard)
+            assert np.array_equal(fused.choices >= 0, open_ & (staged.choices >= 0))
+            assert np.mean(fused.choices[open_] == staged.choices[open_]) >= 0.95  # ties may round apart
+            for j in np.flatnonzero(fused.choices >= 0):  # each choice is an unstable unit of its subdomain
+                lows = np.concatenate([fused.bounds(j)[n][0].reshape(-1) for n in problem.relus])
+                highs = np.concatenate([fused.bounds(j)[n][1].reshape(-1) for n in problem.relus])
+                assert lows[fused.choices[j]] < 0 < highs[fused.choices[j]]
+            assert open_.sum() >= 10
+            states = list(fused.states)

@@ -90,21 +90,156 @@ def _relu_inputs(graph):
             if isinstance(node, ReLU) and not node.slope}
 
 
+def _crown_with_grads(graph, coeffs, const, bounds, input_set, threshold):
+    """The rows' CROWN bound `[B, R]` with its gradients w.r.t. the node bounds (the branching scores) and the box
+    (the corners that minimise the linear bound); only rows below `threshold` count in the gradients."""
+    with tf.GradientTape() as tape:
+        tape.watch([bounds, input_set.low, input_set.high])
+        lower = bd.backward(graph, len(graph.nodes) - 1, coeffs, const, bounds, input_set)
+        # scores count only the margins not yet proved (a constant weight: no gradient through it)
+        weights = tf.stop_gradient(tf.cast(lower < threshold, tf.float32))
+        objective = tf.reduce_sum(lower * weights)
+    grads, box = tape.gradient(objective, [bounds, [input_set.low, input_set.high]])
+    return lower, grads, box
+
+
 def _program(graph, kind):
-    """The margins' backward pass with gradients of the bound w.r.t. the node bounds and the box, compiled."""
+    """`_crown_with_grads` compiled."""
+    return graph.program(("bab", kind), lambda *args: _crown_with_grads(graph, *args),
+                         reduce_retracing=True)  # batches of 1, 2, 4, ... subdomains
+
+
+def _clamped(bounds, sides):
+    """The node bounds `[(l, u)]` with each split unit's clamped: `l >= 0` where active (+1), `u <= 0` where
+    inactive (-1); `sides`: `{pre-activation node: [B, *shape]}`."""
+    out = []
+    for n, (l, u) in enumerate(bounds):
+        if n in sides:
+            side = sides[n]
+            l, u = tf.where(side > 0, tf.maximum(l, 0.0), l), tf.where(side < 0, tf.minimum(u, 0.0), u)
+        out.append((l, u))
+    return out
+
+
+def _scores(l, u, g_lo, g_up):
+    """`[B, K]` branching scores of units with bounds `l, u` and bound gradients `g_lo, g_up` (all `[B, K]`):
+    `|g_l| (-l) + |g_u| u` (a first-order estimate of what fixing the unit gains, in the spirit of BaBSR's
+    intercept scores), ties broken by `min(u, -l)`; -1 for stable units."""
+    gain = tf.abs(g_lo) * (-l) + tf.abs(g_up) * u
+    return tf.where((l < 0) & (u > 0), gain + 1e-6 * tf.minimum(u, -l), -1.0)
+
+
+class Step(NamedTuple):
+    """One batch of subdomains bounded and branched (`_Problem.step`).
+
+    Fields:
+        lower: `[B, R]` the rows' lower bounds.
+        empty: `[B]` whether the subdomain's bounds are contradictory (no input satisfies its splits).
+        choices: `[B]` the unit to split next (flat, `_Problem.start`'s layout); -1 where none is unstable or
+            the subdomain is proved.
+        corners: `[B, *input shape]` the box corners minimising the rows' linear bound (candidate
+            counterexamples).
+        states: per subdomain what its children start from (slopes and multipliers), or None.
+        bounds: `bounds(i)`: every node's `(l, u)` in subdomain `i` (the exact LP's input).
+    """
+
+    lower: np.ndarray
+    empty: np.ndarray
+    choices: np.ndarray
+    corners: np.ndarray
+    states: object
+    bounds: object
+
+
+def _gather_set(input_set, index):
+    return type(input_set)(*[tf.gather(t, index) for t in input_set])
+
+
+def _unflat(graph, start, flat, pre, lead):
+    """Node `pre`'s part of `flat [*lead, ...]` (`_Problem.start`'s layout) as `[*lead, *shape]`."""
+    node = graph.nodes[pre]
+    return tf.reshape(flat[..., start[pre]:start[pre] + node.size], [*lead, *node.shape])
+
+
+def _inherited(graph, relus, start, bounds, kept, have):
+    """`(alphas, betas)` each subdomain starts from: its parent's `kept [B, R, 2 units]` (slopes then
+    multipliers, flat) where `have [B]`, else CROWN's adaptive slopes and multipliers 0."""
+    count, rows, units = tf.shape(kept)[0], kept.shape[1], kept.shape[2] // 2
+    alphas, betas = {}, {}
+    for pre, n in relus.items():
+        adaptive = tf.repeat(graph.nodes[n].adaptive_slope(*bounds[pre])[:, None], rows, axis=1)
+        mask = tf.reshape(have, [-1] + [1] * (adaptive.shape.rank - 1))
+        slopes = tf.clip_by_value(_unflat(graph, start, kept[:, :, :units], pre, [count, rows]),
+                                  graph.nodes[n].slope, 1.0)
+        alphas[n] = tf.where(mask, slopes, adaptive)
+        betas[pre] = tf.where(mask, _unflat(graph, start, kept[:, :, units:], pre, [count, rows]), 0.0)
+    return alphas, betas
+
+
+def _flat_states(relus, alphas, betas):
+    """`[B, R, 2 units]` the slopes then the multipliers, flat (`_inherited`'s `kept`)."""
+    lead = tf.shape(next(iter(alphas.values())))[:2]
+    flat = lambda t: tf.reshape(t, tf.concat([lead, [-1]], 0))  # noqa: E731
+    return tf.concat([flat(alphas[n]) for n in relus.values()] + [flat(betas[pre]) for pre in relus], axis=2)
+
+
+def _step_program(problem, candidates):
+    """One batch of beta-CROWN subdomains on fixed node bounds in one compiled program (the XLA-fused loop the
+    host used to drive step by step): clamp the root's bounds by the splits, CROWN's bound and its gradients,
+    beta-CROWN's Adam loop from the inherited slopes and multipliers, and filtered smart branching (the
+    `candidates` best-scored units, both children of each bounded once with the parent's final slopes and
+    multipliers; the unit whose worse child is higher wins). Host round trips per batch: one."""
+    graph, relus, start = problem.graph, problem.relus, problem.start
     last = len(graph.nodes) - 1
 
-    def run(coeffs, const, bounds, input_set, threshold):
-        with tf.GradientTape() as tape:
-            tape.watch([bounds, input_set.low, input_set.high])
-            lower = bd.backward(graph, last, coeffs, const, bounds, input_set)
-            # scores count only the margins not yet proved (a constant weight: no gradient through it)
-            weights = tf.stop_gradient(tf.cast(lower < threshold, tf.float32))
-            objective = tf.reduce_sum(lower * weights)
-        grads, box = tape.gradient(objective, [bounds, [input_set.low, input_set.high]])
-        return lower, grads, box
+    def unflat(flat, pre, lead):
+        return _unflat(graph, start, flat, pre, lead)
 
-    return graph.program(("bab", kind), run, reduce_retracing=True)  # batches of 1, 2, 4, ... subdomains
+    def run(flat, states, have, reference, coeffs, const, input_set, guard, iterations, lr_alpha, lr_beta, decay):
+        count, rows = tf.shape(flat)[0], coeffs.shape[0]
+        signs = tf.cast(flat, tf.float32)
+        sides = {pre: unflat(signs, pre, [count]) for pre in relus}
+        bounds = _clamped([tuple(tf.broadcast_to(v, [count, *v.shape[1:]]) for v in b) for b in reference], sides)
+        bounds = tuple(bounds[:last])
+        coeffs = tf.broadcast_to(coeffs[None], [count, *coeffs.shape])
+        const = tf.broadcast_to(const[None], [count, rows])
+        lower, grads, box = _crown_with_grads(graph, coeffs, const, bounds, input_set, guard)
+        corners = tf.where(box[0] + box[1] > 0, input_set.low, input_set.high)
+        alphas, betas = _inherited(graph, relus, start, bounds, tf.cast(states, tf.float32), have)
+        lower, alphas, betas = beta_crown.loop(graph, coeffs, const, bounds, input_set, sides, alphas, betas,
+                                               iterations, lr_alpha, lr_beta, decay, guard, lower)
+        states = _flat_states(relus, alphas, betas)
+        empty = tf.zeros([count], tf.bool)
+        for l, u in bounds:
+            empty |= tf.reduce_any(tf.reshape(l > u, [count, -1]), axis=1)
+        flat_of = lambda t: tf.reshape(t, [count, -1])  # noqa: E731
+        scores = tf.concat([_scores(flat_of(bounds[pre][0]), flat_of(bounds[pre][1]), flat_of(grads[pre][0]),
+                                    flat_of(grads[pre][1])) for pre in relus], axis=1)
+        values, top = tf.math.top_k(scores, candidates)  # equal scores: the lower unit first
+        choice = top[:, 0]
+        if candidates > 1:
+            parent = tf.repeat(tf.range(count), 2 * candidates)
+            unit = tf.repeat(tf.reshape(top, [-1]), 2)
+            side = tf.tile(tf.constant([1.0, -1.0]), [count * candidates])
+            children = tf.tensor_scatter_nd_update(tf.gather(signs, parent),
+                                                   tf.stack([tf.range(tf.shape(parent)[0]), unit], 1), side)
+            child_bounds = _clamped([tuple(tf.gather(v, parent) for v in b) for b in bounds],
+                                    {pre: unflat(children, pre, [-1]) for pre in relus})
+            # the parent's multipliers on the parent's splits (the new split's multiplier starts at 0)
+            offsets = {pre: -tf.gather(betas[pre] * sides[pre][:, None], parent) for pre in relus}
+            found = bd.backward(graph, last, tf.gather(coeffs, parent), tf.gather(const, parent), child_bounds,
+                                _gather_set(input_set, parent), {n: tf.gather(a, parent) for n, a in alphas.items()},
+                                offsets)
+            worst = tf.reduce_min(tf.reshape(tf.reduce_min(found, 1), [count, candidates, 2]), axis=2)
+            worst = tf.where(values >= 0, worst, -float("inf"))
+            choice = tf.gather(top, tf.argmax(worst, axis=1, output_type=tf.int32), batch_dims=1)
+        proved = empty | tf.reduce_all(lower > guard, axis=1)
+        choice = tf.where((values[:, 0] >= 0) & ~proved, choice, -1)
+        return lower, empty, choice, corners, tf.cast(states, tf.float16)
+
+    import os
+    return graph.program(("bab-step", problem.input_set(1).kind, candidates), run,
+                         jit=bd.use_xla(graph, last) and not os.environ.get("NOJIT"), reduce_retracing=True)
 
 
 class _Problem:
@@ -133,20 +268,23 @@ class _Problem:
             self.start[n], units = units, units + self.graph.nodes[n].size
         self.units = units
         self._matrices = None
+        self._sets = {}  # input sets by batch size
         self.reference = None  # the root's alpha-CROWN bounds of every node (valid in every subdomain)
         self.beta = None  # beta_crown.Settings, or None: CROWN bounds only
         self.fixed = False  # subdomains keep the root's node bounds (only the splits clamp them)
         self.pad_to = None  # bound batches padded to at least this many subdomains (then powers of two)
         self._stacked, self._last = None, None  # the last batch's splits and final (slopes, multipliers)
+        self._reference = None  # `reference` as tensors
 
     def root(self, beta=beta_crown.Settings(), fixed=True, batch=None):
         """alpha-CROWN at the root: `[R]` the rows' lower bounds; its node bounds tighten every subdomain's, and
         with `beta` the subdomains' bounds are beta-CROWN's. `fixed`: the subdomains keep the root's node
-        bounds (only their split units clamped) instead of recomputing them by CROWN."""
+        bounds (only their split units clamped) instead of recomputing them by CROWN. `batch`: the search's
+        batch size (the fused program's one shape, `step`)."""
         lower, bounds = alpha_crown.optimise(self.graph, self.input_set(1), tf.constant(self.coeffs[None]),
                                              tf.constant(self.const[None]))
         self.reference = [(np.asarray(l), np.asarray(u)) for l, u in bounds]
-        self.beta, self.fixed = beta, fixed
+        self.beta, self.fixed, self.batch = beta, fixed, batch or BATCHES[0]
         if beta is not None and bd.use_xla(self.graph, len(self.graph.nodes) - 1):
             self.pad_to = min(batch or MIN_PAD, MIN_PAD)
         return np.asarray(lower)[0]
@@ -166,11 +304,60 @@ class _Problem:
         return flat
 
     def input_set(self, count):
+        """The input set repeated `count` times (cached: every batch of a size uses the same)."""
+        if count not in self._sets:
+            self._sets[count] = self._input_set(count)
+        return self._sets[count]
+
+    def _input_set(self, count):
         x = np.repeat(self.x[None], count, 0)
         if self.box is not None:  # any box (a VNN-LIB property's), not only a ball within the bounds
             low, high = (tf.constant(np.repeat(v[None], count, 0)) for v in self.box)
             return LinfBall(tf.constant(x), tf.fill([count], float(self.eps)), low, high)
         return ball(x, np.full(count, self.eps, np.float32), "linf", self.gm.bounds)
+
+    def step(self, splits, states, candidates=3):
+        """Bound and branch a batch of subdomains (flat split arrays, `split`) whose slopes and multipliers start
+        from `states` (None entries: CROWN's slopes, multipliers 0): a `Step`. With beta-CROWN on fixed node
+        bounds, one compiled program (`_step_program`); otherwise `bound` then `branch` (the same numbers, with
+        a host round trip per stage). Under XLA the fused program takes ~8 s to compile per batch shape on the
+        benchmark MLPs, so batches are padded to `MIN_PAD` or to the batch size: two shapes."""
+        count = len(splits)
+        if self.beta is None or not self.fixed or not self.units:
+            return self._step_in_parts(splits, states, candidates)
+        if bd.use_xla(self.graph, len(self.graph.nodes) - 1):
+            pad = MIN_PAD if count <= MIN_PAD else max(count, self.batch)
+        else:  # a plain graph: shapes generalise after the second trace
+            pad = count
+        flat = np.stack(splits + [splits[-1]] * (pad - count))
+        none = np.zeros((len(self.coeffs), 2 * self.units), np.float16)
+        states = list(states) + [states[-1]] * (pad - count)
+        have = np.array([s is not None for s in states])
+        kept = np.stack([none if s is None else s for s in states])
+        if self._reference is None:
+            self._reference = tuple(tuple(tf.constant(v) for v in b) for b in self.reference)
+        program = _step_program(self, min(candidates, self.units))
+        out = program(tf.constant(flat), tf.constant(kept), tf.constant(have), self._reference,
+                      tf.constant(self.coeffs), tf.constant(self.const), self.input_set(pad),
+                      tf.constant(self.guard, tf.float32), tf.constant(float(self.beta.iterations)),
+                      tf.constant(self.beta.lr_alpha), tf.constant(self.beta.lr_beta), tf.constant(self.beta.decay))
+        lower, empty, choices, corners, states = (np.asarray(t)[:count] for t in out)
+        return Step(lower, empty, choices, corners, states, lambda i: self.node_bounds(splits[i]))
+
+    def _step_in_parts(self, splits, states, candidates):
+        lower, node_bounds, grads, (direction, low, high), states = self.bound(splits, states)
+        count = len(splits)
+        empty = _empty(node_bounds, count)
+        picks = self.branch(lower, node_bounds, {n: grads[n] for n in self.relus}, count, candidates, empty)
+        choices = np.array([-1 if c is None else self.start[c[0]] + c[1] for c in picks], np.int64)
+        return Step(lower, empty, choices, np.where(direction > 0, low, high), states,
+                    lambda i: [(l[i], u[i]) for l, u in node_bounds])
+
+    def node_bounds(self, split):
+        """Every node's `(l, u)` in the subdomain `split` on the root's node bounds (fixed bounds)."""
+        sides = {n: split[self.start[n]:self.start[n] + self.graph.nodes[n].size].reshape(
+            1, *self.graph.nodes[n].shape) for n in self.relus}
+        return [(np.asarray(l)[0], np.asarray(u)[0]) for l, u in _clamped(self.reference, sides)]
 
     def bound(self, splits, states_in=None):
         """`(lower [B, R], bounds, grads, box grads, states)` of the subdomains `splits` (a list of flat split
@@ -188,15 +375,12 @@ class _Problem:
         def constrain(n, l, u):
             if self.reference is not None:
                 l, u = tf.maximum(l, self.reference[n][0]), tf.minimum(u, self.reference[n][1])
-            if n not in stacked:
-                return l, u
-            side = stacked[n]
-            return tf.where(side > 0, tf.maximum(l, 0.0), l), tf.where(side < 0, tf.minimum(u, 0.0), u)
+            return _clamped([(l, u)], {0: stacked[n]})[0] if n in stacked else (l, u)
 
         input_set = self.input_set(pad)
         if self.fixed:  # beta-CROWN's usual setting: the multipliers carry the splits to the final bound
-            found = [constrain(n, *(tf.broadcast_to(b, [pad, *b.shape[1:]]) for b in bounds))
-                     for n, bounds in enumerate(self.reference)]
+            found = _clamped([tuple(tf.broadcast_to(v, [pad, *v.shape[1:]]) for v in b) for b in self.reference],
+                             stacked)
         else:
             found = bd.crown_bounds(self.graph, input_set, constrain=constrain)
         last = len(self.graph.nodes) - 1
@@ -217,33 +401,20 @@ class _Problem:
 
     def _beta(self, lower, bounds, stacked, states, input_set, coeffs, const, count):
         """beta-CROWN on the batch (where CROWN left a row unproved), from each subdomain's inherited slopes and
-        multipliers (`states`: per subdomain `(alphas, betas)` of float16 arrays, or None: CROWN's slopes, 0)."""
+        multipliers (`states`: per subdomain a `[R, 2 units]` float16 array, the slopes then the multipliers in
+        `start`'s layout, or None: CROWN's slopes, 0)."""
         if bool(tf.reduce_all(lower[:count] > self.guard)):
             return lower, [None] * count
-        pad, rows = int(lower.shape[0]), self.coeffs.shape[0]
-        states = states + [states[-1]] * (pad - len(states))
-        alphas, betas = {}, {}
-        for pre, n in self.relus.items():
-            l, u = bounds[pre]
-            adaptive = tf.repeat(self.graph.nodes[n].adaptive_slope(l, u)[:, None], rows, axis=1)
-            have = [s is not None for s in states]
-            if any(have):
-                kept = np.stack([s[0][n] if s is not None else np.zeros(adaptive.shape[1:], np.float16)
-                                 for s in states]).astype(np.float32)
-                mask = tf.reshape(tf.constant(have), [pad] + [1] * (adaptive.shape.rank - 1))
-                alphas[n] = tf.where(mask, tf.clip_by_value(kept, self.graph.nodes[n].slope, 1.0), adaptive)
-                betas[pre] = tf.constant(np.stack([s[1][pre] if s is not None else
-                                                   np.zeros(adaptive.shape[1:], np.float16)
-                                                   for s in states]).astype(np.float32))
-            else:
-                alphas[n], betas[pre] = adaptive, tf.zeros_like(adaptive)
+        states = states + [states[-1]] * (int(lower.shape[0]) - len(states))
+        none = np.zeros((self.coeffs.shape[0], 2 * self.units), np.float16)
+        have = tf.constant([s is not None for s in states])
+        kept = tf.constant(np.stack([none if s is None else s for s in states]).astype(np.float32))
+        alphas, betas = _inherited(self.graph, self.relus, self.start, bounds, kept, have)
         better, alphas, betas = beta_crown.optimise(self.graph, input_set, coeffs, const, bounds, stacked, alphas,
                                                     betas, self.beta, self.guard)
         lower = tf.maximum(lower, better)
         self._last = (alphas, betas)  # the batch's final slopes and multipliers (the branching rule reuses them)
-        a16 = {n: np.asarray(a).astype(np.float16) for n, a in alphas.items()}
-        b16 = {n: np.asarray(b).astype(np.float16) for n, b in betas.items()}
-        return lower, [({n: a[i] for n, a in a16.items()}, {n: b[i] for n, b in b16.items()}) for i in range(count)]
+        return lower, np.asarray(_flat_states(self.relus, alphas, betas))[:count].astype(np.float16)
 
     def branch(self, lower, node_bounds, grads, count, candidates=3, empty=None):
         """Filtered smart branching: per open subdomain, the `candidates` units with the best BaBSR-like score,
@@ -337,22 +508,14 @@ def _children_program(graph):
 
 
 def _ranked(node_bounds, grads, relus, examples, count):
-    """Per subdomain of `examples` (indices), the `count` unstable units with the best scores, best first:
-    `[[(node, flat index)]]`.
-
-    A unit's score is the gradient of the unproved rows' bound with respect to its pre-activation bounds times
-    their width (a first-order estimate of what fixing the unit gains, in the spirit of BaBSR's intercept
-    scores), ties broken by `min(u, -l)`; all subdomains' scores at once."""
+    """Per subdomain of `examples` (indices), the `count` unstable units with the best `_scores`, best first:
+    `[[(node, flat index)]]` (all subdomains' scores at once)."""
     if not len(examples):
         return []
     scores, owners = [], []
     for n in relus:
-        l = np.asarray(node_bounds[n][0])[examples].reshape(len(examples), -1)
-        u = np.asarray(node_bounds[n][1])[examples].reshape(len(examples), -1)
-        g_lo = np.asarray(grads[n][0])[examples].reshape(len(examples), -1)
-        g_up = np.asarray(grads[n][1])[examples].reshape(len(examples), -1)
-        gain = np.abs(g_lo) * (-l) + np.abs(g_up) * u
-        scores.append(np.where((l < 0) & (u > 0), gain + 1e-6 * np.minimum(u, -l), -1.0))
+        l, u, g_lo, g_up = (np.asarray(t)[examples].reshape(len(examples), -1) for t in (*node_bounds[n], *grads[n]))
+        scores.append(np.asarray(_scores(l, u, g_lo, g_up)))
         owners += [(n, k) for k in range(l.shape[1])]
     scores = np.concatenate(scores, axis=1)
     count = min(count, scores.shape[1])
@@ -444,37 +607,29 @@ def _search(problem, start, time_limit, batch, max_domains, candidates):
         open_domains.sort(key=lambda item: item[0])
         todo, open_domains = open_domains[:batch], open_domains[batch:]
         splits = [item[1] for item in todo]
-        lower, node_bounds, grads, (direction, low, high), states = problem.bound(splits, [item[2] for item in todo])
+        step = problem.step(splits, [item[2] for item in todo], candidates)
         bounded += len(splits)
-        grads = {n: grads[n] for n in problem.relus}
-        empty = _empty(node_bounds, len(splits))
-        choices = problem.branch(lower, node_bounds, grads, len(splits), candidates, empty)
-        corners = np.where(direction > 0, low, high)  # minimisers of the weighted margins' linear bound
-        bad = problem.misclassified(corners)
+        bad = problem.misclassified(step.corners)
         if bad.any():
-            return result("counterexample", corners[int(np.argmax(bad))])
+            return result("counterexample", step.corners[int(np.argmax(bad))])
+        worst = step.lower.min(axis=1)
         unresolved = False
-        for i, split in enumerate(splits):
-            if time.perf_counter() - start > time_limit:  # within a batch too: a batch's LPs can take long
+        for i in np.flatnonzero(~step.empty & (worst <= problem.guard) & (step.choices < 0)):
+            if time.perf_counter() - start > time_limit:  # a batch's LPs can take long
                 return result("unknown")
-            if empty[i] or lower[i].min() > problem.guard:
+            # linear on this subdomain: solve it exactly
+            value, point = problem.exact(step.bounds(i), time_limit - (time.perf_counter() - start))
+            if value > problem.guard:
                 continue
-            choice = choices[i]
-            if choice is None:  # linear on this subdomain: solve it exactly
-                value, point = problem.exact([(l[i], u[i]) for l, u in node_bounds],
-                                             time_limit - (time.perf_counter() - start))
-                if value > problem.guard:
-                    continue
-                if point is not None and problem.misclassified(point.reshape(1, *problem.x.shape))[0]:
-                    return result("counterexample", point.reshape(problem.x.shape).astype(np.float32))
-                unresolved = True  # a margin at 0 up to rounding, or a failed solve: cannot certify
-                continue
-            n, k = choice
-            state = states[i] if len(open_domains) < keep_states else None
-            for side in (1, -1):
-                child = split.copy()
-                child[problem.start[n] + k] = side
-                open_domains.append((float(lower[i].min()), child, state))
+            if point is not None and problem.misclassified(point.reshape(1, *problem.x.shape))[0]:
+                return result("counterexample", point.reshape(problem.x.shape).astype(np.float32))
+            unresolved = True  # a margin at 0 up to rounding, or a failed solve: cannot certify
         if unresolved:
             return result("unknown")
+        split = np.flatnonzero(step.choices >= 0)  # the step chose a unit only where the subdomain is open
+        children = np.repeat(np.stack([splits[i] for i in split]), 2, axis=0) if len(split) else []
+        for j, i in enumerate(split):
+            children[2 * j, step.choices[i]], children[2 * j + 1, step.choices[i]] = 1, -1
+            state = step.states[i] if len(open_domains) < keep_states else None
+            open_domains += [(float(worst[i]), children[2 * j], state), (float(worst[i]), children[2 * j + 1], state)]
     return result("certified")

@@ -54,14 +54,15 @@ def _adam(x, g, m, v, t, lr):
     return x + lr * (m / (1 - b1 ** t)) / (tf.sqrt(v / (1 - b2 ** t)) + 1e-8), m, v
 
 
-def _program(graph, kind):
-    """All projected Adam steps on the slopes and multipliers (ascent on the summed row bounds) in one compiled
-    loop: `(best lower [B, R] over the iterates, alphas, betas)`. One call per batch of subdomains: a call per
-    step spent more time in TensorFlow's argument handling (the nested slopes, bounds, moments) than in the
-    steps themselves on the benchmark MLPs."""
+def loop(graph, coeffs, const, bounds, input_set, sides, alphas, betas, iterations, lr_alpha, lr_beta, decay,
+         threshold, best):
+    """All projected Adam steps on the slopes and multipliers (ascent on the summed row bounds) as one
+    `tf.while_loop`, stopping once every row's bound exceeds `threshold`: `(best lower [B, R] over the iterates
+    and `best`, alphas, betas)`. Plain TensorFlow: for compiled programs (`_program`, the branch and bound's
+    batch step)."""
     last = len(graph.nodes) - 1
 
-    def step(coeffs, const, bounds, input_set, sides, alphas, betas, moments, t, lr_alpha, lr_beta):
+    def step(alphas, betas, moments, t, lr_a, lr_b):
         with tf.GradientTape() as tape:
             tape.watch([alphas, betas])
             offsets = {pre: -betas[pre] * sides[pre][:, None] for pre in betas}
@@ -70,29 +71,37 @@ def _program(graph, kind):
         grad_a, grad_b = tape.gradient(objective, [alphas, betas])
         new_a, new_b, new_m = {}, {}, {}
         for n, a in alphas.items():
-            a, *new_m[n] = _adam(a, grad_a[n], *moments[n], t, lr_alpha)
+            a, *new_m[n] = _adam(a, grad_a[n], *moments[n], t, lr_a)
             new_a[n] = tf.clip_by_value(a, graph.nodes[n].slope, 1.0)
         for pre, b in betas.items():
-            b, *new_m[pre] = _adam(b, grad_b[pre], *moments[pre], t, lr_beta)
+            b, *new_m[pre] = _adam(b, grad_b[pre], *moments[pre], t, lr_b)
             new_b[pre] = tf.maximum(b, 0.0)
         return lower, new_a, new_b, new_m
 
+    moments = {n: [tf.zeros_like(v), tf.zeros_like(v)] for n, v in [*alphas.items(), *betas.items()]}
+
+    def more(t, best, *_):  # every row proved: later steps cannot matter
+        return (t <= iterations) & tf.logical_not(tf.reduce_all(best > threshold))
+
+    def body(t, best, alphas, betas, moments, lr_a, lr_b):
+        lower, alphas, betas, moments = step(alphas, betas, moments, t, lr_a, lr_b)
+        return t + 1.0, tf.maximum(best, lower), alphas, betas, moments, lr_a * decay, lr_b * decay
+
+    _, best, alphas, betas, _, _, _ = tf.while_loop(
+        more, body, [tf.constant(1.0), best, alphas, betas, moments, lr_alpha, lr_beta])
+    return best, alphas, betas
+
+
+def _program(graph, kind):
+    """`loop` compiled: one call per batch of subdomains (a call per step spent more time in TensorFlow's
+    argument handling (the nested slopes, bounds, moments) than in the steps themselves on the benchmark MLPs)."""
+    last = len(graph.nodes) - 1
+
     def run(coeffs, const, bounds, input_set, sides, alphas, betas, iterations, lr_alpha, lr_beta, decay,
             threshold):
-        moments = {n: [tf.zeros_like(v), tf.zeros_like(v)] for n, v in [*alphas.items(), *betas.items()]}
         best = tf.fill(tf.shape(const), -float("inf"))
-
-        def more(t, best, *_):  # every row proved: later steps cannot matter
-            return (t <= iterations) & tf.logical_not(tf.reduce_all(best > threshold))
-
-        def body(t, best, alphas, betas, moments, lr_a, lr_b):
-            lower, alphas, betas, moments = step(coeffs, const, bounds, input_set, sides, alphas, betas, moments,
-                                                 t, lr_a, lr_b)
-            return t + 1.0, tf.maximum(best, lower), alphas, betas, moments, lr_a * decay, lr_b * decay
-
-        _, best, alphas, betas, _, _, _ = tf.while_loop(
-            more, body, [tf.constant(1.0), best, alphas, betas, moments, lr_alpha, lr_beta])
-        return best, alphas, betas
+        return loop(graph, coeffs, const, bounds, input_set, sides, alphas, betas, iterations, lr_alpha, lr_beta,
+                    decay, threshold, best)
 
     # a loop, not unrolled steps: XLA compiles it in about a second per batch shape (unrolled steps took ~7 s)
     return graph.program(("beta-loop", kind), run, jit=bd.use_xla(graph, last), reduce_retracing=True)
