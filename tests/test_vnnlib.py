@@ -86,6 +86,34 @@ def test_decisions_agree_with_the_exact_milp(tmp_path):
     assert decided["sat"] and decided["unsat"]  # both answers were exercised
 
 
+def test_output_diversified_starts_reach_a_counterexample_behind_an_inactive_unit():
+    """The unsafe corner sits behind a unit inactive everywhere the attack starts (the margin's gradient is 0
+    there, so margin descent never moves): margin descent alone finds nothing, the output-diversified starts
+    (a random output direction also ascends the third output, a unit on the same inputs) reach it; the
+    counterexample is checked by a NumPy forward pass."""
+    import keras
+
+    d = 32
+    w1 = np.ones((d, 2), np.float32)
+    b1 = np.array([-0.9 * d, 0.0], np.float32)  # unit 0 is active only where sum(x) > 0.9 d
+    w2 = np.array([[0.0, 3.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    b2 = np.array([1.0, 0.0, 0.0], np.float32)  # Y_0 = 1, Y_1 = 3 relu(sum(x) - 0.9 d), Y_2 = sum(x)
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(2, activation="relu"), keras.layers.Dense(3)])
+    model.layers[0].set_weights([w1, b1])
+    model.layers[1].set_weights([w2, b2])
+    gm = tfgeom.GeometryModel(model, bounds=(0.0, 1.0))
+    text = "\n".join([f"(declare-const X_{i} Real)" for i in range(d)]
+                     + [f"(declare-const Y_{j} Real)" for j in range(3)]
+                     + [f"(assert (<= X_{i} 1.0)) (assert (>= X_{i} 0.0))" for i in range(d)]
+                     + ["(assert (or (and (>= Y_1 Y_0))))"])
+    prop = vnnlib.parse(text=text)
+    assert properties.attack(gm, prop, restarts=4) is None  # no diversified start among the first four
+    x, _ = properties.attack(gm, prop, restarts=8)  # restarts 4-7 start from diversified points
+    y = np.maximum(x.reshape(-1) @ w1 + b1, 0) @ w2 + b2
+    assert np.all((x >= 0) & (x <= 1)) and y[1] >= y[0], y
+    assert properties.decide(gm, prop, timeout=30).verdict == "sat"
+
+
 def test_vnncomp_command_writes_results_and_resumes(tmp_path):
     """`tfgeom vnncomp instances.csv`: one row per instance in the competition's format, counterexamples in its
     format, checked by ONNX Runtime; --resume skips what is there; a missing file is one line."""
