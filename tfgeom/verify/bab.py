@@ -190,8 +190,8 @@ def _flat_states(relus, alphas, betas):
 
 
 def _step_program(problem, candidates):
-    """One batch of beta-CROWN subdomains on fixed node bounds in one compiled program (the XLA-fused loop the
-    host used to drive step by step): clamp the root's bounds by the splits, CROWN's bound and its gradients,
+    """One batch of beta-CROWN subdomains on fixed node bounds in one compiled program (under XLA where the
+    graph allows, `crown.use_xla`): clamp the root's bounds by the splits, CROWN's bound and its gradients,
     beta-CROWN's Adam loop from the inherited slopes and multipliers, and filtered smart branching (the
     `candidates` best-scored units, both children of each bounded once with the parent's final slopes and
     multipliers; the unit whose worse child is higher wins). Host round trips per batch: one."""
@@ -243,9 +243,8 @@ def _step_program(problem, candidates):
         choice = tf.where((values[:, 0] >= 0) & ~proved, choice, -1)
         return lower, empty, choice, corners, states  # to float16 on the host: oneDNN logs an error line otherwise
 
-    import os
     return graph.program(("bab-step", problem.input_set(1).kind, candidates), run,
-                         jit=bd.use_xla(graph, last) and not os.environ.get("NOJIT"), reduce_retracing=True)
+                         jit=bd.use_xla(graph, last), reduce_retracing=True)
 
 
 class _Problem:
