@@ -115,16 +115,15 @@ def _program(graph, kind):
                          reduce_retracing=True)  # batches of 1, 2, 4, ... subdomains
 
 
+def _clamp(l, u, side):
+    """`(l, u)` with the split units clamped: `l >= 0` where active (`side` +1), `u <= 0` where inactive (-1)."""
+    return tf.where(side > 0, tf.maximum(l, 0.0), l), tf.where(side < 0, tf.minimum(u, 0.0), u)
+
+
 def _clamped(bounds, sides):
-    """The node bounds `[(l, u)]` with each split unit's clamped: `l >= 0` where active (+1), `u <= 0` where
-    inactive (-1); `sides`: `{pre-activation node: [B, *shape]}`."""
-    out = []
-    for n, (l, u) in enumerate(bounds):
-        if n in sides:
-            side = sides[n]
-            l, u = tf.where(side > 0, tf.maximum(l, 0.0), l), tf.where(side < 0, tf.minimum(u, 0.0), u)
-        out.append((l, u))
-    return out
+    """Every node's `(l, u)` with its split units clamped (`_clamp`); `sides`: `{pre-activation node:
+    [B, *shape]}`."""
+    return [_clamp(l, u, sides[n]) if n in sides else (l, u) for n, (l, u) in enumerate(bounds)]
 
 
 def _scores(l, u, g_lo, g_up):
@@ -335,19 +334,24 @@ class _Problem:
         else:  # a plain graph: shapes generalise after the second trace
             pad = count
         flat = np.stack(splits + [splits[-1]] * (pad - count))
-        none = np.zeros((len(self.coeffs), 2 * self.units), np.float16)
-        states = list(states) + [states[-1]] * (pad - count)
-        have = np.array([s is not None for s in states])
-        kept = np.stack([none if s is None else s for s in states]).astype(np.float32)
+        kept, have = self._kept(states, pad)
         if self._reference is None:
             self._reference = tuple(tuple(tf.constant(v) for v in b) for b in self.reference)
         program = _step_program(self, min(candidates, self.units))
-        out = program(tf.constant(flat), tf.constant(kept), tf.constant(have), self._reference,
+        out = program(tf.constant(flat), kept, have, self._reference,
                       tf.constant(self.coeffs), tf.constant(self.const), self.input_set(pad),
                       tf.constant(self.guard, tf.float32), tf.constant(float(self.beta.iterations)),
                       tf.constant(self.beta.lr_alpha), tf.constant(self.beta.lr_beta), tf.constant(self.beta.decay))
         lower, empty, choices, corners, states = (np.asarray(t)[:count] for t in out)
         return Step(lower, empty, choices, corners, states.astype(np.float16), lambda i: self.node_bounds(splits[i]))
+
+    def _kept(self, states, pad):
+        """`(kept [pad, R, 2 units] float32, have [pad] bool)` tensors of a batch's inherited states (`_inherited`;
+        None entries: zeros, not had), padded with the last one."""
+        states = list(states) + [states[-1]] * (pad - len(states))
+        none = np.zeros((len(self.coeffs), 2 * self.units), np.float16)
+        kept = np.stack([none if s is None else s for s in states]).astype(np.float32)
+        return tf.constant(kept), tf.constant([s is not None for s in states])
 
     def _step_in_parts(self, splits, states, candidates):
         lower, node_bounds, grads, (direction, low, high), states = self.bound(splits, states)
@@ -380,7 +384,7 @@ class _Problem:
         def constrain(n, l, u):
             if self.reference is not None:
                 l, u = tf.maximum(l, self.reference[n][0]), tf.minimum(u, self.reference[n][1])
-            return _clamped([(l, u)], {0: stacked[n]})[0] if n in stacked else (l, u)
+            return _clamp(l, u, stacked[n]) if n in stacked else (l, u)
 
         input_set = self.input_set(pad)
         if self.fixed:  # beta-CROWN's usual setting: the multipliers carry the splits to the final bound
@@ -410,10 +414,7 @@ class _Problem:
         `start`'s layout, or None: CROWN's slopes, 0)."""
         if bool(tf.reduce_all(lower[:count] > self.guard)):
             return lower, [None] * count
-        states = states + [states[-1]] * (int(lower.shape[0]) - len(states))
-        none = np.zeros((self.coeffs.shape[0], 2 * self.units), np.float16)
-        have = tf.constant([s is not None for s in states])
-        kept = tf.constant(np.stack([none if s is None else s for s in states]).astype(np.float32))
+        kept, have = self._kept(states, int(lower.shape[0]))
         alphas, betas = _inherited(self.graph, self.relus, self.start, bounds, kept, have)
         better, alphas, betas = beta_crown.optimise(self.graph, input_set, coeffs, const, bounds, stacked, alphas,
                                                     betas, self.beta, self.guard)
