@@ -33,6 +33,19 @@ class ProgramCache(dict):
         return self[key]
 
 
+class ProgramFunction:
+    """A program's Python function as its own object, for `tf.function`: TensorFlow's retracing warning counts
+    traces per function *code*, so the programs one closure builds (one per model, target node, row chunk,
+    ...), each traced once or twice, would add up to a false "excessive retracing"; wrapped, each program is
+    counted on its own."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
 def expand_like(v, x):
     """`[S]` -> `[S, 1, ..., 1]` broadcastable against `x [S, ...]`."""
     return tf.reshape(v, tf.concat([tf.shape(v), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
@@ -90,7 +103,8 @@ class Runtime:
             build: `() -> python function` building the program.
             input_signature: list of `tf.TensorSpec` (fixed: no retracing per batch size).
         """
-        return self.programs.get_or_build(key, lambda: tf.function(build(), input_signature=input_signature))
+        return self.programs.get_or_build(
+            key, lambda: tf.function(ProgramFunction(build()), input_signature=input_signature))
 
     def batches(self, n, batch_size=None):
         """Slices covering `range(n)` in batches of `batch_size` (default: the runtime's)."""

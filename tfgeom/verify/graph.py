@@ -32,7 +32,7 @@ from tfgeom.verify import patches
 from tfgeom.errors import ModelError
 from tfgeom.runtime.heads import is_functional, producer, strip_softmax
 from tfgeom.runtime.layers import AVERAGE, IDENTITY, MAXPOOL
-from tfgeom.runtime.programs import ProgramCache
+from tfgeom.runtime.programs import ProgramCache, ProgramFunction
 from tfgeom.verify.operators import Add, Affine, Concatenate, Input, MaxPool, ReLU, Smooth, SShaped, ThresholdReLU
 
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "silu", "swish", "elu",
@@ -64,7 +64,7 @@ class LayerGraph(NamedTuple):
     def program(self, key, fn, jit=False, reduce_retracing=False):
         """`fn` compiled once as a TensorFlow graph (XLA with `jit`) and cached under `key` in `programs`."""
         return self.programs.get_or_build(
-            key, lambda: tf.function(_Program(fn), jit_compile=jit, autograph=False,
+            key, lambda: tf.function(ProgramFunction(fn), jit_compile=jit, autograph=False,
                                      reduce_retracing=reduce_retracing))
 
     def counts(self):
@@ -79,18 +79,6 @@ class LayerGraph(NamedTuple):
     def piecewise_linear(self):
         """Whether every operator is piecewise linear (ReLU-type, max-pooling, affine)."""
         return all(node.piecewise_linear for node in self.nodes)
-
-
-class _Program:
-    """A program's function as its own object: TensorFlow's retracing warning counts traces per function
-    *code*, so the programs one closure builds (one per target node, row chunk, ...), each traced once or
-    twice, would add up to a false "excessive retracing"; wrapped, each program is counted on its own."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, *args):
-        return self.fn(*args)
 
 
 def _vjp_transpose(linear, in_shape):
