@@ -135,7 +135,7 @@ def _slope_bytes(graph, nb, targets):
     return sum(4 * nb * rows * graph.nodes[n].size for target, rows in targets.items() for n in _relus(graph, target))
 
 
-def optimise(graph, input_set, coeffs, const, settings=Settings(), memory=bd.MEMORY):
+def optimise(graph, input_set, coeffs, const, settings=Settings(), memory=bd.MEMORY, constrain=None):
     """alpha-CROWN lower bounds of `coeffs @ z + const` over the input set, `z` the features (the last node).
 
     Args:
@@ -147,7 +147,7 @@ def optimise(graph, input_set, coeffs, const, settings=Settings(), memory=bd.MEM
         (CROWN's at worst) and the tightest `(l, u)` of every node seen.
     """
     refined = {}
-    reference = bd.crown_bounds(graph, input_set, memory, refined)
+    reference = bd.crown_bounds(graph, input_set, memory, refined, constrain)
     # few distinct shapes, few compilations: pad each index list to a power of two (repeats are harmless)
     refined = {n: tf.gather(idx, tf.minimum(tf.range(1 << (int(idx.shape[0]) - 1).bit_length()), idx.shape[0] - 1))
                for n, idx in refined.items()}

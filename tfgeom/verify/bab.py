@@ -57,7 +57,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgeom.runtime.resources import memory_budget
-from tfgeom.verify import alpha_crown, beta_crown, milp
+from tfgeom.verify import alpha_crown, beta_crown, milp, refine
 from tfgeom.verify import crown as bd
 from tfgeom.verify.operators import ReLU
 from tfgeom.verify.sets import LinfBall, ball
@@ -285,13 +285,41 @@ class _Problem:
         with `beta` the subdomains' bounds are beta-CROWN's. `fixed`: the subdomains keep the root's node
         bounds (only their split units clamped) instead of recomputing them by CROWN. `batch`: the search's
         batch size (the fused program's one shape, `step`)."""
-        lower, bounds = alpha_crown.optimise(self.graph, self.input_set(1), tf.constant(self.coeffs[None]),
-                                             tf.constant(self.const[None]))
-        self.reference = [(np.asarray(l), np.asarray(u)) for l, u in bounds]
+        lower = self._alpha_crown()
         self.beta, self.fixed, self.batch = beta, fixed, batch or BATCHES[0]
         if beta is not None and bd.use_xla(self.graph, len(self.graph.nodes) - 1):
             self.pad_to = min(batch or MIN_PAD, MIN_PAD)
+        return lower
+
+    def _alpha_crown(self, refined=None):
+        """alpha-CROWN over the whole input set, with the nodes of `refined` (`{node: (l, u)}`) kept within those
+        bounds: the rows' `[R]` lower bounds; sets `reference`."""
+        constrain = None
+        if refined:
+            kept = {n: tuple(tf.constant(v) for v in b) for n, b in refined.items()}
+
+            def constrain(n, l, u):
+                return (tf.maximum(l, kept[n][0]), tf.minimum(u, kept[n][1])) if n in kept else (l, u)
+
+        lower, bounds = alpha_crown.optimise(self.graph, self.input_set(1), tf.constant(self.coeffs[None]),
+                                             tf.constant(self.const[None]), constrain=constrain)
+        self.reference = [(np.asarray(l), np.asarray(u)) for l, u in bounds]
         return np.asarray(lower)[0]
+
+    def refine(self, settings, until):
+        """Tighten the root's node bounds layer by layer (`tfgeom.verify.refine`: each hidden layer after the
+        first, its unstable units bounded over the sign patterns of the earlier units that matter most to them),
+        alpha-CROWN again after each layer, while `time.perf_counter()` is before `until`: the rows' `[R]` lower
+        bounds, or None when nothing was refined."""
+        refined, lower = {}, None
+        for target in list(self.relus)[1:]:
+            if time.perf_counter() >= until:
+                break
+            refined[target] = refine.refine_node(self.graph, self.input_set(1), self.reference, target, settings)
+            lower = self._alpha_crown(refined)
+            if (lower > self.guard).all():
+                break
+        return lower
 
     def restricted(self, row):
         """The same problem on row `row` alone, sharing the root's node bounds and settings."""
@@ -542,7 +570,7 @@ def batch_size(problem, rows=None):
 
 
 def verify(gm, x, eps, cls, time_limit=60.0, batch=None, max_domains=100_000, scale=1.0, box=None, rows=None,
-           beta=beta_crown.Settings(), fixed=True, candidates=3, separate=True):
+           beta=beta_crown.Settings(), fixed=True, candidates=3, separate=True, refinement=None, refine_share=0.5):
     """Branch and bound on the L-inf ball of radius `eps` around `x` (one example) for class `cls`.
 
     Args:
@@ -569,6 +597,10 @@ def verify(gm, x, eps, cls, time_limit=60.0, batch=None, max_domains=100_000, sc
             root's node bounds), instead of one search over all rows: the rows are a conjunction, each
             subdomain then carries one row instead of all of them (the bounds' cost grows with the rows), and
             the branching serves that row alone, as the reference verifier does with robustness margins.
+        refinement: with beta-CROWN on fixed bounds, when the root leaves a row unproved: `refine.Settings` to
+            tighten the root's node bounds layer by layer before branching (`_Problem.refine`), False not to;
+            None: on networks without convolutions (each sign pattern's pass is cheap there).
+        refine_share: the share of `time_limit` after which no further layer is refined.
 
     Returns:
         A `Verdict` (`"certified"`: every row positive over the set; `"counterexample"`: an input of the set
@@ -580,6 +612,11 @@ def verify(gm, x, eps, cls, time_limit=60.0, batch=None, max_domains=100_000, sc
         return _search(problem, start, time_limit, batch or BATCHES[0], max_domains, candidates)
     batch = batch or batch_size(problem, 1 if separate else None)
     lower = problem.root(beta, fixed, batch)
+    if refinement is None:  # MLPs: each pattern's pass is cheap there (through convolutions it is not)
+        refinement = refine.Settings() if bd.use_xla(problem.graph, len(problem.graph.nodes) - 1) else False
+    if refinement and fixed and (lower <= problem.guard).any():
+        better = problem.refine(refinement, start + refine_share * time_limit)
+        lower = lower if better is None else np.maximum(lower, better)
     unproved = [int(r) for r in np.argsort(-lower, kind="stable") if lower[r] <= problem.guard]
     if not unproved:
         return Verdict("certified", None, 0, time.perf_counter() - start, float("inf"))

@@ -55,12 +55,12 @@ def _adam(x, g, m, v, t, lr):
 
 
 def loop(graph, coeffs, const, bounds, input_set, sides, alphas, betas, iterations, lr_alpha, lr_beta, decay,
-         threshold, best):
+         threshold, best, target=None):
     """All projected Adam steps on the slopes and multipliers (ascent on the summed row bounds) as one
     `tf.while_loop`, stopping once every row's bound exceeds `threshold`: `(best lower [B, R] over the iterates
-    and `best`, alphas, betas)`. Plain TensorFlow: for compiled programs (`_program`, the branch and bound's
-    batch step)."""
-    last = len(graph.nodes) - 1
+    and `best`, alphas, betas)`. `target`: the node the rows bound (None: the last). Plain TensorFlow: for
+    compiled programs (`_program`, the branch and bound's batch step, `tfgeom.verify.refine`)."""
+    last = len(graph.nodes) - 1 if target is None else target
 
     def step(alphas, betas, moments, t, lr_a, lr_b):
         with tf.GradientTape() as tape:
