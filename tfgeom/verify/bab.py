@@ -90,12 +90,6 @@ class Verdict(NamedTuple):
     lower: float
 
 
-def _relu_inputs(graph):
-    """`{pre-activation node: ReLU node}` of the graph's (plain) ReLUs."""
-    return {node.inputs[0]: n for n, node in enumerate(graph.nodes)
-            if isinstance(node, ReLU) and not node.slope}
-
-
 def _crown_with_grads(graph, coeffs, const, bounds, input_set, threshold):
     """The rows' CROWN bound `[B, R]` with its gradients w.r.t. the node bounds (the branching scores) and the box
     (the corners that minimise the linear bound); only rows below `threshold` count in the gradients."""
@@ -124,14 +118,6 @@ def _clamped(bounds, sides):
     """Every node's `(l, u)` with its split units clamped (`_clamp`); `sides`: `{pre-activation node:
     [B, *shape]}`."""
     return [_clamp(l, u, sides[n]) if n in sides else (l, u) for n, (l, u) in enumerate(bounds)]
-
-
-def _scores(l, u, g_lo, g_up):
-    """`[B, K]` branching scores of units with bounds `l, u` and bound gradients `g_lo, g_up` (all `[B, K]`):
-    `|g_l| (-l) + |g_u| u` (a first-order estimate of what fixing the unit gains, in the spirit of BaBSR's
-    intercept scores), ties broken by `min(u, -l)`; -1 for stable units."""
-    gain = tf.abs(g_lo) * (-l) + tf.abs(g_up) * u
-    return tf.where((l < 0) & (u > 0), gain + 1e-6 * tf.minimum(u, -l), -1.0)
 
 
 class Step(NamedTuple):
@@ -218,8 +204,8 @@ def _step_program(problem, candidates):
         for l, u in bounds:
             empty |= tf.reduce_any(tf.reshape(l > u, [count, -1]), axis=1)
         flat_of = lambda t: tf.reshape(t, [count, -1])  # noqa: E731
-        scores = tf.concat([_scores(flat_of(bounds[pre][0]), flat_of(bounds[pre][1]), flat_of(grads[pre][0]),
-                                    flat_of(grads[pre][1])) for pre in relus], axis=1)
+        scores = tf.concat([refine.scores(flat_of(bounds[pre][0]), flat_of(bounds[pre][1]), flat_of(grads[pre][0]),
+                                          flat_of(grads[pre][1])) for pre in relus], axis=1)
         values, top = tf.math.top_k(scores, candidates)  # equal scores: the lower unit first
         choice = top[:, 0]
         if candidates > 1:
@@ -264,7 +250,7 @@ class _Problem:
         self.const = self.rows[0] @ b - self.rows[1]
         self.box = None if box is None else tuple(np.asarray(v, np.float32).reshape(x.shape) for v in box)
         self.guard = guard(scale)
-        self.relus = _relu_inputs(self.graph)
+        self.relus = refine.relu_inputs(self.graph)
         # a subdomain's splits: one flat int8 array over every ReLU's units (+1 active, -1 inactive, 0 free);
         # `start[n]` is where pre-activation node n's units begin
         self.start, units = {}, 0
@@ -542,14 +528,14 @@ def _children_program(graph):
 
 
 def _ranked(node_bounds, grads, relus, examples, count):
-    """Per subdomain of `examples` (indices), the `count` unstable units with the best `_scores`, best first:
+    """Per subdomain of `examples` (indices), the `count` unstable units with the best `refine.scores`, best first:
     `[[(node, flat index)]]` (all subdomains' scores at once)."""
     if not len(examples):
         return []
     scores, owners = [], []
     for n in relus:
         l, u, g_lo, g_up = (np.asarray(t)[examples].reshape(len(examples), -1) for t in (*node_bounds[n], *grads[n]))
-        scores.append(np.asarray(_scores(l, u, g_lo, g_up)))
+        scores.append(np.asarray(refine.scores(l, u, g_lo, g_up)))
         owners += [(n, k) for k in range(l.shape[1])]
     scores = np.concatenate(scores, axis=1)
     count = min(count, scores.shape[1])

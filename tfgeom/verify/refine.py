@@ -54,6 +54,15 @@ def relu_inputs(graph):
     return {node.inputs[0]: n for n, node in enumerate(graph.nodes) if isinstance(node, ReLU) and not node.slope}
 
 
+def scores(l, u, g_lo, g_up):
+    """`[B, K]` scores of units with bounds `l, u` and bound gradients `g_lo, g_up` (all `[B, K]`), used to choose
+    the units to split here and in branch and bound (`tfgeom.verify.bab`):
+    `|g_l| (-l) + |g_u| u` (a first-order estimate of what fixing the unit gains, in the spirit of BaBSR's
+    intercept scores), ties broken by `min(u, -l)`; -1 for stable units."""
+    gain = tf.abs(g_lo) * (-l) + tf.abs(g_up) * u
+    return tf.where((l < 0) & (u > 0), gain + 1e-6 * tf.minimum(u, -l), -1.0)
+
+
 def _repeat_set(input_set, count):
     return type(input_set)(*[tf.repeat(t, count, axis=0) for t in input_set])
 
@@ -66,8 +75,6 @@ def _unit_rows(node, idx):
 
 def _scores_program(graph, target, earlier):
     """`[K, units of earlier nodes]` branching scores of every earlier unstable unit for each target unit."""
-    from tfgeom.verify.bab import _scores  # the branch and bound's score, one definition
-
     def run(rows, bounds, input_set):
         with tf.GradientTape() as tape:
             tape.watch(bounds)
@@ -75,7 +82,7 @@ def _scores_program(graph, target, earlier):
             objective = tf.reduce_sum(lower)
         grads = tape.gradient(objective, bounds)
         flat = lambda t: tf.reshape(t, [tf.shape(rows)[0], -1])  # noqa: E731
-        return tf.concat([_scores(flat(bounds[p][0]), flat(bounds[p][1]), flat(grads[p][0]), flat(grads[p][1]))
+        return tf.concat([scores(flat(bounds[p][0]), flat(bounds[p][1]), flat(grads[p][0]), flat(grads[p][1]))
                           for p in earlier], axis=1)
 
     return graph.program(("refine-scores", target, tuple(earlier)), run, jit=bd.use_xla(graph, target),
@@ -143,11 +150,11 @@ def refine_node(graph, input_set, bounds, target, settings=Settings(), memory=No
     k = len(idx)
     rows = _unit_rows(node, idx)
     repeated = tuple(tuple(tf.repeat(v, k, axis=0) for v in b) for b in prior)
-    scores = _scores_program(graph, target, earlier)(rows, repeated, _repeat_set(input_set, k)).numpy()
-    splits = min(settings.splits, int((scores[0] >= 0).sum()))
-    chosen = np.argsort(-scores, axis=1, kind="stable")[:, :splits]  # [K, splits] flat over the earlier units
+    score = _scores_program(graph, target, earlier)(rows, repeated, _repeat_set(input_set, k)).numpy()
+    splits = min(settings.splits, int((score[0] >= 0).sum()))
+    chosen = np.argsort(-score, axis=1, kind="stable")[:, :splits]  # [K, splits] flat over the earlier units
     patterns = _patterns(splits)  # [P, splits]
-    width = scores.shape[1]
+    width = score.shape[1]
     per = 4 * 16 * sum(int(np.prod(graph.nodes[n].shape)) for n in range(target + 1)) * 2  # ~16 copies per row
     chunk = max(1, int((memory or memory_budget() // 8) // per // len(patterns)))  # units per batch
     program = _bound_program(graph, target, earlier)
