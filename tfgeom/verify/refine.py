@@ -42,7 +42,7 @@ class Settings(NamedTuple):
         decay: learning rate factor per step.
     """
 
-    splits: int = 6
+    splits: int = 8
     iterations: int = 30
     lr_alpha: float = 0.2
     lr_beta: float = 0.2
