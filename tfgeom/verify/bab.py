@@ -13,6 +13,13 @@ the slopes, warm-started from the parent subdomain); otherwise (`beta=None`
 or `fixed=False`) CROWN recomputes every later node's bounds from the
 clamped ones, so every later bound tightens too, at a much higher cost.
 
+On networks without convolutions, when the root leaves a row unproved, the
+root's node bounds are first refined layer by layer (`tfgeom.verify.refine`:
+each hidden unit bounded over the sign patterns of the earlier units that
+matter most to it, alpha-CROWN again after each layer) for at most half of
+the time limit: on VNN-COMP 2022's deep MNIST MLPs the root's bounds, not
+the search's speed, were what left instances undecided.
+
 With beta-CROWN, every row the root leaves unproved gets a search of its own
 (`separate`, easiest first, all sharing the root's node bounds): the rows are
 a conjunction, so each subdomain carries one row instead of all of them.

@@ -12,8 +12,10 @@ reaches its unsafe outputs (`tfgeom.verify.vnnlib`):
    forward pass is a counterexample: `sat`.
 2. **Bound propagation** over the whole box: CROWN (forward pre-activation
    bounds) on every row; all positive (above the rounding guard): `unsat`.
-3. **Branch and bound** (`tfgeom.verify.bab`: alpha-CROWN at the root,
-   beta-CROWN in the subdomains, ReLU splits, exact LPs at the leaves) for
+3. **Branch and bound** (`tfgeom.verify.bab`: alpha-CROWN at the root, on
+   MLPs its intermediate bounds refined over sign patterns
+   (`tfgeom.verify.refine`), beta-CROWN in the subdomains, ReLU splits,
+   exact LPs at the leaves) for
    what is left of the time: `unsat`, `sat` (its counterexample checked again
    by a forward pass) or `timeout`.
 
