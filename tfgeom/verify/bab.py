@@ -66,7 +66,6 @@ import tensorflow as tf
 from tfgeom.runtime.resources import memory_budget
 from tfgeom.verify import alpha_crown, beta_crown, milp, refine
 from tfgeom.verify import crown as bd
-from tfgeom.verify.operators import ReLU
 from tfgeom.verify.sets import LinfBall, ball
 
 TOLERANCE = 1e-6  # a forward margin below -TOLERANCE * scale is a counterexample
