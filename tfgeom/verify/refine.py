@@ -8,9 +8,9 @@ third's 25-80. The reference verifier tightens them before branching by a MILP p
 mode, Gurobi on 32 processes); on two cores a full MILP per unit is out of reach (docs/choices.md).
 
 This module gets most of that gain with the bound propagation itself. For each unstable unit `i` of a
-target pre-activation node, the `splits` earlier unstable units that matter most to it (BaBSR-like
-scores, `tfgeom.verify.bab`: the gradient of its CROWN bounds with respect to their pre-activation bounds
-times their width) are split both ways, all `2^splits` sign patterns at once, and each pattern's lower and
+target pre-activation node, the `splits` earlier unstable units that matter most to it (`scores`, the
+BaBSR-like score branch and bound also uses: the gradient of its CROWN bounds with respect to their
+pre-activation bounds times their width) are split both ways, all `2^splits` sign patterns at once, and each pattern's lower and
 upper bound of `z_i` is beta-CROWN's (`tfgeom.verify.beta_crown`: the splits' multipliers and the slopes
 optimised together). The patterns cover the input box, so
 
@@ -18,7 +18,7 @@ optimised together). The patterns cover the input box, so
 
 are valid bounds of `z_i`, intersected with the old ones. It is the partial MILP with `splits` binaries per
 unit (each pattern's beta-CROWN bound converges to that pattern's LP), solved by enumeration in one batched
-program instead of a solver's search per unit. Measured on 256x4 `prop_5_0.05` (docs/benchmarks.md).
+program instead of a solver's search per unit. Settings and measurements: docs/choices.md, docs/benchmarks.md.
 """
 from typing import NamedTuple
 
