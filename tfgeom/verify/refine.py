@@ -3,8 +3,8 @@
 Branch and bound with beta-CROWN on fixed node bounds (`tfgeom.verify.bab`) keeps the root's alpha-CROWN
 bounds of every hidden unit in all its subdomains. On deep MLPs those bounds are the weak point: alpha-CROWN
 reaches the single-neuron LP relaxation (Salman et al. 2019), and on VNN-COMP 2022's 4- and 6-layer MNIST
-MLPs at `eps = 0.05` the relaxation of the first hidden layer leaves the second layer's units ~12 wide, the
-third's 25-80. The reference verifier tightens them before branching by a MILP per unit (its `bab-refine`
+MLPs at `eps = 0.05` the relaxation of the first hidden layer leaves the second layer's unstable units 12 to
+15 wide on average, the deeper layers' 25 to 83. The reference verifier tightens them before branching by a MILP per unit (its `bab-refine`
 mode, Gurobi on 32 processes); on two cores a full MILP per unit is out of reach (docs/choices.md).
 
 This module gets most of that gain with the bound propagation itself. For each unstable unit `i` of a
