@@ -4,15 +4,16 @@ Branch and bound with beta-CROWN on fixed node bounds (`tfgeom.verify.bab`) keep
 bounds of every hidden unit in all its subdomains. On deep MLPs those bounds are the weak point: alpha-CROWN
 reaches the single-neuron LP relaxation (Salman et al. 2019), and on VNN-COMP 2022's 4- and 6-layer MNIST
 MLPs at `eps = 0.05` the relaxation of the first hidden layer leaves the second layer's unstable units 12 to
-15 wide on average, the deeper layers' 25 to 83. The reference verifier tightens them before branching by a MILP per unit (its `bab-refine`
-mode, Gurobi on 32 processes); on two cores a full MILP per unit is out of reach (docs/choices.md).
+15 wide on average, the deeper layers' 25 to 83. The reference verifier tightens them before branching by a
+MILP per unit (its `bab-refine` mode, Gurobi on 32 processes); on two cores a full MILP per unit is out of
+reach (docs/choices.md).
 
 This module gets most of that gain with the bound propagation itself. For each unstable unit `i` of a
 target pre-activation node, the `splits` earlier unstable units that matter most to it (`scores`, the
 BaBSR-like score branch and bound also uses: the gradient of its CROWN bounds with respect to their
-pre-activation bounds times their width) are split both ways, all `2^splits` sign patterns at once, and each pattern's lower and
-upper bound of `z_i` is beta-CROWN's (`tfgeom.verify.beta_crown`: the splits' multipliers and the slopes
-optimised together). The patterns cover the input box, so
+pre-activation bounds times their width) are split both ways, all `2^splits` sign patterns at once, and
+each pattern's lower and upper bound of `z_i` is beta-CROWN's (`tfgeom.verify.beta_crown`: the splits'
+multipliers and the slopes optimised together). The patterns cover the input box, so
 
     l_i' = min over patterns of the pattern's lower bound,   u_i' = max over patterns of its upper bound
 
@@ -146,17 +147,23 @@ def refine_node(graph, input_set, bounds, target, settings=Settings(), memory=No
         return bounds[target]
     node = graph.nodes[target]
     prior = tuple(tuple(tf.constant(v) for v in b) for b in bounds[:target])
-    # scores: one batch element per unit, both rows
     k = len(idx)
     rows = _unit_rows(node, idx)
-    repeated = tuple(tuple(tf.repeat(v, k, axis=0) for v in b) for b in prior)
-    score = _scores_program(graph, target, earlier)(rows, repeated, _repeat_set(input_set, k)).numpy()
+    per = 4 * 16 * sum(int(np.prod(graph.nodes[n].shape)) for n in range(target + 1)) * 2  # ~16 copies per row
+    budget = memory or memory_budget() // 8
+    # scores: one batch element per unit (both its rows), as many units per call as fit in the budget
+    step, parts = max(1, int(budget // per)), []
+    score_of = _scores_program(graph, target, earlier)
+    for i in range(0, k, step):
+        m = min(step, k - i)
+        repeated = tuple(tuple(tf.repeat(v, m, axis=0) for v in b) for b in prior)
+        parts.append(score_of(rows[i:i + m], repeated, _repeat_set(input_set, m)).numpy())
+    score = np.concatenate(parts)
     splits = min(settings.splits, int((score[0] >= 0).sum()))
     chosen = np.argsort(-score, axis=1, kind="stable")[:, :splits]  # [K, splits] flat over the earlier units
     patterns = _patterns(splits)  # [P, splits]
     width = score.shape[1]
-    per = 4 * 16 * sum(int(np.prod(graph.nodes[n].shape)) for n in range(target + 1)) * 2  # ~16 copies per row
-    chunk = max(1, int((memory or memory_budget() // 8) // per // len(patterns)))  # units per batch
+    chunk = max(1, int(budget // per // len(patterns)))  # units per batch of patterns
     program = _bound_program(graph, target, earlier)
     lows, highs = [], []
     for start in range(0, k, chunk):
