@@ -115,17 +115,6 @@ def _program(graph, kind):
                          reduce_retracing=True)  # batches of 1, 2, 4, ... subdomains
 
 
-def _clamp(l, u, side):
-    """`(l, u)` with the split units clamped: `l >= 0` where active (`side` +1), `u <= 0` where inactive (-1)."""
-    return tf.where(side > 0, tf.maximum(l, 0.0), l), tf.where(side < 0, tf.minimum(u, 0.0), u)
-
-
-def _clamped(bounds, sides):
-    """Every node's `(l, u)` with its split units clamped (`_clamp`); `sides`: `{pre-activation node:
-    [B, *shape]}`."""
-    return [_clamp(l, u, sides[n]) if n in sides else (l, u) for n, (l, u) in enumerate(bounds)]
-
-
 class Step(NamedTuple):
     """One batch of subdomains bounded and branched (`_Problem.step`).
 
@@ -196,7 +185,8 @@ def _step_program(problem, candidates):
         count, rows = tf.shape(flat)[0], coeffs.shape[0]
         signs = tf.cast(flat, tf.float32)
         sides = {pre: unflat(signs, pre, [count]) for pre in relus}
-        bounds = _clamped([tuple(tf.broadcast_to(v, [count, *v.shape[1:]]) for v in b) for b in reference], sides)
+        bounds = refine.clamped([tuple(tf.broadcast_to(v, [count, *v.shape[1:]]) for v in b) for b in reference],
+                                sides)
         bounds = tuple(bounds[:last])
         coeffs = tf.broadcast_to(coeffs[None], [count, *coeffs.shape])
         const = tf.broadcast_to(const[None], [count, rows])
@@ -220,7 +210,7 @@ def _step_program(problem, candidates):
             side = tf.tile(tf.constant([1.0, -1.0]), [count * candidates])
             children = tf.tensor_scatter_nd_update(tf.gather(signs, parent),
                                                    tf.stack([tf.range(tf.shape(parent)[0]), unit], 1), side)
-            child_bounds = _clamped([tuple(tf.gather(v, parent) for v in b) for b in bounds],
+            child_bounds = refine.clamped([tuple(tf.gather(v, parent) for v in b) for b in bounds],
                                     {pre: unflat(children, pre, [-1]) for pre in relus})
             # the parent's multipliers on the parent's splits (the new split's multiplier starts at 0)
             offsets = {pre: -tf.gather(betas[pre] * sides[pre][:, None], parent) for pre in relus}
@@ -386,7 +376,7 @@ class _Problem:
         """Every node's `(l, u)` in the subdomain `split` on the root's node bounds (fixed bounds)."""
         sides = {n: split[self.start[n]:self.start[n] + self.graph.nodes[n].size].reshape(
             1, *self.graph.nodes[n].shape) for n in self.relus}
-        return [(np.asarray(l)[0], np.asarray(u)[0]) for l, u in _clamped(self.reference, sides)]
+        return [(np.asarray(l)[0], np.asarray(u)[0]) for l, u in refine.clamped(self.reference, sides)]
 
     def bound(self, splits, states_in=None):
         """`(lower [B, R], bounds, grads, box grads, states)` of the subdomains `splits` (a list of flat split
@@ -404,12 +394,12 @@ class _Problem:
         def constrain(n, l, u):
             if self.reference is not None:
                 l, u = tf.maximum(l, self.reference[n][0]), tf.minimum(u, self.reference[n][1])
-            return _clamp(l, u, stacked[n]) if n in stacked else (l, u)
+            return refine.clamp(l, u, stacked[n]) if n in stacked else (l, u)
 
         input_set = self.input_set(pad)
         if self.fixed:  # beta-CROWN's usual setting: the multipliers carry the splits to the final bound
-            found = _clamped([tuple(tf.broadcast_to(v, [pad, *v.shape[1:]]) for v in b) for b in self.reference],
-                             stacked)
+            found = refine.clamped([tuple(tf.broadcast_to(v, [pad, *v.shape[1:]]) for v in b)
+                                    for b in self.reference], stacked)
         else:
             found = bd.crown_bounds(self.graph, input_set, constrain=constrain)
         last = len(self.graph.nodes) - 1

@@ -64,6 +64,17 @@ def scores(l, u, g_lo, g_up):
     return tf.where((l < 0) & (u > 0), gain + 1e-6 * tf.minimum(u, -l), -1.0)
 
 
+def clamp(l, u, side):
+    """`(l, u)` with the split units clamped: `l >= 0` where active (`side` +1), `u <= 0` where inactive (-1)."""
+    return tf.where(side > 0, tf.maximum(l, 0.0), l), tf.where(side < 0, tf.minimum(u, 0.0), u)
+
+
+def clamped(bounds, sides):
+    """Every node's `(l, u)` with its split units clamped (`clamp`); `sides`: `{pre-activation node:
+    [B, *shape]}`."""
+    return [clamp(l, u, sides[n]) if n in sides else (l, u) for n, (l, u) in enumerate(bounds)]
+
+
 def _repeat_set(input_set, count):
     return type(input_set)(*[tf.repeat(t, count, axis=0) for t in input_set])
 
@@ -101,17 +112,13 @@ def _bound_program(graph, target, earlier):
             node = graph.nodes[p]
             sides[p] = tf.reshape(sides_flat[:, offset:offset + node.size], [count, *node.shape])
             offset += node.size
-        clamped = []
-        for n, (l, u) in enumerate(bounds):
-            if n in sides:
-                l, u = tf.where(sides[n] > 0, tf.maximum(l, 0.0), l), tf.where(sides[n] < 0, tf.minimum(u, 0.0), u)
-            clamped.append((l, u))
-        alphas = {relus[p]: tf.repeat(graph.nodes[relus[p]].adaptive_slope(*clamped[p])[:, None], 2, axis=1)
+        split = clamped(bounds, sides)
+        alphas = {relus[p]: tf.repeat(graph.nodes[relus[p]].adaptive_slope(*split[p])[:, None], 2, axis=1)
                   for p in earlier}
         betas = {p: tf.zeros([count, 2, *graph.nodes[p].shape]) for p in earlier}
         const = tf.zeros([count, 2])
-        best = bd.backward(graph, target, rows, const, clamped, input_set)
-        best, _, _ = beta_crown.loop(graph, rows, const, clamped, input_set, sides, alphas, betas, iterations,
+        best = bd.backward(graph, target, rows, const, split, input_set)
+        best, _, _ = beta_crown.loop(graph, rows, const, split, input_set, sides, alphas, betas, iterations,
                                      lr_alpha, lr_beta, decay, float("inf"), best, target=target)
         return best
 
