@@ -211,7 +211,7 @@ def _step_program(problem, candidates):
             children = tf.tensor_scatter_nd_update(tf.gather(signs, parent),
                                                    tf.stack([tf.range(tf.shape(parent)[0]), unit], 1), side)
             child_bounds = refine.clamped([tuple(tf.gather(v, parent) for v in b) for b in bounds],
-                                    {pre: unflat(children, pre, [-1]) for pre in relus})
+                                          {pre: unflat(children, pre, [-1]) for pre in relus})
             # the parent's multipliers on the parent's splits (the new split's multiplier starts at 0)
             offsets = {pre: -tf.gather(betas[pre] * sides[pre][:, None], parent) for pre in relus}
             found = bd.backward(graph, last, tf.gather(coeffs, parent), tf.gather(const, parent), child_bounds,
