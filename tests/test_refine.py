@@ -108,10 +108,29 @@ def test_every_earlier_unit_split_gives_the_exact_range(problem):
     assert 3 <= earlier <= 10
     new_l, new_u = (np.asarray(v).reshape(-1) for v in
                     refine.refine_node(problem.graph, problem.input_set(1), problem.reference, target,
-                                       refine.Settings(splits=earlier, iterations=200)))
+                                       refine.Settings(splits=earlier, iterations=200, screen=0)))
     l, u = (np.asarray(v).reshape(-1) for v in problem.reference[target])
     for i in np.flatnonzero((l < 0) & (u > 0)):
         exact_min, exact_max = _exact_range(problem, target, i)
         width = u[i] - l[i]
         assert exact_min - 0.02 * width <= new_l[i] <= exact_min + 1e-4 * max(1.0, abs(exact_min)), i
         assert exact_max - 1e-4 * max(1.0, abs(exact_max)) <= new_u[i] <= exact_max + 0.02 * width, i
+
+
+def test_screening_changes_only_the_units_it_proves_stable(problem):
+    """The first, cheaper pass (`Settings.screen`) only drops units from the full pass: the units it leaves
+    unstable get the full pass's bounds, and the units it proves stable are stable by the full pass too."""
+    target = list(problem.relus)[2]
+    full, screened = ((np.asarray(v).reshape(-1) for v in
+                       refine.refine_node(problem.graph, problem.input_set(1), problem.reference, target,
+                                          refine.Settings(splits=6, screen=screen)))
+                      for screen in (0, 2))
+    (fl, fu), (sl, su) = full, screened
+    l, u = (np.asarray(v).reshape(-1) for v in problem.reference[target])
+    unstable = (l < 0) & (u > 0)
+    proved = unstable & ((sl >= 0) | (su <= 0))
+    assert proved.any() and (unstable & ~proved).any()
+    assert np.all((fl[proved] >= 0) == (sl[proved] >= 0)) and np.all((fu[proved] <= 0) == (su[proved] <= 0))
+    rest = unstable & ~proved
+    np.testing.assert_allclose(sl[rest], fl[rest], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(su[rest], fu[rest], rtol=1e-4, atol=1e-4)

@@ -19,7 +19,13 @@ multipliers and the slopes optimised together). The patterns cover the input box
 
 are valid bounds of `z_i`, intersected with the old ones. It is the partial MILP with `splits` binaries per
 unit (each pattern's beta-CROWN bound converges to that pattern's LP), solved by enumeration in one batched
-program instead of a solver's search per unit. Settings and measurements: docs/choices.md, docs/benchmarks.md.
+program instead of a solver's search per unit.
+
+A stable unit's relaxation is exact whatever its bounds, so proving a unit stable is all its refinement can
+give the layers after it. A first pass with `screen` splits (16 patterns per unit) goes over every unstable
+unit; only the units it leaves unstable get the `splits` pass. On the deeper layers of the 6-layer MLP most
+units are proved stable by the first pass (e.g. 188 of 254), which halves those layers' time with the same
+bounds on the units that stay unstable. Settings and measurements: docs/choices.md, docs/benchmarks.md.
 """
 from typing import NamedTuple
 
@@ -41,6 +47,8 @@ class Settings(NamedTuple):
         lr_alpha: learning rate of the slopes.
         lr_beta: learning rate of the split multipliers.
         decay: learning rate factor per step.
+        screen: splits of a first, cheaper pass over all unstable units; only the units it leaves unstable get
+            the `splits` pass (a stable unit's relaxation is exact whatever its bounds). 0: no first pass.
     """
 
     splits: int = 8
@@ -48,6 +56,7 @@ class Settings(NamedTuple):
     lr_alpha: float = 0.2
     lr_beta: float = 0.2
     decay: float = 0.95
+    screen: int = 4
 
 
 def relu_inputs(graph):
@@ -166,27 +175,38 @@ def refine_node(graph, input_set, bounds, target, settings=Settings(), memory=No
         repeated = tuple(tuple(tf.repeat(v, m, axis=0) for v in b) for b in prior)
         parts.append(score_of(rows[i:i + m], repeated, _repeat_set(input_set, m)).numpy())
     score = np.concatenate(parts)
-    splits = min(settings.splits, int((score[0] >= 0).sum()))
-    chosen = np.argsort(-score, axis=1, kind="stable")[:, :splits]  # [K, splits] flat over the earlier units
+    usable = int((score[0] >= 0).sum())
+    program = _bound_program(graph, target, earlier)
+    new_l, new_u = l.reshape(-1).copy(), u.reshape(-1).copy()
+    todo = np.arange(k)
+    for splits in ((settings.screen,) if 0 < settings.screen < settings.splits else ()) + (settings.splits,):
+        splits = min(splits, usable)
+        found = _enumerate(program, rows, score, todo, splits, prior, input_set, settings, budget // per)
+        new_l[idx[todo]] = np.maximum(new_l[idx[todo]], found[:, 0])
+        new_u[idx[todo]] = np.minimum(new_u[idx[todo]], -found[:, 1])
+        todo = todo[(new_l[idx[todo]] < 0) & (new_u[idx[todo]] > 0)]  # stable units gain nothing from more
+        if not len(todo):
+            break
+    return new_l.reshape(l.shape), new_u.reshape(u.shape)
+
+
+def _enumerate(program, rows, score, todo, splits, prior, input_set, settings, capacity):
+    """`[len(todo), 2]` (lower, negated upper) bounds of units `todo` (indices into `rows` and `score`), each the
+    worst over every sign pattern of its `splits` best-scored earlier units; `capacity`: batch elements per call."""
+    chosen = np.argsort(-score[todo], axis=1, kind="stable")[:, :splits]  # [T, splits] flat over the earlier units
     patterns = _patterns(splits)  # [P, splits]
     width = score.shape[1]
-    chunk = max(1, int(budget // per // len(patterns)))  # units per batch of patterns
-    program = _bound_program(graph, target, earlier)
-    lows, highs = [], []
-    for start in range(0, k, chunk):
-        part = slice(start, min(k, start + chunk))
-        units = chosen[part]
+    chunk = max(1, int(capacity // len(patterns)))  # units per batch of patterns
+    parts = []
+    for start in range(0, len(todo), chunk):
+        units = chosen[start:start + chunk]
         n = len(units) * len(patterns)
         sides = np.zeros([n, width], np.float32)
         sides[np.arange(n)[:, None], np.repeat(units, len(patterns), axis=0)] = np.tile(patterns, (len(units), 1))
-        found = program(tf.repeat(rows[part], len(patterns), axis=0), tf.constant(sides),
-                        tuple(tuple(tf.repeat(v, n, axis=0) for v in b) for b in prior), _repeat_set(input_set, n),
-                        tf.constant(float(settings.iterations)), tf.constant(settings.lr_alpha),
-                        tf.constant(settings.lr_beta), tf.constant(settings.decay)).numpy()
-        found = found.reshape(len(units), len(patterns), 2).min(axis=1)
-        lows.append(found[:, 0])
-        highs.append(-found[:, 1])
-    new_l, new_u = l.reshape(-1).copy(), u.reshape(-1).copy()
-    new_l[idx] = np.maximum(new_l[idx], np.concatenate(lows))
-    new_u[idx] = np.minimum(new_u[idx], np.concatenate(highs))
-    return new_l.reshape(l.shape), new_u.reshape(u.shape)
+        found = program(tf.repeat(tf.gather(rows, todo[start:start + chunk]), len(patterns), axis=0),
+                        tf.constant(sides), tuple(tuple(tf.repeat(v, n, axis=0) for v in b) for b in prior),
+                        _repeat_set(input_set, n), tf.constant(float(settings.iterations)),
+                        tf.constant(settings.lr_alpha), tf.constant(settings.lr_beta),
+                        tf.constant(settings.decay)).numpy()
+        parts.append(found.reshape(len(units), len(patterns), 2).min(axis=1))
+    return np.concatenate(parts)
