@@ -55,10 +55,11 @@ def _adam(x, g, m, v, t, lr):
 
 
 def loop(graph, coeffs, const, bounds, input_set, sides, alphas, betas, iterations, lr_alpha, lr_beta, decay,
-         threshold, best, target=None):
+         threshold, best, target=None, stall=None):
     """All projected Adam steps on the slopes and multipliers (ascent on the summed row bounds) as one
     `tf.while_loop`, stopping once every row's bound exceeds `threshold`: `(best lower [B, R] over the iterates
-    and `best`, alphas, betas)`. `target`: the node the rows bound (None: the last). Plain TensorFlow: for
+    and `best`, alphas, betas)`. `target`: the node the rows bound (None: the last). `stall`: also stop after
+    three steps that each raise the summed bound by at most this share of it (None: never). Plain TensorFlow: for
     compiled programs (`_program`, the branch and bound's batch step, `tfgeom.verify.refine`)."""
     last = len(graph.nodes) - 1 if target is None else target
 
@@ -80,15 +81,22 @@ def loop(graph, coeffs, const, bounds, input_set, sides, alphas, betas, iteratio
 
     moments = {n: [tf.zeros_like(v), tf.zeros_like(v)] for n, v in [*alphas.items(), *betas.items()]}
 
-    def more(t, best, *_):  # every row proved: later steps cannot matter
-        return (t <= iterations) & tf.logical_not(tf.reduce_all(best > threshold))
+    def more(t, best, *rest):  # every row proved: later steps cannot matter
+        going = (t <= iterations) & tf.logical_not(tf.reduce_all(best > threshold))
+        return going if stall is None else going & (rest[-1] < 3.0)
 
-    def body(t, best, alphas, betas, moments, lr_a, lr_b):
+    def body(t, best, alphas, betas, moments, lr_a, lr_b, *stale):
         lower, alphas, betas, moments = step(alphas, betas, moments, t, lr_a, lr_b)
-        return t + 1.0, tf.maximum(best, lower), alphas, betas, moments, lr_a * decay, lr_b * decay
+        better = tf.maximum(best, lower)
+        out = [t + 1.0, better, alphas, betas, moments, lr_a * decay, lr_b * decay]
+        if stall is not None:  # three steps in a row that raise the summed bound by less than `stall` of it
+            total = tf.reduce_sum(better)
+            small = total - tf.reduce_sum(best) <= stall * tf.abs(total)
+            out.append(tf.where(small, stale[0] + 1.0, 0.0))
+        return out
 
-    _, best, alphas, betas, _, _, _ = tf.while_loop(
-        more, body, [tf.constant(1.0), best, alphas, betas, moments, lr_alpha, lr_beta])
+    start = [tf.constant(1.0), best, alphas, betas, moments, lr_alpha, lr_beta]
+    _, best, alphas, betas, *_ = tf.while_loop(more, body, start + ([] if stall is None else [tf.constant(0.0)]))
     return best, alphas, betas
 
 
