@@ -24,7 +24,7 @@ program instead of a solver's search per unit.
 A stable unit's relaxation is exact whatever its bounds, so proving a unit stable is all its refinement can
 give the layers after it. A first pass with `screen` splits (16 patterns per unit) goes over every unstable
 unit; only the units it leaves unstable get the `splits` pass. On the deeper layers of the 6-layer MLP most
-units are proved stable by the first pass (e.g. 188 of 254), which halves those layers' time with the same
+units are proved stable by the first pass (e.g. 182 of 248), which about halves those layers' time with the same
 bounds on the units that stay unstable. Settings and measurements: docs/choices.md, docs/benchmarks.md.
 """
 from typing import NamedTuple
