@@ -40,7 +40,7 @@ class Settings(NamedTuple):
         decay: learning rate factor per step.
     """
 
-    iterations: int = 16
+    iterations: int = 10
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     decay: float = 0.98
