@@ -1,4 +1,6 @@
 """ONNX models in: graphs built with the onnx package's helpers, converted to Keras and checked against ONNX Runtime."""
+import warnings
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -128,3 +130,28 @@ def test_a_conversion_that_differs_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_models, "_build", broken)
     with pytest.raises(ModelError, match="differs from ONNX Runtime"):
         convert(cnn_onnx(tmp_path / "m.onnx"))
+
+
+
+def test_zero_constants_in_elementwise_nodes(tmp_path):
+    """ACAS Xu's models subtract an all-zero mean: converted without warnings and equal to ONNX Runtime; a
+    division by a constant with zeros is refused in one line (it would put infinite scales into the Keras model)."""
+    g = np.random.default_rng(3)
+    c = {"mean": np.zeros((1, 1, 1, 5)), "w": g.normal(0, 0.5, (5, 4)), "b": g.normal(0, 0.1, 4)}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+
+    def model(name, op):
+        nodes = [helper.make_node(op, ["x", "mean"], ["s"]), helper.make_node("Flatten", ["s"], ["f"], axis=1),
+                 helper.make_node("MatMul", ["f", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+        return _save(tmp_path / name, nodes, [x], [y], c)
+
+    path = model("sub.onnx", "Sub")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        converted = convert(path)
+    points = g.uniform(-1, 1, (6, 1, 1, 5)).astype(np.float32)
+    theirs = _onnxruntime(path, points)
+    np.testing.assert_allclose(converted.model.predict(points, verbose=0), theirs, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelError, match="divides by a constant with zeros"):
+        convert(model("div.onnx", "Div"))
