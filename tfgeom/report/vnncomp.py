@@ -34,7 +34,7 @@ class Answer(NamedTuple):
         text: the result file's text (`tfgeom.verify.vnnlib.result_text`).
         prepare_seconds: loading and converting the model, reading the property.
         seconds: deciding it.
-        phase: which phase decided (`"attack"`, `"bounds"`, `"bab"` or `""`).
+        phase: which phase decided (`"attack"`, `"bounds"`, `"bab"`, `"input_split"` or `""`).
     """
 
     result: str

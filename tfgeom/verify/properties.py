@@ -19,8 +19,10 @@ reaches its unsafe outputs (`tfgeom.verify.vnnlib`):
    what is left of the time: `unsat`, `sat` (its counterexample checked again
    by a forward pass) or `timeout`.
 
-Properties whose disjuncts hold several constraints each (no single-row form)
-get the attack only, then `unknown`.
+On inputs of at most `tfgeom.verify.input_split.MAX_INPUTS` elements (ACAS Xu's
+5), step 3 splits the box instead of ReLUs (`tfgeom.verify.input_split`), which
+also decides properties whose disjuncts hold several constraints each. On larger
+inputs such properties (no single-row form) get the attack only, then `unknown`.
 """
 import time
 from typing import NamedTuple, Optional
@@ -28,7 +30,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfgeom.verify import bab, vnnlib
+from tfgeom.verify import bab, input_split, vnnlib
 from tfgeom.verify.sets import LinfBall
 
 ROUNDING = 1e-5  # a bound counts as positive above this times the logit scale (as tfgeom.verify.certification)
@@ -41,7 +43,7 @@ class Decision(NamedTuple):
         verdict: `"unsat"` (the property holds), `"sat"` (a counterexample), `"unknown"` or `"timeout"`.
         counterexample: `[*input shape]` for `"sat"` (in the ONNX model's layout), else None.
         outputs: `[L]` the network's outputs at the counterexample, else None.
-        phase: which phase decided: `"attack"`, `"bounds"`, `"bab"`, or `""`.
+        phase: which phase decided: `"attack"`, `"bounds"`, `"bab"`, `"input_split"`, or `""`.
         seconds: wall time.
     """
 
@@ -148,24 +150,33 @@ def decide(gm, prop, timeout=60.0, restarts=128, steps=100, seed=0):
     found = attack(gm, prop, restarts, steps, seed)
     if found is not None:
         return done("sat", *found, phase="attack")
-    if prop.rows is None:
+    few_inputs = input_split.applies(int(np.prod(gm.input_shape)))
+    if prop.rows is None and not few_inputs:
         return done("unknown")
     low, high = _box(gm, prop)
     scale = float(np.abs(gm.runtime.logits(((low + high) / 2)[None])).max())
-    if bound_rows(gm, prop).min() > ROUNDING * max(1.0, scale):
+    if prop.rows is not None and bound_rows(gm, prop).min() > ROUNDING * max(1.0, scale):
         return done("unsat", phase="bounds")
     left = timeout - (time.perf_counter() - start)
     if left <= 0:
         return done("timeout")
+    if few_inputs:
+        verdict = input_split.search(gm, prop, low, high, left, guard=ROUNDING * max(1.0, scale))
+        return _verdict(gm, prop, verdict, low, high, done, timeout, start, phase="input_split")
     # the property's time limit is the budget: no cap on subdomains (bab's default 100,000 stopped a 300 s
     # instance at 214 s); open subdomains cost ~1 KB each, their inherited slopes are capped by memory
     verdict = bab.verify(gm, (low + high) / 2, float((high - low).max() / 2), 0, time_limit=left, scale=scale,
                          box=(low, high), rows=prop.rows, max_domains=10**8)
+    return _verdict(gm, prop, verdict, low, high, done, timeout, start, phase="bab")
+
+
+def _verdict(gm, prop, verdict, low, high, done, timeout, start, phase):
+    """A search's `Verdict` as a `Decision`: a counterexample only once a forward pass confirms it."""
     if verdict.verdict == "certified":
-        return done("unsat", phase="bab")
+        return done("unsat", phase=phase)
     if verdict.counterexample is not None:
         x = np.clip(np.asarray(verdict.counterexample, np.float32), low, high)
         logits = gm.runtime.logits(x[None])
         if vnnlib.violated(prop, logits)[0]:  # checked by a forward pass before it is reported
-            return done("sat", x, logits[0], phase="bab")
+            return done("sat", x, logits[0], phase=phase)
     return done("timeout" if time.perf_counter() - start >= timeout else "unknown")
