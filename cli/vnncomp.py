@@ -46,10 +46,11 @@ def vnncomp(
     from tfgeom.report.vnncomp import run_benchmark
 
     def told(model, prop, answer):
+        why = f": {answer.text}" if answer.result == "error" else ""
         err_console.print(f"{model.name} {prop.name}: {answer.result} ({answer.phase or '-'}, "
-                          f"{answer.seconds:.1f} s)", highlight=False, soft_wrap=True)
+                          f"{answer.seconds:.1f} s){why}", highlight=False, soft_wrap=True)
 
     counts = run_benchmark(instances, out, resume=resume, timeout_scale=timeout_scale, on_answer=told)
     decided = counts.get("sat", 0) + counts.get("unsat", 0)
     show({"instances_run": sum(counts.values()), "decided": decided, **{k: counts.get(k, 0) for k in
-          ("sat", "unsat", "unknown", "timeout")}}, f"VNN-COMP results: {out}")
+          ("sat", "unsat", "unknown", "timeout", "error")}}, f"VNN-COMP results: {out}")

@@ -171,3 +171,24 @@ def test_branch_and_bound_neither_retraces_nor_prints_a_solver_banner(tmp_path, 
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "HiGHS" not in run.stdout and "HiGHS" not in run.stderr
+
+
+def test_vnncomp_run_goes_on_past_a_property_it_cannot_read(tmp_path):
+    """An instance whose property tfgeom does not read (here an input bounded by an output; ACAS Xu's
+    property 6) gets the result `error` with the reason on the console; the next instance is still decided."""
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "vnnlib").mkdir()
+    path = mlp_onnx(tmp_path / "onnx" / "m.onnx", seed=3)
+    gm = tfgeom.GeometryModel(str(path))
+    x0 = np.full((1, 12, 1), 0.5, np.float32)
+    cls = int(gm.predict(x0)[0])
+    low, high = np.clip(x0 - 0.001, 0, 1).ravel(), np.clip(x0 + 0.001, 0, 1).ravel()
+    good = _property(low, high, cls, gm.num_classes)
+    (tmp_path / "vnnlib" / "good.vnnlib").write_text(good)
+    (tmp_path / "vnnlib" / "odd.vnnlib").write_text(good + "\n(assert (<= Y_0 X_0))\n")
+    (tmp_path / "instances.csv").write_text("onnx/m.onnx,vnnlib/odd.vnnlib,30\nonnx/m.onnx,vnnlib/good.vnnlib,30\n")
+    out = tmp_path / "results.csv"
+    result = CliRunner().invoke(app, ["vnncomp", str(tmp_path / "instances.csv"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [r["result"] for r in csv.DictReader(open(out))] == ["error", "unsat"]
+    assert "odd.vnnlib: error" in result.stderr and "input X_0 is bounded by Y_0" in result.stderr

@@ -10,7 +10,9 @@ original `.onnx` file before it is reported (else the answer is `unknown`).
 per instance to `out` in the results format of the competition's repositories
 (`benchmark,onnx,vnnlib,prepare_time,result,run_time`), with each `sat`
 instance's counterexample next to it (`<model>_<property>.counterexample`, the
-competition's format). Rows already in `out` are skipped with `resume`.
+competition's format). Rows already in `out` are skipped with `resume`. An
+instance whose network or property tfgeom cannot read gets the result `error`
+(the reason in its `Answer`'s text) and the run goes on.
 """
 import csv
 import os
@@ -20,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfgeom.errors import InputError
+from tfgeom.errors import InputError, ModelError
 from tfgeom.execution.store import write_atomic
 
 FIELDS = ("benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time")
@@ -30,7 +32,7 @@ class Answer(NamedTuple):
     """One instance's answer.
 
     Fields:
-        result: `"sat"`, `"unsat"`, `"unknown"` or `"timeout"`.
+        result: `"sat"`, `"unsat"`, `"unknown"`, `"timeout"` or (`run_benchmark` only) `"error"`.
         text: the result file's text (`tfgeom.verify.vnnlib.result_text`).
         prepare_seconds: loading and converting the model, reading the property.
         seconds: deciding it.
@@ -144,7 +146,10 @@ def run_benchmark(instances, out, resume=False, timeout_scale=1.0, on_answer=Non
         names = (os.fspath(model), os.fspath(prop))
         if names in done:
             continue
-        answer = decide_file(model, prop, timeout * timeout_scale, cache)
+        try:
+            answer = decide_file(model, prop, timeout * timeout_scale, cache)
+        except (InputError, ModelError) as err:  # one instance tfgeom cannot read must not end the whole run
+            answer = Answer("error", str(err), 0.0, 0.0, "")
         if answer.result == "sat":
             write_atomic(out.parent / f"{model.stem}_{prop.stem}.counterexample", answer.text)
         with open(out, "a", newline="") as f:
