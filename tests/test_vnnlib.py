@@ -114,17 +114,22 @@ def test_output_diversified_starts_reach_a_counterexample_behind_an_inactive_uni
     assert properties.decide(gm, prop, timeout=30).verdict == "sat"
 
 
-def test_vnncomp_command_writes_results_and_resumes(tmp_path):
-    """`tfgeom vnncomp instances.csv`: one row per instance in the competition's format, counterexamples in its
-    format, checked by ONNX Runtime; --resume skips what is there; a missing file is one line."""
-    import onnxruntime as ort
-
+def _benchmark_folder(tmp_path):
+    """`onnx/` and `vnnlib/` folders under `tmp_path` with one MLP: `(path, gm, x0, cls)`, `cls` its class at `x0`."""
     (tmp_path / "onnx").mkdir()
     (tmp_path / "vnnlib").mkdir()
     path = mlp_onnx(tmp_path / "onnx" / "m.onnx", seed=3)
     gm = tfgeom.GeometryModel(str(path))
     x0 = np.full((1, 12, 1), 0.5, np.float32)
-    cls = int(gm.predict(x0)[0])
+    return path, gm, x0, int(gm.predict(x0)[0])
+
+
+def test_vnncomp_command_writes_results_and_resumes(tmp_path):
+    """`tfgeom vnncomp instances.csv`: one row per instance in the competition's format, counterexamples in its
+    format, checked by ONNX Runtime; --resume skips what is there; a missing file is one line."""
+    import onnxruntime as ort
+
+    path, gm, x0, cls = _benchmark_folder(tmp_path)
     rows = []
     for name, eps in (("small", 0.001), ("large", 0.5)):
         low, high = np.clip(x0 - eps, 0, 1).ravel(), np.clip(x0 + eps, 0, 1).ravel()
@@ -174,14 +179,10 @@ def test_branch_and_bound_neither_retraces_nor_prints_a_solver_banner(tmp_path, 
 
 
 def test_vnncomp_run_goes_on_past_a_property_it_cannot_read(tmp_path):
-    """An instance whose property tfgeom does not read (here an input bounded by an output; ACAS Xu's
-    property 6) gets the result `error` with the reason on the console; the next instance is still decided."""
-    (tmp_path / "onnx").mkdir()
-    (tmp_path / "vnnlib").mkdir()
-    path = mlp_onnx(tmp_path / "onnx" / "m.onnx", seed=3)
-    gm = tfgeom.GeometryModel(str(path))
-    x0 = np.full((1, 12, 1), 0.5, np.float32)
-    cls = int(gm.predict(x0)[0])
+    """An instance whose property tfgeom does not read (here an input bounded by an output; ACAS Xu's property 6,
+    a disjunction of input boxes, is another) gets the result `error` with the reason on the console; the next
+    instance is still decided."""
+    _, gm, x0, cls = _benchmark_folder(tmp_path)
     low, high = np.clip(x0 - 0.001, 0, 1).ravel(), np.clip(x0 + 0.001, 0, 1).ravel()
     good = _property(low, high, cls, gm.num_classes)
     (tmp_path / "vnnlib" / "good.vnnlib").write_text(good)
