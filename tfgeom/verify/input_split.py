@@ -76,7 +76,8 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
     Args:
         gm: a `GeometryModel` with a plain-ReLU feature extractor.
         prop: the `tfgeom.verify.vnnlib.Property`; its disjuncts are the unsafe outputs.
-        low, high: the box, in the model's input shape.
+        low: the box's lower corner, in the model's input shape.
+        high: the box's upper corner.
         time_limit: seconds before the verdict is `"unknown"`.
         guard: a row counts as positive above this (the rounding guard, logit units).
         max_boxes: boxes bounded before the verdict is `"unknown"`.
