@@ -84,8 +84,8 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
         batch: boxes bounded together.
 
     Returns:
-        A `tfgeom.verify.bab.Verdict` (`domains`: boxes bounded; `lower`: the lowest row bound of the boxes
-        still open when the search stopped, `+inf` when certified).
+        A `tfgeom.verify.bab.Verdict` (`domains`: boxes bounded; `lower`: the lowest slack, the smallest over
+        disjuncts of the best row's lower bound, among the boxes the last batch left open; `+inf` when certified).
     """
     start = time.perf_counter()
     graph = gm.layer_graph
