@@ -124,8 +124,7 @@ class _Builder:
             raise ModelError(f"ONNX Div node {node.name or node.output[0]!r} divides by a constant with zeros; "
                              "tfgeom converts divisions by non-zero constants (normalisation)")
         # only a Div takes the reciprocal (a Sub's all-zero mean, as in ACAS Xu's models, is not a division)
-        scale = {"Add": np.float32(1), "Sub": np.float32(1), "Mul": c, "Div": None}[op]
-        scale = 1.0 / c if scale is None else scale
+        scale = 1.0 / c if op == "Div" else {"Add": np.float32(1), "Sub": np.float32(1), "Mul": c}[op]
         offset = {"Add": c, "Sub": -c, "Mul": np.float32(0), "Div": np.float32(0)}[op]
         if np.size(scale) == 1 and np.size(offset) == 1:
             return self.keras.layers.Rescaling(float(np.ravel(scale)[0]), float(np.ravel(offset)[0]),

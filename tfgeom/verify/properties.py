@@ -147,6 +147,17 @@ def decide(gm, prop, timeout=60.0, restarts=128, steps=100, seed=0):
     def done(verdict, x=None, y=None, phase=""):
         return Decision(verdict, x, y, phase, time.perf_counter() - start)
 
+    def searched(verdict, phase):
+        """A search's `Verdict` as a `Decision`: a counterexample only once a forward pass confirms it."""
+        if verdict.verdict == "certified":
+            return done("unsat", phase=phase)
+        if verdict.counterexample is not None:
+            x = np.clip(np.asarray(verdict.counterexample, np.float32), low, high)
+            logits = gm.runtime.logits(x[None])
+            if vnnlib.violated(prop, logits)[0]:  # checked by a forward pass before it is reported
+                return done("sat", x, logits[0], phase=phase)
+        return done("timeout" if time.perf_counter() - start >= timeout else "unknown")
+
     found = attack(gm, prop, restarts, steps, seed)
     if found is not None:
         return done("sat", *found, phase="attack")
@@ -155,28 +166,16 @@ def decide(gm, prop, timeout=60.0, restarts=128, steps=100, seed=0):
         return done("unknown")
     low, high = _box(gm, prop)
     scale = float(np.abs(gm.runtime.logits(((low + high) / 2)[None])).max())
-    if prop.rows is not None and bound_rows(gm, prop).min() > ROUNDING * max(1.0, scale):
+    guard = ROUNDING * max(1.0, scale)
+    if prop.rows is not None and bound_rows(gm, prop).min() > guard:
         return done("unsat", phase="bounds")
     left = timeout - (time.perf_counter() - start)
     if left <= 0:
         return done("timeout")
     if few_inputs:
-        verdict = input_split.search(gm, prop, low, high, left, guard=ROUNDING * max(1.0, scale))
-        return _verdict(gm, prop, verdict, low, high, done, timeout, start, phase="input_split")
+        return searched(input_split.search(gm, prop, low, high, left, guard=guard), "input_split")
     # the property's time limit is the budget: no cap on subdomains (bab's default 100,000 stopped a 300 s
     # instance at 214 s); open subdomains cost ~1 KB each, their inherited slopes are capped by memory
     verdict = bab.verify(gm, (low + high) / 2, float((high - low).max() / 2), 0, time_limit=left, scale=scale,
                          box=(low, high), rows=prop.rows, max_domains=10**8)
-    return _verdict(gm, prop, verdict, low, high, done, timeout, start, phase="bab")
-
-
-def _verdict(gm, prop, verdict, low, high, done, timeout, start, phase):
-    """A search's `Verdict` as a `Decision`: a counterexample only once a forward pass confirms it."""
-    if verdict.verdict == "certified":
-        return done("unsat", phase=phase)
-    if verdict.counterexample is not None:
-        x = np.clip(np.asarray(verdict.counterexample, np.float32), low, high)
-        logits = gm.runtime.logits(x[None])
-        if vnnlib.violated(prop, logits)[0]:  # checked by a forward pass before it is reported
-            return done("sat", x, logits[0], phase=phase)
-    return done("timeout" if time.perf_counter() - start >= timeout else "unknown")
+    return searched(verdict, "bab")
