@@ -78,3 +78,32 @@ def test_a_property_just_above_the_minimum_gets_a_checked_counterexample(network
 def test_input_splitting_is_for_few_inputs_only():
     assert input_split.applies(5) and input_split.applies(input_split.MAX_INPUTS)
     assert not input_split.applies(input_split.MAX_INPUTS + 1) and not input_split.applies(784)
+
+
+def test_a_disjunction_of_input_boxes_is_decided_box_by_box():
+    """`Y_1 = 2 - 4|x_0|` against `Y_0 = 1`: unsafe exactly where `|x_0| <= 1/4`. Over the boxes `x_0` in
+    [-1, -1/2] or [1/2, 1] it is unsat, though the smallest box holding both is unsafe at 0; with the second box
+    moved to [1/5, 1] it is sat, the counterexample inside that box and unsafe by a NumPy forward pass."""
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="relu"), keras.layers.Dense(2)])
+    w1 = np.array([[1.0, -1.0], [0.0, 0.0]], np.float32)  # relu(x_0), relu(-x_0)
+    w2 = np.array([[0.0, -4.0], [0.0, -4.0]], np.float32)
+    model.layers[0].set_weights([w1, np.zeros(2, np.float32)])
+    model.layers[1].set_weights([w2, np.array([1.0, 2.0], np.float32)])
+    gm = tfgeom.GeometryModel(model, bounds=(-1.0, 1.0))
+
+    def prop(second):
+        return vnnlib.parse(text=" ".join(
+            ["(declare-const X_0 Real) (declare-const X_1 Real) (declare-const Y_0 Real) (declare-const Y_1 Real)",
+             "(assert (<= X_1 1.0)) (assert (>= X_1 -1.0))",
+             f"(assert (or (and (<= X_0 -0.5) (>= X_0 -1.0)) (and (>= X_0 {second}) (<= X_0 1.0))))",
+             "(assert (>= Y_1 Y_0))"]))
+
+    assert properties.decide(gm, prop(0.5), timeout=30).verdict == "unsat"
+    decision = properties.decide(gm, prop(0.2), timeout=30)
+    assert decision.verdict == "sat"
+    x = decision.counterexample
+    assert 0.2 <= x[0] <= 1.0 and -1.0 <= x[1] <= 1.0
+    y = np.maximum(x @ w1, 0) @ w2 + [1.0, 2.0]
+    assert y[1] >= y[0], y

@@ -47,6 +47,25 @@ def test_parse_reads_boxes_and_linear_output_forms():
     assert both.rows is None and len(both.disjuncts) == 1 and both.disjuncts[0][0].shape == (2, 3)
 
 
+def test_parse_reads_a_disjunction_of_input_boxes():
+    """ACAS Xu property 6's form: `(or (and <bounds>) (and <bounds>))` over inputs, cut from the plain bounds,
+    becomes one box per disjunct; `lower`/`upper` hold both, `pieces` gives one single-box property each."""
+    text = """(declare-const X_0 Real) (declare-const X_1 Real) (declare-const Y_0 Real) (declare-const Y_1 Real)
+    (assert (<= X_1 1.0)) (assert (>= X_1 0.0))
+    (assert (or (and (<= X_0 -0.5) (>= X_0 -1.0)) (and (>= X_0 0.5) (<= X_0 1.0) (<= X_1 0.5))))
+    (assert (or (and (>= Y_1 Y_0))))"""
+    prop = vnnlib.parse(text=text)
+    boxes = [(list(lo), list(hi)) for lo, hi in prop.boxes]
+    assert boxes == [([-1.0, 0.0], [-0.5, 1.0]), ([0.5, 0.0], [1.0, 0.5])]
+    np.testing.assert_array_equal(prop.lower, [-1.0, 0.0])
+    np.testing.assert_array_equal(prop.upper, [1.0, 1.0])
+    pieces = vnnlib.pieces(prop)
+    assert [(list(p.lower), list(p.upper)) for p in pieces] == boxes and all(len(p.boxes) == 1 for p in pieces)
+    assert all(p.rows is not None for p in pieces)
+    with pytest.raises(InputError, match="mixes input bounds with output constraints"):
+        vnnlib.parse(text=text.replace("(<= X_1 0.5)", "(<= Y_1 0.5)"))
+
+
 @pytest.mark.parametrize("text, message", [
     ("(declare-const X_0 Real) (declare-const Y_0 Real) (assert (<= X_0 1.0)) (assert (>= Y_0 0.0))",
      "X_0 has no lower or no upper bound"),

@@ -23,6 +23,9 @@ On inputs of at most `tfgeom.verify.input_split.MAX_INPUTS` elements (ACAS Xu's
 5), step 3 splits the box instead of ReLUs (`tfgeom.verify.input_split`), which
 also decides properties whose disjuncts hold several constraints each. On larger
 inputs such properties (no single-row form) get the attack only, then `unknown`.
+
+A property whose input set is a disjunction of boxes (`vnnlib.Property.boxes`)
+is attacked on each box, then proved box by box within the one time limit.
 """
 import time
 from typing import NamedTuple, Optional
@@ -141,8 +144,28 @@ def bound_rows(gm, prop):
 
 
 def decide(gm, prop, timeout=60.0, restarts=128, steps=100, seed=0):
-    """Decide `prop` on `gm` within `timeout` seconds (module docstring); returns a `Decision`."""
+    """Decide `prop` on `gm` within `timeout` seconds (module docstring); returns a `Decision`.
+
+    A property over a disjunction of input boxes (`prop.boxes`) is attacked on every box first, then proved box
+    by box: `sat` if any box has a counterexample, `unsat` if every box is proved, else the first other answer.
+    """
     start = time.perf_counter()
+    pieces = vnnlib.pieces(prop)
+    for piece in pieces:
+        found = attack(gm, piece, restarts, steps, seed)
+        if found is not None:
+            return Decision("sat", *found, "attack", time.perf_counter() - start)
+    answers = []
+    for piece in pieces:
+        answer = _prove(gm, piece, start, timeout)
+        if answer.verdict == "sat":
+            return answer
+        answers.append(answer)
+    return next((a for a in answers if a.verdict != "unsat"), answers[-1])
+
+
+def _prove(gm, prop, start, timeout):
+    """Steps 2 and 3 of `decide` on a single-box `prop`, with `timeout` seconds counted from `start`."""
 
     def done(verdict, x=None, y=None, phase=""):
         return Decision(verdict, x, y, phase, time.perf_counter() - start)
@@ -158,9 +181,6 @@ def decide(gm, prop, timeout=60.0, restarts=128, steps=100, seed=0):
                 return done("sat", x, logits[0], phase=phase)
         return done("timeout" if time.perf_counter() - start >= timeout else "unknown")
 
-    found = attack(gm, prop, restarts, steps, seed)
-    if found is not None:
-        return done("sat", *found, phase="attack")
     few_inputs = input_split.applies(int(np.prod(gm.input_shape)))
     if prop.rows is None and not few_inputs:
         return done("unknown")

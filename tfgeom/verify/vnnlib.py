@@ -10,7 +10,10 @@ output (a counterexample), `unsat` when none does (the property holds).
 
 `parse` reads the forms the VNN-COMP benchmarks use: constraints `(<= A B)`,
 `(>= A B)` between a variable or a linear term (`(+ ...)`, `(- ...)`,
-`(* c Y_i)`) and a variable or a number, inputs bounded by numbers only. The
+`(* c Y_i)`) and a variable or a number, inputs bounded by numbers only, and
+an input set that is a disjunction of boxes (`(assert (or (and <input bounds>)
+...))`, as ACAS Xu's property 6): `boxes` lists them and `pieces` makes one
+single-box property of each; a property holds iff it holds on every box. The
 unsafe region becomes a disjunction of conjunctions `A y <= b`; a
 `Property`'s `rows` are the single-row form tfgeom proves: the property holds
 iff every row `r(y) = a^T y - b > 0` over the box, one row per disjunct (each
@@ -32,12 +35,15 @@ class Property(NamedTuple):
     """A parsed VNN-LIB property (NumPy).
 
     Fields:
-        lower: `[d]` the input box's lower ends (ONNX layout, flattened).
+        lower: `[d]` the input box's lower ends (ONNX layout, flattened); with several boxes, of the smallest box
+            holding them all.
         upper: `[d]` the upper ends.
         outputs: `L`, the outputs declared.
         disjuncts: list of `(A [k, L], b [k])`: the unsafe region is the union of `{y : A y <= b}`.
         rows: `(A [R, L], b [R])` when every disjunct is one constraint: the property holds iff
             `A y - b > 0` row by row over the box (the disjuncts negated); else None.
+        boxes: list of `(lower [d], upper [d])`: the input set is their union (one box unless the file states a
+            disjunction of input boxes).
     """
 
     lower: np.ndarray
@@ -45,6 +51,7 @@ class Property(NamedTuple):
     outputs: int
     disjuncts: list
     rows: Optional[tuple]
+    boxes: list
 
 
 def _tree(text):
@@ -151,6 +158,45 @@ def _input_bound(node, lower, upper):
     return True
 
 
+def _input_disjunction(node, d):
+    """The disjuncts of `(or (and <input bounds>) ...)` as lists of bounds, or None if `node` is another form."""
+    if not (isinstance(node, list) and node and node[0] == "or"):
+        return None
+    parts = [p[1:] if isinstance(p, list) and p and p[0] == "and" else [p] for p in node[1:]]
+    scratch = np.zeros(d), np.zeros(d)
+    kinds = {_input_bound(atom, *scratch) for part in parts for atom in part}
+    if kinds == {True}:
+        return parts
+    if True in kinds:
+        raise InputError("a disjunct mixes input bounds with output constraints; tfgeom reads disjunctions of "
+                         "input boxes and output constraints in separate assertions")
+    return None
+
+
+def _boxes(lower, upper, choices):
+    """Every non-empty box of the base box `lower`..`upper` cut by one disjunct of each input disjunction."""
+    boxes = [(lower, upper)]
+    for parts in choices:
+        cut = []
+        for low, high in boxes:
+            for part in parts:
+                lo, hi = low.copy(), high.copy()
+                for atom in part:
+                    _input_bound(atom, lo, hi)
+                cut.append((lo, hi))
+        boxes = cut
+    return [(lo, hi) for lo, hi in boxes if np.all(lo <= hi)] or boxes[:1]
+
+
+def _check_box(lower, upper):
+    if not np.all(np.isfinite(lower) & np.isfinite(upper)):
+        i = int(np.flatnonzero(~(np.isfinite(lower) & np.isfinite(upper)))[0])
+        raise InputError(f"input X_{i} has no lower or no upper bound; tfgeom verifies over boxes")
+    if np.any(lower > upper):
+        i = int(np.flatnonzero(lower > upper)[0])
+        raise InputError(f"the box is empty at X_{i} ({lower[i]} > {upper[i]})")
+
+
 def parse(path=None, text=None):
     """Read a VNN-LIB property (module docstring) from `path` or `text`.
 
@@ -169,20 +215,21 @@ def parse(path=None, text=None):
         if d == 0 or outputs == 0:
             raise InputError("declares no X_i inputs or no Y_j outputs")
         lower, upper = np.full(d, -np.inf), np.full(d, np.inf)
-        conj = [[]]
+        conj, choices = [[]], []
         for node in tree:
             if not (isinstance(node, list) and node and node[0] == "assert"):
                 continue
             body = node[1]
             if _input_bound(body, lower, upper):
                 continue
+            parts = _input_disjunction(body, d)
+            if parts is not None:
+                choices.append(parts)
+                continue
             conj = [c + d_ for c in conj for d_ in _disjuncts(body, outputs)]
-        if not np.all(np.isfinite(lower) & np.isfinite(upper)):
-            i = int(np.flatnonzero(~(np.isfinite(lower) & np.isfinite(upper)))[0])
-            raise InputError(f"input X_{i} has no lower or no upper bound; tfgeom verifies over boxes")
-        if np.any(lower > upper):
-            i = int(np.flatnonzero(lower > upper)[0])
-            raise InputError(f"the box is empty at X_{i} ({lower[i]} > {upper[i]})")
+        boxes = _boxes(lower, upper, choices)
+        for low, high in boxes:
+            _check_box(low, high)
         if conj == [[]]:
             raise InputError("states no output constraint (nothing is unsafe)")
     except InputError as err:
@@ -191,7 +238,13 @@ def parse(path=None, text=None):
     rows = None
     if all(len(b) == 1 for _, b in disjuncts):  # safe iff a^T y > b for every disjunct: rows a^T y - b > 0
         rows = (np.concatenate([a for a, _ in disjuncts]), np.concatenate([b for _, b in disjuncts]))
-    return Property(lower, upper, outputs, disjuncts, rows)
+    lower, upper = np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
+    return Property(lower, upper, outputs, disjuncts, rows, boxes)
+
+
+def pieces(prop):
+    """One single-box `Property` per box of `prop.boxes` (the property holds iff it holds on each)."""
+    return [prop._replace(lower=low, upper=high, boxes=[(low, high)]) for low, high in prop.boxes]
 
 
 def violated(prop, logits):
