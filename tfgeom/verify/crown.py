@@ -22,7 +22,7 @@ from tfgeom.verify.operators import Activation, Affine, MaxPool
 MEMORY = 256 * 2**20  # bytes of coefficient tensors per backward chunk
 
 
-def backward(graph, target, a, const, bounds, input_set, alphas=None, offsets=None):
+def backward(graph, target, a, const, bounds, input_set, alphas=None, offsets=None, coefficients=False):
     """Lower bound of `a^T y_target + const` over the input set (CROWN's backward pass).
 
     Args:
@@ -32,9 +32,11 @@ def backward(graph, target, a, const, bounds, input_set, alphas=None, offsets=No
             (alpha-CROWN); other nodes use CROWN's adaptive slopes.
         offsets: `{node: [N, S, *shape]}` coefficients added to a node's when the pass reaches it (beta-CROWN's
             split multipliers on pre-activations, `tfgeom.verify.beta_crown`).
+        coefficients: also return the bound's coefficients on the input.
 
     Returns:
-        `[N, S]` lower bounds.
+        `[N, S]` lower bounds; with `coefficients`, `(lower bounds, [N, S, *input shape])`: the bound is
+        `const' + coefficients . x` minimised over the input set.
     """
     nodes = graph.nodes
     pending = {target: a}
@@ -46,7 +48,8 @@ def backward(graph, target, a, const, bounds, input_set, alphas=None, offsets=No
             a = a + offsets[n]
         node = nodes[n]
         if n == 0:
-            return const + input_set.concretize(a)
+            lower = const + input_set.concretize(a)
+            return (lower, a) if coefficients else lower
         parent = node.inputs[0]
         if alphas is not None and n in alphas:
             const, coeff = node.backward_alpha(a, const, bounds[parent], alphas[n])
@@ -68,12 +71,13 @@ def use_xla(graph, target):
     return JIT and not any(getattr(node, "conv", None) is not None for node in graph.nodes[1:target + 1])
 
 
-def compiled_backward(graph, target, kind):
+def compiled_backward(graph, target, kind, coefficients=False):
     """`backward` for one graph, target node and input-set kind, compiled once and cached on the graph."""
     # generalised shapes after the second batch size or row count: a branch and bound or a radius search sees
     # many, and each retrace costs more than the pass
-    return graph.program((target, kind),
-                         lambda a, const, bounds, input_set: backward(graph, target, a, const, bounds, input_set),
+    return graph.program((target, kind) + (("coefficients",) if coefficients else ()),
+                         lambda a, const, bounds, input_set: backward(graph, target, a, const, bounds, input_set,
+                                                                      coefficients=coefficients),
                          jit=use_xla(graph, target), reduce_retracing=True)
 
 

@@ -36,6 +36,7 @@ from tfgeom.verify.sets import LinfBall
 
 MAX_INPUTS = 8  # input splitting is used on boxes of at most this many dimensions (the halvings grow as 2^d)
 BATCH = 512  # boxes bounded together (ACAS Xu's 300 units: ~10 MB of bounds per batch)
+MAX_DEPTH = 10  # halvings of one box at once while the open boxes do not fill a batch
 
 
 def applies(input_size):
@@ -53,21 +54,71 @@ def _rows(gm, prop):
     return (a @ weights.T).astype(np.float32), (a @ bias - b).astype(np.float32), group
 
 
-def _slack(lower, group, count):
-    """`[B]` per box the smallest over disjuncts of its best row's lower bound (`> guard`: the box is safe)."""
-    return np.min([lower[:, group == j].max(axis=1) for j in range(count)], axis=0)
+def _binding(lower, group, count):
+    """`(slack [B], row [B])`: per box the smallest over disjuncts of the disjunct's best row lower bound
+    (`> guard`: the box is safe), and that row (the one a split must raise)."""
+    best = np.stack([np.flatnonzero(group == j)[lower[:, group == j].argmax(axis=1)] for j in range(count)], 1)
+    values = np.take_along_axis(lower, best, 1)
+    worst = values.argmin(axis=1)
+    return values[np.arange(len(lower)), worst], best[np.arange(len(lower)), worst]
 
 
-def _halve(low, high, width):
-    """Both halves of each box `[B, *shape]`, split along the side widest relative to `width`."""
-    flat_low, flat_high = low.reshape(len(low), -1), high.reshape(len(high), -1)
-    side = np.argmax((flat_high - flat_low) / width, axis=1)
-    rows = np.arange(len(low))
-    middle = (flat_low[rows, side] + flat_high[rows, side]) / 2
-    upper_low, lower_high = flat_low.copy(), flat_high.copy()
-    upper_low[rows, side], lower_high[rows, side] = middle, middle
-    return (np.concatenate([flat_low, upper_low]).reshape(-1, *low.shape[1:]),
-            np.concatenate([lower_high, flat_high]).reshape(-1, *low.shape[1:]))
+def clip(low, high, coeffs, lower, group, guard):
+    """Each box `low`..`high` (`[B, d]`) cut to the smallest box holding its unsafe points, and `[B]` whether
+    any are left.
+
+    CROWN's bound is linear in the input: row `r` is at least `lower_r + coeffs_r . (x - argmin)`, so a point
+    where the row is `<= guard` satisfies `coeffs_r . x <= guard - lower_r + min_box coeffs_r . x`. Each
+    disjunct's rows cut the box to such half-spaces, one side at a time (sound: only points outside them are
+    dropped); the result is the hull of the disjuncts' boxes, rounded outwards to float32.
+    """
+    low64, high64, a = low.astype(np.float64), high.astype(np.float64), coeffs.astype(np.float64)
+    offset = lower - np.minimum(a * low64[:, None], a * high64[:, None]).sum(-1)  # row >= offset + a . x
+    pieces = []
+    for j in np.unique(group):
+        lo, hi = low64.copy(), high64.copy()
+        for r in np.flatnonzero(group == j):
+            ar = a[:, r]
+            least = np.minimum(ar * lo, ar * hi)
+            room = guard - offset[:, r] - least.sum(-1)  # a_i x_i <= room + least_i where the row can be <= guard
+            with np.errstate(divide="ignore", invalid="ignore"):
+                end = (room[:, None] + least) / ar
+            hi = np.where(ar > 1e-12, np.minimum(hi, end), hi)
+            lo = np.where(ar < -1e-12, np.maximum(lo, end), lo)
+        pieces.append((lo, hi, np.all(lo <= hi, axis=1)))
+    new_low = np.min([np.where(ok[:, None], lo, np.inf) for lo, _, ok in pieces], axis=0)
+    new_high = np.max([np.where(ok[:, None], hi, -np.inf) for _, hi, ok in pieces], axis=0)
+    keep = np.any([ok for _, _, ok in pieces], axis=0)
+    new_low = np.maximum(np.nextafter(new_low.astype(np.float32), np.float32(-np.inf)), low)
+    new_high = np.minimum(np.nextafter(new_high.astype(np.float32), np.float32(np.inf)), high)
+    return np.where(keep[:, None], new_low, low), np.where(keep[:, None], new_high, high), keep
+
+
+def sides(low, high, coeffs, depth):
+    """`[B, depth]` the sides to halve, one after the other: each time the side where the bound's coefficient
+    times the width (what halving it can gain) is largest, that score then halved ("smart branching" on the
+    input, the reference verifier's `sb`); the relative width breaks ties where every coefficient is 0."""
+    width = high - low
+    score = np.abs(coeffs) * width + 1e-9 * width / np.maximum(width.max(axis=1, keepdims=True), 1e-30)
+    picks = []
+    for _ in range(depth):
+        pick = score.argmax(axis=1)
+        picks.append(pick)
+        score[np.arange(len(score)), pick] /= 2
+    return np.stack(picks, 1)
+
+
+def split(low, high, picks):
+    """The `2^k` boxes of each box `[B, d]` halved along its sides `picks [B, k]` in turn (box-major order)."""
+    for k in range(picks.shape[1]):
+        side = np.repeat(picks[:, k], 2 ** k)
+        rows = np.arange(len(low))
+        middle = (low[rows, side] + high[rows, side]) / 2
+        upper_low, lower_high = low.copy(), high.copy()
+        upper_low[rows, side], lower_high[rows, side] = middle, middle
+        low = np.stack([low, upper_low], 1).reshape(-1, low.shape[1])
+        high = np.stack([lower_high, high], 1).reshape(-1, high.shape[1])
+    return low, high
 
 
 def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BATCH):
@@ -90,11 +141,11 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
     start = time.perf_counter()
     graph = gm.layer_graph
     last = len(graph.nodes) - 1
+    shape = low.shape
     coeffs, const, group = _rows(gm, prop)
     coeffs_b, const_b = tf.constant(np.repeat(coeffs[None], batch, 0)), tf.constant(np.repeat(const[None], batch, 0))
-    width = np.maximum((high - low).reshape(-1), 1e-12)
-    backward = crown.compiled_backward(graph, last, "linf")
-    open_low, open_high = low[None].astype(np.float32), high[None].astype(np.float32)
+    backward = crown.compiled_backward(graph, last, "linf", coefficients=True)
+    open_low, open_high = low.reshape(1, -1).astype(np.float32), high.reshape(1, -1).astype(np.float32)
     bounded, worst = 0, -np.inf
     while len(open_low):
         if time.perf_counter() - start > time_limit or bounded >= max_boxes:
@@ -102,25 +153,33 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
         take = min(batch, len(open_low))
         lo, hi = open_low[:take], open_high[:take]
         open_low, open_high = open_low[take:], open_high[take:]
-        pad = np.repeat(lo[-1:], batch - take, 0), np.repeat(hi[-1:], batch - take, 0)
-        box_low, box_high = tf.constant(np.concatenate([lo, pad[0]])), tf.constant(np.concatenate([hi, pad[1]]))
+        box_low, box_high = (tf.constant(np.concatenate([v, np.repeat(v[-1:], batch - take, 0)]).reshape(-1, *shape))
+                             for v in (lo, hi))
         box = LinfBall((box_low + box_high) / 2, tf.reduce_max(tf.reshape(box_high - box_low, [batch, -1]), 1) / 2,
                        box_low, box_high)
         bounds = crown.crown_bounds(graph, box)
-        lower = np.asarray(backward(coeffs_b, const_b, tuple(bounds[:last]), box))[:take]
+        lower, coef = backward(coeffs_b, const_b, tuple(bounds[:last]), box)
+        lower, coef = np.asarray(lower)[:take], np.asarray(coef)[:take].reshape(take, len(const), -1)
         bounded += take
-        slack = _slack(lower, group, len(prop.disjuncts))
+        slack, row = _binding(lower, group, len(prop.disjuncts))
         left = slack <= guard
         if not left.any():
             continue
-        lo, hi = lo[left], hi[left]
         worst = float(slack[left].min())
+        lo, hi, keep = clip(lo[left], hi[left], coef[left], lower[left], group, guard)
+        lo, hi, binding = lo[keep], hi[keep], coef[left][keep, row[left][keep]]
+        if not len(lo):
+            continue
         centre = (lo + hi) / 2
-        unsafe = vnnlib.violated(prop, gm.runtime.logits(centre))
+        unsafe = vnnlib.violated(prop, gm.runtime.logits(centre.reshape(-1, *shape)))
         if unsafe.any():
-            return Verdict("counterexample", centre[int(np.argmax(unsafe))], bounded, time.perf_counter() - start,
-                           worst)
-        halves = _halve(lo, hi, width)
-        # the new halves go first: depth first keeps the open list short (each box's pair is bounded together)
+            return Verdict("counterexample", centre[int(np.argmax(unsafe))].reshape(shape), bounded,
+                           time.perf_counter() - start, worst)
+        # while the open boxes do not fill a batch, split each several times (the padding would be bounded anyway)
+        depth = 1
+        while depth < MAX_DEPTH and (len(open_low) + len(lo)) * 2 ** (depth + 1) <= batch:
+            depth += 1
+        halves = split(lo, hi, sides(lo, hi, binding, depth))
+        # the new boxes go first: depth first keeps the open list short
         open_low, open_high = np.concatenate([halves[0], open_low]), np.concatenate([halves[1], open_high])
     return Verdict("certified", None, bounded, time.perf_counter() - start, float("inf"))
