@@ -107,3 +107,39 @@ def test_a_disjunction_of_input_boxes_is_decided_box_by_box():
     assert 0.2 <= x[0] <= 1.0 and -1.0 <= x[1] <= 1.0
     y = np.maximum(x @ w1, 0) @ w2 + [1.0, 2.0]
     assert y[1] >= y[0], y
+
+
+def test_clipping_keeps_every_unsafe_point_and_cuts_the_rest(network):
+    """`clip` on boxes of the 2-16-16-3 net with CROWN's own bounds and input coefficients: every point of a
+    dense grid of each box whose outputs are unsafe (NumPy forward pass) lies inside the cut box, and the cut
+    boxes are smaller in total than the boxes (the test would pass for a clip that does nothing otherwise)."""
+    import tensorflow as tf
+
+    from tfgeom.verify import crown
+    from tfgeom.verify.sets import LinfBall
+
+    gm, weights = network
+    threshold = _grid_min_and_slack(weights)[0] + 0.1
+    prop = _property(threshold)
+    coeffs, const, group = input_split._rows(gm, prop)
+    g = np.random.default_rng(0)
+    centre = g.uniform(-0.7, 0.7, (16, 2)).astype(np.float32)
+    half = g.uniform(0.05, 0.3, (16, 2)).astype(np.float32)
+    low, high = np.clip(centre - half, -1, 1), np.clip(centre + half, -1, 1)
+    box = LinfBall(tf.constant((low + high) / 2), tf.constant(half.max(1)), tf.constant(low), tf.constant(high))
+    bounds = crown.crown_bounds(gm.layer_graph, box)
+    last = len(gm.layer_graph.nodes) - 1
+    lower, coef = crown.backward(gm.layer_graph, last, tf.constant(np.repeat(coeffs[None], 16, 0)),
+                                 tf.constant(np.repeat(const[None], 16, 0)), bounds[:last], box, coefficients=True)
+    new_low, new_high, keep = input_split.clip(low, high, np.asarray(coef).reshape(16, 2, 2), np.asarray(lower),
+                                               group, 0.0)
+    t = np.linspace(0, 1, 101)
+    kept = 0
+    for i in range(16):
+        x = np.clip(low[i] + np.stack(np.meshgrid(t, t), -1).reshape(-1, 2) * (high[i] - low[i]), low[i], high[i])
+        unsafe = x[np.all(_forward(weights, x)[:, :2] <= threshold, axis=1)]
+        assert keep[i] or not len(unsafe), i
+        assert np.all(unsafe >= new_low[i]) and np.all(unsafe <= new_high[i]), i
+        kept += bool(len(unsafe))
+    area = np.prod(np.where(keep[:, None], new_high - new_low, 0), 1).sum()
+    assert kept and area < 0.9 * np.prod(high - low, 1).sum(), (kept, area)
