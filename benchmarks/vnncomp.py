@@ -57,7 +57,8 @@ def main():
         print(f"{model.name} {prop.name}: {answer.result} ({answer.phase or '-'}, {answer.seconds:.1f} s)",
               flush=True)
 
-    run_benchmark(subset, results, resume=results.exists(), timeout_scale=args.timeout_scale, on_answer=told)
+    run_benchmark(subset, results, resume=results.exists(), timeout_scale=args.timeout_scale, on_answer=told,
+                  benchmark=bench.name)
     theirs = published(args.results, bench.name)
     ours = {}
     with open(results, newline="") as f:

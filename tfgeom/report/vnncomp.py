@@ -123,7 +123,7 @@ def _done(out):
         return {(r["onnx"], r["vnnlib"]) for r in csv.DictReader(f)}
 
 
-def run_benchmark(instances, out, resume=False, timeout_scale=1.0, on_answer=None):
+def run_benchmark(instances, out, resume=False, timeout_scale=1.0, on_answer=None, benchmark=None):
     """Run every instance of `instances` (module docstring); returns `{result: count}` over the instances run.
 
     Args:
@@ -132,13 +132,14 @@ def run_benchmark(instances, out, resume=False, timeout_scale=1.0, on_answer=Non
         resume: skip instances `out` already answers. Defaults to `False` (an existing `out` is refused).
         timeout_scale: multiply every instance's timeout (e.g. 0.1 for a quick pass). Defaults to `1.0`.
         on_answer: called with `(model, property, Answer)` after each instance.
+        benchmark: the results' benchmark column. Defaults to `None`: the name of the folder of `instances`.
     """
     out = pathlib.Path(out)
     rows = read_instances(instances)
     if out.exists() and not resume:
         raise InputError(f"{str(out)!r} exists; pass --resume to continue it or choose another --out")
     done = _done(out) if resume else set()
-    benchmark = pathlib.Path(instances).resolve().parent.name
+    benchmark = benchmark or pathlib.Path(instances).resolve().parent.name
     counts, cache = {}, {}
     if not out.exists():
         write_atomic(out, ",".join(FIELDS) + "\n")
