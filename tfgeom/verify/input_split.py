@@ -102,7 +102,8 @@ def clip(low, high, coeffs, lower, group, guard):
 def sides(low, high, coeffs, depth, extent):
     """`[B, depth]` the sides of boxes `[B, d]` to halve, one after the other.
 
-    Each time the side where the bound's coefficient `coeffs [B, d]` times the width (what halving it can gain)
+    Each time the side where the bound's coefficient `coeffs [B, d]` (summed in absolute value over the binding
+    disjunct's rows) times the width (what halving it can gain)
     is largest, that score then halved: "smart branching" on the input (the reference verifier's `sb`). Only
     sides at least `1 / SPREAD` of the box's widest side relative to `extent [d]` (the property's box) take
     part: on ACAS Xu a steep input's coefficient otherwise gets it halved to 1e-5 of its range while another
@@ -183,16 +184,21 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
         lo, hi, binding = lo[keep], hi[keep], coef[left][keep, row[left][keep]]
         if not len(lo):
             continue
-        centre = (lo + hi) / 2
-        unsafe = vnnlib.violated(prop, gm.runtime.logits(centre.reshape(-1, *shape)))
+        # candidates: each box's centre and the corner where the binding row's linear bound is lowest
+        points = np.concatenate([(lo + hi) / 2, np.where(binding > 0, lo, hi)])
+        unsafe = vnnlib.violated(prop, gm.runtime.logits(points.reshape(-1, *shape)))
         if unsafe.any():
-            return Verdict("counterexample", centre[int(np.argmax(unsafe))].reshape(shape), bounded,
+            return Verdict("counterexample", points[int(np.argmax(unsafe))].reshape(shape), bounded,
                            time.perf_counter() - start, worst)
         # while the open boxes do not fill a batch, split each several times (the padding would be bounded anyway)
         depth = 1
         while depth < MAX_DEPTH and (len(open_low) + len(lo)) * 2 ** (depth + 1) <= batch:
             depth += 1
-        halves = split(lo, hi, sides(lo, hi, binding, depth, extent))
+        # every row of the binding disjunct counts (any of them can close the box; with the best row's alone,
+        # ACAS Xu's property 3, four rows, did not close on 1_1 in 30 s, with all of them in 2,563 boxes)
+        rows = group[None, :] == group[row[left][keep]][:, None]
+        weight = (np.abs(coef[left][keep]) * rows[:, :, None]).sum(axis=1)
+        halves = split(lo, hi, sides(lo, hi, weight, depth, extent))
         # the new boxes go first: depth first keeps the open list short
         open_low, open_high = np.concatenate([halves[0], open_low]), np.concatenate([halves[1], open_high])
     return Verdict("certified", None, bounded, time.perf_counter() - start, float("inf"))
