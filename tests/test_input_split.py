@@ -143,3 +143,26 @@ def test_clipping_keeps_every_unsafe_point_and_cuts_the_rest(network):
         kept += bool(len(unsafe))
     area = np.prod(np.where(keep[:, None], new_high - new_low, 0), 1).sum()
     assert kept and area < 0.9 * np.prod(high - low, 1).sum(), (kept, area)
+
+
+def test_split_partitions_each_box_and_sides_prefer_the_steep_wide_side():
+    """`split` with three halvings (one side twice) gives 8 boxes per box, inside it, whose volumes add up to
+    its own and which hold each random point of it exactly once; `sides` halves where coefficient times width is
+    largest, halving that score before the next pick, and skips sides under 1/SPREAD of the widest."""
+    g = np.random.default_rng(1)
+    low = g.uniform(-1, 0, (3, 3))
+    high = low + g.uniform(0.1, 1, (3, 3))
+    picks = np.array([[0, 1, 0], [2, 2, 1], [1, 0, 2]])
+    child_low, child_high = input_split.split(low, high, picks)
+    assert child_low.shape == (24, 3)
+    for b in range(3):
+        lo, hi = child_low[8 * b:8 * b + 8], child_high[8 * b:8 * b + 8]
+        assert np.all(lo >= low[b]) and np.all(hi <= high[b])
+        np.testing.assert_allclose(np.prod(hi - lo, 1).sum(), np.prod(high[b] - low[b]))
+        x = g.uniform(low[b], high[b], (500, 3))
+        inside = np.all((x[:, None] >= lo) & (x[:, None] < hi), axis=2)
+        assert np.all(inside.sum(1) == 1)
+    extent = np.ones(3)
+    box_low, box_high = np.zeros((1, 3)), np.array([[1.0, 0.5, 1.0 / (2 * input_split.SPREAD)]])
+    coeffs = np.array([[1.0, 3.0, 1000.0]])  # scores 1, 1.5, ~7.8 but side 2 is too narrow
+    assert input_split.sides(box_low, box_high, coeffs, 3, extent).tolist() == [[1, 0, 1]]

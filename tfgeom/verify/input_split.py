@@ -17,14 +17,15 @@ are traced once) and for each:
   are, without a single-row form;
 - otherwise cuts the box to the unsafe side of the rows' linear bounds (`clip`: CROWN's
   bound is linear in the input, so unsafe points satisfy a linear inequality; the
-  reference verifier's input clipping) and checks the cut box's centre by a forward
-  pass: unsafe outputs there are a counterexample and the search ends;
-- otherwise halves the box (`sides`, `split`) where the binding row's input coefficient
-  times the width is largest, among sides not much narrower than the widest; while the
-  open boxes do not fill a batch, several times at once.
+  reference verifier's input clipping) and checks the cut box's centre and the corner
+  where the binding row's linear bound is lowest by a forward pass: unsafe outputs
+  there are a counterexample and the search ends;
+- otherwise halves the box (`sides`, `split`) where the binding disjunct's input
+  coefficients times the width are largest, among sides not much narrower than the
+  widest; while the open boxes do not fill a batch, several times at once.
 
 Verdicts are `tfgeom.verify.bab.Verdict`s: `"certified"` (no open box left),
-`"counterexample"` (the centre, checked by the caller again) or `"unknown"` when the
+`"counterexample"` (a centre or corner, checked by the caller again) or `"unknown"` when the
 time limit or the box budget runs out. A property that holds with zero slack at a
 point can keep halving until the limit; one that holds with any positive slack ends.
 """
