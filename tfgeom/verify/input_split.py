@@ -159,6 +159,17 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
     coeffs, const, group = _rows(gm, prop)
     coeffs_b, const_b = tf.constant(np.repeat(coeffs[None], batch, 0)), tf.constant(np.repeat(const[None], batch, 0))
     backward = crown.compiled_backward(graph, last, "linf", coefficients=True)
+
+    def bound(lo, hi):
+        """`(lower [B, S], input coefficients [B, S, d])` of the rows over the boxes `[B, d]` (padded to `batch`)."""
+        take = len(lo)
+        box_low, box_high = (tf.constant(np.concatenate([v, np.repeat(v[-1:], batch - take, 0)]).reshape(-1, *shape))
+                             for v in (lo, hi))
+        box = LinfBall((box_low + box_high) / 2, tf.reduce_max(tf.reshape(box_high - box_low, [batch, -1]), 1) / 2,
+                       box_low, box_high)
+        lower, coef = backward(coeffs_b, const_b, tuple(crown.crown_bounds(graph, box)[:last]), box)
+        return np.asarray(lower)[:take], np.asarray(coef)[:take].reshape(take, len(const), -1)
+
     extent = np.maximum((high - low).reshape(-1), 1e-12)
     open_low, open_high = low.reshape(1, -1).astype(np.float32), high.reshape(1, -1).astype(np.float32)
     bounded, worst = 0, -np.inf
@@ -168,13 +179,7 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
         take = min(batch, len(open_low))
         lo, hi = open_low[:take], open_high[:take]
         open_low, open_high = open_low[take:], open_high[take:]
-        box_low, box_high = (tf.constant(np.concatenate([v, np.repeat(v[-1:], batch - take, 0)]).reshape(-1, *shape))
-                             for v in (lo, hi))
-        box = LinfBall((box_low + box_high) / 2, tf.reduce_max(tf.reshape(box_high - box_low, [batch, -1]), 1) / 2,
-                       box_low, box_high)
-        bounds = crown.crown_bounds(graph, box)
-        lower, coef = backward(coeffs_b, const_b, tuple(bounds[:last]), box)
-        lower, coef = np.asarray(lower)[:take], np.asarray(coef)[:take].reshape(take, len(const), -1)
+        lower, coef = bound(lo, hi)
         bounded += take
         slack, row = _binding(lower, group, len(prop.disjuncts))
         left = slack <= guard
@@ -192,9 +197,7 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
             return Verdict("counterexample", points[int(np.argmax(unsafe))].reshape(shape), bounded,
                            time.perf_counter() - start, worst)
         # while the open boxes do not fill a batch, split each several times (the padding would be bounded anyway)
-        depth = 1
-        while depth < MAX_DEPTH and (len(open_low) + len(lo)) * 2 ** (depth + 1) <= batch:
-            depth += 1
+        depth = int(np.clip(np.log2(batch / (len(open_low) + len(lo))), 1, MAX_DEPTH))
         # every row of the binding disjunct counts (any of them can close the box; with the best row's alone,
         # ACAS Xu's property 3, four rows, did not close on 1_1 in 30 s, with all of them in 2,563 boxes)
         rows = group[None, :] == group[row[left][keep]][:, None]
