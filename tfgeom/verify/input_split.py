@@ -104,8 +104,8 @@ def sides(low, high, coeffs, depth, extent):
     """`[B, depth]` the sides of boxes `[B, d]` to halve, one after the other.
 
     Each time the side where the bound's coefficient `coeffs [B, d]` (summed in absolute value over the binding
-    disjunct's rows) times the width (what halving it can gain)
-    is largest, that score then halved: "smart branching" on the input (the reference verifier's `sb`). Only
+    disjunct's rows) times the width (what halving it can gain) is largest, that score then halved: "smart
+    branching" on the input (the reference verifier's `sb`). Only
     sides at least `1 / SPREAD` of the box's widest side relative to `extent [d]` (the property's box) take
     part: on ACAS Xu a steep input's coefficient otherwise gets it halved to 1e-5 of its range while another
     stays at a quarter, and the box never closes. The relative width breaks ties where coefficients are 0.
@@ -187,7 +187,8 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
             continue
         worst = float(slack[left].min())
         lo, hi, keep = clip(lo[left], hi[left], coef[left], lower[left], group, guard)
-        lo, hi, binding = lo[keep], hi[keep], coef[left][keep, row[left][keep]]
+        coef, row = coef[left][keep], row[left][keep]  # the open boxes' coefficients [B, S, d] and binding rows
+        lo, hi, binding = lo[keep], hi[keep], coef[np.arange(len(row)), row]
         if not len(lo):
             continue
         # candidates: each box's centre and the corner where the binding row's linear bound is lowest
@@ -200,8 +201,8 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
         depth = int(np.clip(np.log2(batch / (len(open_low) + len(lo))), 1, MAX_DEPTH))
         # every row of the binding disjunct counts (any of them can close the box; with the best row's alone,
         # ACAS Xu's property 3, four rows, did not close on 1_1 in 30 s, with all of them in 2,563 boxes)
-        rows = group[None, :] == group[row[left][keep]][:, None]
-        weight = (np.abs(coef[left][keep]) * rows[:, :, None]).sum(axis=1)
+        rows = group[None, :] == group[row][:, None]
+        weight = (np.abs(coef) * rows[:, :, None]).sum(axis=1)
         halves = split(lo, hi, sides(lo, hi, weight, depth, extent))
         # the new boxes go first: depth first keeps the open list short
         open_low, open_high = np.concatenate([halves[0], open_low]), np.concatenate([halves[1], open_high])

@@ -189,6 +189,7 @@ def _boxes(lower, upper, choices):
 
 
 def _check_box(lower, upper):
+    """Refuse an input left unbounded or an empty box (one line)."""
     if not np.all(np.isfinite(lower) & np.isfinite(upper)):
         i = int(np.flatnonzero(~(np.isfinite(lower) & np.isfinite(upper)))[0])
         raise InputError(f"input X_{i} has no lower or no upper bound; tfgeom verifies over boxes")
