@@ -133,6 +133,29 @@ def test_output_diversified_starts_reach_a_counterexample_behind_an_inactive_uni
     assert properties.decide(gm, prop, timeout=30).verdict == "sat"
 
 
+def test_the_attack_meets_every_constraint_of_a_conjunction():
+    """The unsafe outputs are a conjunction (ACAS Xu's property 2 form): all 16 outputs `Y_i = X_i` at most
+    0.05, a corner holding 0.05^16 of the box. Descending the row closest to unsafe moves one input and leaves
+    the others where they started; the attack descends each disjunct's largest row and reaches the corner. The
+    counterexample is checked by a NumPy forward pass."""
+    import keras
+
+    d = 16
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(d, activation="relu"), keras.layers.Dense(d)])
+    for layer in model.layers:
+        layer.set_weights([np.eye(d, dtype=np.float32), np.zeros(d, np.float32)])
+    gm = tfgeom.GeometryModel(model, bounds=(0.0, 1.0))
+    text = "\n".join([f"(declare-const X_{i} Real)" for i in range(d)]
+                     + [f"(declare-const Y_{j} Real)" for j in range(d)]
+                     + [f"(assert (<= X_{i} 1.0)) (assert (>= X_{i} 0.0))" for i in range(d)]
+                     + [f"(assert (<= Y_{j} 0.05))" for j in range(d)])
+    prop = vnnlib.parse(text=text)
+    assert prop.rows is None and len(prop.disjuncts) == 1
+    x, _ = properties.attack(gm, prop, restarts=8)
+    y = np.maximum(x.reshape(-1), 0)
+    assert np.all((x >= 0) & (x <= 1)) and np.all(y <= 0.05), y
+
+
 def _benchmark_folder(tmp_path):
     """`onnx/` and `vnnlib/` folders under `tmp_path` with one MLP: `(path, gm, x0, cls)`, `cls` its class at `x0`."""
     (tmp_path / "onnx").mkdir()

@@ -62,18 +62,6 @@ def _box(gm, prop):
     return prop.lower.reshape(shape).astype(np.float32), prop.upper.reshape(shape).astype(np.float32)
 
 
-def _row_values(gm, rows, x):
-    logits = gm.runtime.logits(np.asarray(x, np.float32))
-    return logits, logits @ rows[0].T - rows[1]
-
-
-def _attack_rows(prop):
-    if prop.rows is not None:
-        return tuple(np.asarray(r, np.float32) for r in prop.rows)
-    return (np.concatenate([a for a, _ in prop.disjuncts]).astype(np.float32),
-            np.concatenate([b for _, b in prop.disjuncts]).astype(np.float32))
-
-
 def diversified(gm, x, low, high, seed=0, steps=10):
     """Output-diversified starting points (Tashiro et al., NeurIPS 2020): from each row of `x [B, ...]`, `steps`
     signed-gradient steps of a quarter of the box's width ascending `w^T f(x)` for a random `w ~ U(-1, 1)^L`
@@ -93,34 +81,37 @@ def attack(gm, prop, restarts=128, steps=100, seed=0):
     """`(x, outputs)` of a counterexample found by projected gradient descent on the property's rows, or None.
 
     Restarts (the box's centre, then uniform random points, every other block of four of them moved first
-    to output-diversified points by `diversified`) are batched. Restart `r` descends row `r mod R`
-    for its whole run (targeted: a row that starts far from unsafe can still get there) when `r` is odd, and the
-    row currently closest to unsafe when it is even. Signed-gradient steps start at a tenth, a quarter, half or
+    to output-diversified points by `diversified`) are batched. Restart `r` descends disjunct `r mod J`
+    for its whole run (targeted: a disjunct that starts far from unsafe can still get there) when `r` is odd,
+    and the disjunct currently closest to unsafe when it is even; a disjunct's largest row is the one descended
+    (a disjunct of several constraints is met when all of them are `<= 0`: ACAS Xu's property 2 asks that
+    four outputs be at most a fifth). Signed-gradient steps start at a tenth, a quarter, half or
     all of the box's width (restarts in turn: on the benchmark MLPs some counterexamples sit in corners that
     small steps from the inside never reach, others need small steps) and decay geometrically to a hundredth
     of that by the last step."""
     low, high = _box(gm, prop)
-    rows = _attack_rows(prop)
+    a, b, group = vnnlib.constraints(prop)
+    count, rows = len(prop.disjuncts), a.astype(np.float32)
     g = np.random.default_rng(seed)
     x = np.concatenate([((low + high) / 2)[None], g.uniform(low, high, (restarts - 1, *low.shape))]).astype(
         np.float32)
     diverse = (np.arange(restarts) // 4) % 2 == 1
     if diverse.any():
         x[diverse] = diversified(gm, x[diverse], low, high, seed)
-    target = np.arange(restarts) % len(rows[1])
+    target = np.arange(restarts) % count
     targeted = np.arange(restarts) % 2 == 1
     first = np.array([0.1, 0.25, 0.5, 1.0], np.float32)[np.arange(restarts) % 4]
     step, decay = first.reshape(-1, *[1] * low.ndim) * (high - low), 0.01 ** (1 / max(1, steps - 1))
-    values = gm.runtime.logits(x) @ rows[0].T - rows[1]
+    logits = gm.runtime.logits(x)
     for _ in range(steps):
-        # the closest row by the previous step's logits: the gradient program returns the logits at x with it
-        worst = np.where(targeted, target, values.argmin(axis=1))
-        logits, grad = gm.runtime.gradient(x, rows[0][worst])
+        # the disjunct to descend by the previous step's logits: the gradient program returns the logits at x
+        slack, largest = vnnlib.disjunct_slack(logits @ a.T - b, group, count)
+        worst = largest[np.arange(restarts), np.where(targeted, target, slack.argmin(axis=1))]
+        logits, grad = gm.runtime.gradient(x, rows[worst])
         found = vnnlib.violated(prop, logits)
         if found.any():
             i = int(np.argmax(found))
             return x[i], logits[i]
-        values = logits @ rows[0].T - rows[1]
         x = np.clip(x - step * np.sign(grad), low, high).astype(np.float32)
         step = step * decay
     logits = gm.runtime.logits(x)

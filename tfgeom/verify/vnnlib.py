@@ -248,6 +248,24 @@ def pieces(prop):
     return [prop._replace(lower=low, upper=high, boxes=[(low, high)]) for low, high in prop.boxes]
 
 
+def constraints(prop):
+    """Every constraint of every disjunct as a row: `(A [S, L], b [S], group [S])`, each row's disjunct in
+    `group` (the outputs are unsafe iff, for some disjunct, all its rows have `a^T y - b <= 0`)."""
+    a = np.concatenate([a for a, _ in prop.disjuncts]).astype(np.float64)
+    b = np.concatenate([b for _, b in prop.disjuncts]).astype(np.float64)
+    group = np.concatenate([np.full(len(b_), j) for j, (_, b_) in enumerate(prop.disjuncts)])
+    return a, b, group
+
+
+def disjunct_slack(values, group, count):
+    """`(slack [N, J], row [N, J])` from row values `values [N, S]` (`a^T y - b`, or lower bounds of them):
+    per disjunct the largest of its rows and that row. A disjunct is met (unsafe) iff its slack is `<= 0`, so
+    an attack descends the largest row of a disjunct, and a bound that keeps it positive proves the disjunct
+    out of reach."""
+    row = np.stack([np.flatnonzero(group == j)[values[:, group == j].argmax(axis=1)] for j in range(count)], 1)
+    return np.take_along_axis(values, row, 1), row
+
+
 def violated(prop, logits):
     """`[N]` whether outputs `logits [N, L]` are unsafe (inside some disjunct)."""
     y = np.asarray(logits, np.float64)
