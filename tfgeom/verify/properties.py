@@ -4,12 +4,13 @@
 reaches its unsafe outputs (`tfgeom.verify.vnnlib`):
 
 1. **Attack** (falsifiable instances answered in seconds): projected signed
-   gradient descent on the rows `r(y) = a^T y - b` of the negated disjuncts,
-   from the box's centre and random points (`restarts`, batched; half of them
-   first moved to output-diversified points; half targeted at one row each,
-   half at the row closest to unsafe), `steps`
-   steps from a tenth to all of the box's width, decaying. A point with a row `<= 0` by a
-   forward pass is a counterexample: `sat`.
+   gradient descent on the constraint rows `r(y) = a^T y - b` of the unsafe
+   disjuncts (each step the largest row of a disjunct: all of them must reach
+   `<= 0`), from the box's centre and random points (`restarts`, batched; half
+   of them first moved to output-diversified points; half targeted at one
+   disjunct each, half at the disjunct closest to unsafe), `steps` steps from a
+   tenth to all of the box's width, decaying. A point whose outputs meet a
+   disjunct by a forward pass is a counterexample: `sat`.
 2. **Bound propagation** over the whole box: CROWN (forward pre-activation
    bounds) on every row; all positive (above the rounding guard): `unsat`.
 3. **Branch and bound** (`tfgeom.verify.bab`: alpha-CROWN at the root, on
