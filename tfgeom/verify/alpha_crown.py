@@ -184,3 +184,49 @@ def optimise(graph, input_set, coeffs, const, settings=Settings(), memory=bd.MEM
             break
         lr *= settings.decay
     return best, list(reference)
+
+
+def optimise_rows(graph, coeffs, const, bounds, input_set, steps, settings=Settings()):
+    """alpha-CROWN on the rows only, the node bounds `bounds` fixed: `steps` Adam steps traced inline (for use
+    inside one compiled program; no early stop, no host round trip).
+
+    Args:
+        coeffs: `[N, S, D]` rows over the last node, `const` `[N, S]`.
+        bounds: `(l, u)` of every node before the last (CROWN's, e.g. `crown.whole_bounds`).
+        steps: Adam steps; 0 gives CROWN's bound.
+
+    Returns:
+        `(lower [N, S], coefficients [N, S, *input shape], crown_coefficients)`: per row the best bound over the
+        iterates (CROWN's at worst) with the input coefficients of that iterate (so `lower` is
+        `const' + coefficients . x` minimised over the set, as `clip` needs), and CROWN's own coefficients.
+    """
+    last = len(graph.nodes) - 1
+    best, coef = bd.backward(graph, last, coeffs, const, bounds, input_set, coefficients=True)
+    first = coef
+    alphas = {n: a for (_, n), a in initial_slopes(graph, bounds, {last: int(coeffs.shape[1])}).items()}
+    ms = {n: tf.zeros_like(a) for n, a in alphas.items()}
+    vs = {n: tf.zeros_like(a) for n, a in alphas.items()}
+    lr = settings.lr
+
+    def keep(lower, cf):  # the better iterate's bound and coefficients, row by row
+        better = lower > best
+        wide = tf.reshape(better, [*better.shape, *([1] * (cf.shape.rank - 2))])
+        return tf.where(better, lower, best), tf.where(wide, cf, coef)
+
+    for t in range(1, steps + 1):
+        with tf.GradientTape() as tape:
+            tape.watch(alphas)
+            lower, cf = bd.backward(graph, last, coeffs, const, bounds, input_set, alphas, coefficients=True)
+            objective = tf.reduce_sum(lower)
+        if t > 1:  # the first iterate is CROWN's own
+            best, coef = keep(lower, cf)
+        grads = tape.gradient(objective, alphas)
+        for n, g in grads.items():
+            ms[n] = 0.9 * ms[n] + 0.1 * g
+            vs[n] = 0.999 * vs[n] + 0.001 * g * g
+            ascent = lr * (ms[n] / (1 - 0.9 ** t)) / (tf.sqrt(vs[n] / (1 - 0.999 ** t)) + 1e-8)
+            alphas[n] = tf.clip_by_value(alphas[n] + ascent, graph.nodes[n].slope, 1.0)
+        lr *= settings.decay
+    if steps:
+        best, coef = keep(*bd.backward(graph, last, coeffs, const, bounds, input_set, alphas, coefficients=True))
+    return best, coef, first

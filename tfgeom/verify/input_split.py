@@ -9,9 +9,10 @@ stays small. This is the reference verifier's branching on such benchmarks.
 The loop takes a batch of open boxes (padded to one shape, so the compiled passes
 are traced once) and for each:
 
-- bounds every constraint row `a^T y - b` of the property's unsafe set by CROWN
-  (every node's bounds by backward passes, `tfgeom.verify.crown.crown_bounds`, then
-  one backward pass from the rows); the box is safe when **each** disjunct has a row
+- bounds every constraint row `a^T y - b` of the property's unsafe set: every node's
+  bounds by CROWN's backward passes (`tfgeom.verify.crown.whole_bounds`, all in one
+  program), then the rows by `SLOPE_STEPS` steps of alpha-CROWN on the rows' own
+  slopes (`tfgeom.verify.alpha_crown.optimise_rows`); the box is safe when **each** disjunct has a row
   whose lower bound is above `guard` (some constraint of the conjunction fails
   everywhere in the box). Disjuncts with several constraints are handled as they
   are, without a single-row form;
@@ -34,7 +35,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfgeom.verify import crown, vnnlib
+from tfgeom.verify import alpha_crown, crown, vnnlib
 from tfgeom.verify.bab import Verdict
 from tfgeom.verify.sets import LinfBall
 
@@ -43,6 +44,8 @@ BATCH = 512  # boxes bounded together (ACAS Xu's 300 units: ~10 MB of bounds per
 MAX_DEPTH = 10  # halvings of one box at once while the open boxes do not fill a batch
 SAMPLES = 32  # uniform points per open box checked for a counterexample (ACAS Xu 5_3 property 2's unsafe set is
 # a thin ridge: found within 4 s from 3 of 4 seeds, 16 points 2 of 4, 8 points 0 of 4; +10-20% time on proofs)
+SLOPE_STEPS = 5  # alpha-CROWN steps on the rows' slopes per batch (ACAS Xu 4_2 property 2: 17,477 boxes in 20 s
+# against more than 255,000 in 137 s with CROWN's slopes; 10 steps did not decide 5_5 property 1 either)
 SPREAD = 64  # smart branching halves only sides at least 1/SPREAD of the widest (relative); 8 and no cap measured
 # worse on ACAS Xu (docs/benchmarks.md)
 
@@ -158,17 +161,28 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
     shape = low.shape
     coeffs, const, group = _rows(gm, prop)
     coeffs_b, const_b = tf.constant(np.repeat(coeffs[None], batch, 0)), tf.constant(np.repeat(const[None], batch, 0))
-    backward = crown.compiled_backward(graph, last, "linf", coefficients=True)
+    if crown.fits(graph, batch):
+        # every node's bounds and the rows' in one graph program: 1.3x the boxes per second of `crown_bounds`' per-node
+        # programs on ACAS Xu (512 boxes); XLA made it slower there (the passes are memory-bound elementwise work)
+        rows_bound = graph.program(("input_split", last, SLOPE_STEPS), lambda a, c, box: alpha_crown.optimise_rows(
+            graph, a, c, crown.whole_bounds(graph, box)[:last], box, SLOPE_STEPS))
+    else:  # wide layers: CROWN's chunked passes, CROWN's slopes
+        backward = crown.compiled_backward(graph, last, "linf", coefficients=True)
+
+        def rows_bound(a, c, box):
+            lower, coef = backward(a, c, tuple(crown.crown_bounds(graph, box)[:last]), box)
+            return lower, coef, coef
 
     def bound(lo, hi):
-        """`(lower [B, S], input coefficients [B, S, d])` of the rows over the boxes `[B, d]` (padded to `batch`)."""
+        """`(lower [B, S], input coefficients [B, S, d], CROWN's input coefficients)` of the rows over the boxes
+        `[B, d]` (padded to `batch`)."""
         take = len(lo)
         box_low, box_high = (tf.constant(np.concatenate([v, np.repeat(v[-1:], batch - take, 0)]).reshape(-1, *shape))
                              for v in (lo, hi))
         box = LinfBall((box_low + box_high) / 2, tf.reduce_max(tf.reshape(box_high - box_low, [batch, -1]), 1) / 2,
                        box_low, box_high)
-        lower, coef = backward(coeffs_b, const_b, tuple(crown.crown_bounds(graph, box)[:last]), box)
-        return np.asarray(lower)[:take], np.asarray(coef)[:take].reshape(take, len(const), -1)
+        lower, coef, first = rows_bound(coeffs_b, const_b, box)
+        return (np.asarray(lower)[:take], *(np.asarray(v)[:take].reshape(take, len(const), -1) for v in (coef, first)))
 
     extent = np.maximum((high - low).reshape(-1), 1e-12)
     open_low, open_high = low.reshape(1, -1).astype(np.float32), high.reshape(1, -1).astype(np.float32)
@@ -180,7 +194,7 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
         take = min(batch, len(open_low))
         lo, hi = open_low[:take], open_high[:take]
         open_low, open_high = open_low[take:], open_high[take:]
-        lower, coef = bound(lo, hi)
+        lower, coef, first = bound(lo, hi)
         bounded += take
         slack, row = _binding(lower, group, len(prop.disjuncts))
         left = slack <= guard
@@ -188,7 +202,8 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
             continue
         worst = float(slack[left].min())
         lo, hi, keep = clip(lo[left], hi[left], coef[left], lower[left], group, guard)
-        coef, row = coef[left][keep], row[left][keep]  # the open boxes' coefficients [B, S, d] and binding rows
+        # the open boxes' coefficients [B, S, d] (of the bound, and CROWN's for branching) and binding rows
+        coef, first, row = coef[left][keep], first[left][keep], row[left][keep]
         lo, hi, binding = lo[keep], hi[keep], coef[np.arange(len(row)), row]
         if not len(lo):
             continue
@@ -197,7 +212,8 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
         points = np.concatenate([(lo + hi) / 2, np.where(binding > 0, lo, hi),
                                  rng.uniform(lo, hi, (SAMPLES, *lo.shape)).reshape(-1, lo.shape[1])])
         points = points.astype(np.float32)
-        unsafe = vnnlib.violated(prop, gm.runtime.logits(points.reshape(-1, *shape)))
+        # one call for all of them (in the runtime's batches of 256, a fifth of the search's time on ACAS Xu)
+        unsafe = vnnlib.violated(prop, gm.runtime.logits(points.reshape(-1, *shape), batch_size=len(points)))
         if unsafe.any():
             return Verdict("counterexample", points[int(np.argmax(unsafe))].reshape(shape), bounded,
                            time.perf_counter() - start, worst)
@@ -206,7 +222,9 @@ def search(gm, prop, low, high, time_limit, guard=0.0, max_boxes=10**8, batch=BA
         # every row of the binding disjunct counts (any of them can close the box; with the best row's alone,
         # ACAS Xu's property 3, four rows, did not close on 1_1 in 30 s, with all of them in 2,563 boxes)
         rows = group[None, :] == group[row][:, None]
-        weight = (np.abs(coef) * rows[:, :, None]).sum(axis=1)
+        # CROWN's coefficients, not the optimised slopes' (with those, ACAS Xu 4_8 property 1 took 26,827 boxes, not
+        # 3,897)
+        weight = (np.abs(first) * rows[:, :, None]).sum(axis=1)
         halves = split(lo, hi, sides(lo, hi, weight, depth, extent))
         # the new boxes go first: depth first keeps the open list short
         open_low, open_high = np.concatenate([halves[0], open_low]), np.concatenate([halves[1], open_high])
